@@ -1,0 +1,34 @@
+"""gshutdown: an HTTP/1.1 WSGI server on gevent that shuts down gracefully."""
+
+from gshutdown.config import Config
+from gshutdown.conn import BadRequestBody, ClientDisconnected, Connection
+from gshutdown.server import (
+    ForcedConnection,
+    HookOutcome,
+    HookPhase,
+    Server,
+    ShutdownPhase,
+    ShutdownResult,
+    bind_unix,
+)
+from gshutdown.state import TRANSITIONS, ConnState, IllegalTransition
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadRequestBody",
+    "ClientDisconnected",
+    "Config",
+    "ConnState",
+    "Connection",
+    "ForcedConnection",
+    "HookOutcome",
+    "HookPhase",
+    "IllegalTransition",
+    "Server",
+    "ShutdownPhase",
+    "ShutdownResult",
+    "TRANSITIONS",
+    "__version__",
+    "bind_unix",
+]

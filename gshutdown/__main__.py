@@ -1,0 +1,3 @@
+from gshutdown.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""Every timeout and limit of a server, in one frozen dataclass.
+
+Each default names the precedent it follows. Times are in seconds; ``None``
+means "no limit" where a field allows it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from gshutdown.protocol.parser import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_MAX_REQUEST_LINE,
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Server settings. All times are seconds."""
+
+    #: How long a kept-alive connection may wait for its next request
+    #: (uvicorn ``timeout_keep_alive=5``, hypercorn ``keep_alive_timeout=5``).
+    idle_timeout: Optional[float] = 5.0
+    #: From the first byte of a request to the end of its head; then 408
+    #: (Go's ``ReadHeaderTimeout``; slowloris protection).
+    read_header_timeout: Optional[float] = 10.0
+    #: Longest wait for the next piece of a request body the application is
+    #: reading (gunicorn's ``timeout=30`` bounds the same stall).
+    read_body_timeout: Optional[float] = 30.0
+    #: Longest time one response write may take against a client not reading
+    #: (Go's ``WriteTimeout``; gunicorn ``timeout=30``).
+    write_timeout: Optional[float] = 30.0
+    #: Read deadline given to idle connections when a shutdown starts: a
+    #: request that arrives within it is still served (the seed's 100 ms).
+    idle_grace: float = 0.1
+    #: How long a closing connection keeps reading (and discarding) after
+    #: sending FIN, so that unread bytes do not turn the close into a reset
+    #: (Apache's lingering close waits up to 2 s).
+    linger_timeout: float = 2.0
+    #: Unread request body we discard to keep a connection alive, in bytes;
+    #: more and the connection is closed instead (Go: 256 KiB).
+    max_discard_body: int = 256 * 1024
+    #: Longest request line, in bytes (414 beyond).
+    max_request_line: int = DEFAULT_MAX_REQUEST_LINE
+    #: Largest request head, in bytes (431 beyond).
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    #: Most header fields in a request (431 beyond).
+    max_header_count: int = DEFAULT_MAX_HEADER_COUNT
+    #: Most connections served at once; the rest wait in the accept backlog
+    #: (gunicorn ``worker_connections=1000`` for its gevent worker). None: no limit.
+    max_connections: Optional[int] = None
+    #: Listen backlog for sockets the server binds (gunicorn ``backlog=2048``).
+    backlog: int = 2048
+    #: Whether connections may be kept alive between requests.
+    keep_alive: bool = True
+    #: ``Server`` header value; empty to send none.
+    server_header: str = "gshutdown"
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"{field.name} must not be negative, got {value!r}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` applied (unknown names raise TypeError)."""
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,425 @@
+"""One accepted connection: its socket, its parser, its state, its request loop.
+
+Strategy: the connection's greenlet pulls events from the parser and reads
+the socket only when the parser needs more bytes, so a request body is read as
+fast as the application reads ``wsgi.input`` and a pipelined request waits,
+unread by the application, until the response before it is complete.
+
+Every wait for bytes is a wait on "readable, or a deadline". The deadline is a
+timer the server may shorten from outside (``shorten_wait()``), which is how a
+shutdown gives an idle connection a short read deadline without throwing an
+exception into a greenlet that may, by the time it lands, be serving a request.
+
+States move only through ``state.move()``: NEW on accept, ACTIVE on the first
+byte of a request (or when a pipelined one is already buffered), IDLE after a
+response when nothing of the next request has arrived, and CLOSED or HIJACKED
+exactly once at the end, however the connection ends (``serve()``'s finally).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+from gevent import GreenletExit, getcurrent
+from gevent.hub import Waiter, get_hub
+
+from gshutdown.protocol import (
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Event,
+    ProtocolError,
+    Request,
+    RequestParser,
+)
+from gshutdown.protocol.writer import error_response
+from gshutdown.state import ConnState, move
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gshutdown.server import Server
+
+log = logging.getLogger("gshutdown")
+
+#: Bytes asked of the kernel per read.
+RECV_SIZE = 64 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CLIENT_GONE = (ConnectionError, TimeoutError, BrokenPipeError)
+
+
+class ClientDisconnected(ConnectionError):
+    """The client went away before its request body was complete.
+
+    Raised from ``wsgi.input`` reads; the server drops the request quietly.
+    """
+
+
+class BadRequestBody(ValueError):
+    """The request body broke HTTP framing (e.g. a bad chunk size).
+
+    Raised from ``wsgi.input`` reads; unless a response has begun, the server
+    answers 400 and closes the connection.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+class _ReadTimeout(Exception):
+    """A read deadline passed before the bytes we waited for arrived."""
+
+
+class Connection:
+    """A client connection, from accept to its terminal state.
+
+    Attributes users may read (e.g. in a ``conn_state`` hook):
+        id: a number unique within the process.
+        peer: the client's address (``(host, port)``; ``""`` for unix sockets).
+        state: the current ``ConnState``.
+        created: ``time.monotonic()`` at accept, in seconds.
+        request_line: the current or last request line, e.g. ``"GET / HTTP/1.1"``.
+        requests: how many requests have been read on this connection.
+    """
+
+    _next_id = 0
+
+    def __init__(self, server: "Server", sock: socket.socket, peer: Any) -> None:
+        Connection._next_id += 1
+        self.id = Connection._next_id
+        self.server = server
+        self.config = server.config
+        self.sock = sock
+        # gevent sockets wrap a non-blocking stdlib socket; reading it directly
+        # lets every wait go through our own interruptible deadline.
+        self._raw: socket.socket = getattr(sock, "_sock", sock)
+        self.peer = peer
+        self.state = ConnState.NEW
+        self.observer = server.registry.observe
+        self.created = time.monotonic()
+        self.request_line = ""
+        self.requests = 0
+        #: The greenlet serving this connection (set by the server at spawn).
+        self.greenlet: Any = None
+        self._parser = RequestParser(
+            max_request_line=self.config.max_request_line,
+            max_header_bytes=self.config.max_header_bytes,
+            max_header_count=self.config.max_header_count,
+        )
+        self._hub = get_hub()
+        self._read_watcher: Any = None
+        self._waiter: Optional[Waiter] = None
+        self._deadline_timer: Any = None
+        # Per-request state, reset by _begin_request().
+        self.request: Optional[Request] = None
+        self.body_done = True
+        self.expect_continue = False
+        self.response_started = False
+        server.registry.register(self)
+
+    def __repr__(self) -> str:
+        return f"<Connection #{self.id} {self.peer!r} {self.state.name}>"
+
+    @property
+    def age(self) -> float:
+        """Seconds since the connection was accepted."""
+        return time.monotonic() - self.created
+
+    # -- the request loop ---------------------------------------------------
+
+    def serve(self) -> None:
+        """Serve requests until the connection closes or is hijacked."""
+        try:
+            if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+                # Without it every kept-alive response waits ~40 ms on Nagle
+                # plus the client's delayed ACK.
+                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.settimeout(self.config.write_timeout)
+            self._serve_requests()
+        except GreenletExit:
+            pass  # forced close by the server: nothing to report per request
+        except _CLIENT_GONE:
+            pass
+        except OSError as exc:
+            log.debug("connection %r ended: %s", self, exc)
+        except Exception:
+            log.exception("internal error on %r", self)
+        finally:
+            if self.state is not ConnState.HIJACKED:
+                self._close_now()
+
+    def _serve_requests(self) -> None:
+        server = self.server
+        parser = self._parser
+        while True:
+            if not parser.in_message and not parser.has_events:
+                # Between requests: nothing of the next one has arrived yet.
+                if self.state is ConnState.ACTIVE:
+                    move(self, ConnState.IDLE)
+                if not self._await_next_request():
+                    return
+            event = self._read_head()
+            if event is None:
+                return
+            if type(event) is ProtocolError:
+                self.send_error(event.status, event.reason)
+                self._linger_close()
+                return
+            if type(event) is not Request:
+                return  # ConnectionClosed
+            keep_alive = self._serve_request(event)
+            if self.state is ConnState.HIJACKED:
+                return
+            if not keep_alive or not server.keep_alives_enabled or not self._finish_body():
+                self._linger_close()
+                return
+
+    def _await_next_request(self) -> bool:
+        """Wait, NEW or IDLE, for the first byte of a request; False: close."""
+        grace = self.server.shutdown_started
+        timeout = self.config.idle_grace if grace else self.config.idle_timeout
+        data = self._recv(timeout)
+        if data is None and self.server.shutdown_started:
+            # The deadline and a request may have crossed: take what is
+            # already here rather than close under it.
+            data = self._recv_nowait()
+        if not data:
+            if data is None:
+                self._linger_close()
+            return False
+        move(self, ConnState.ACTIVE)
+        self._parser.feed(data)
+        return True
+
+    def _read_head(self) -> Optional[Event]:
+        """The next request head (or error); sends 408 itself on a timeout."""
+        timeout = self.config.read_header_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            return self._next_event(deadline)
+        except _ReadTimeout:
+            self.send_error(408, "Request Timeout")
+            self._linger_close()
+            return None
+
+    def _serve_request(self, request: Request) -> bool:
+        self.requests += 1
+        self.server.requests_total += 1
+        self.request = request
+        self.request_line = f"{request.method} {request.target} HTTP/{request.http_version}"
+        self.body_done = not request.has_body
+        if self.body_done:
+            # Pull the EndOfMessage that follows a body-less head right away,
+            # so the connection knows the request is complete.
+            event = self._parser.next_event()
+            if type(event) is not EndOfMessage:  # pragma: no cover - llhttp invariant
+                raise RuntimeError(f"expected EndOfMessage, got {event!r}")
+        self.expect_continue = request.expect_continue
+        self.response_started = False
+        return self.server.wsgi.handle(self, request)
+
+    # -- what the WSGI layer calls -------------------------------------------
+
+    def read_body(self) -> bytes:
+        """The next piece of request body; ``b""`` once it is complete.
+
+        Raises:
+            ClientDisconnected: the client closed mid-body or timed out.
+            BadRequestBody: the body's framing is invalid.
+        """
+        if self.body_done:
+            return b""
+        if self.expect_continue:
+            self.expect_continue = False
+            if not self.response_started:
+                self.sock.sendall(_CONTINUE)
+        timeout = self.config.read_body_timeout
+        try:
+            event = self._next_event(None if timeout is None else time.monotonic() + timeout)
+        except _ReadTimeout:
+            raise ClientDisconnected("timed out reading the request body") from None
+        kind = type(event)
+        if kind is Data:
+            return event.data  # type: ignore[union-attr]
+        if kind is EndOfMessage:
+            self.body_done = True
+            return b""
+        if kind is ProtocolError:
+            raise BadRequestBody(event.status, event.reason)  # type: ignore[union-attr]
+        raise ClientDisconnected("client closed the connection mid-body")
+
+    def send(self, data: bytes) -> None:
+        """Write bytes to the client (bounded by ``write_timeout``)."""
+        self.sock.sendall(data)
+
+    def hijack(self) -> tuple[socket.socket, bytes]:
+        """Hand the socket to the application; see ``environ['gshutdown.hijack']``."""
+        if self.response_started:
+            raise RuntimeError("cannot hijack after the response has started")
+        if self.state is not ConnState.ACTIVE:
+            raise RuntimeError(f"cannot hijack a {self.state.name} connection")
+        move(self, ConnState.HIJACKED)
+        return self.sock, self._parser.tunnel_bytes
+
+    def detach(self) -> None:
+        """Tell the server a hijacked socket is no longer its business.
+
+        The server closes hijacked sockets still open when a shutdown ends;
+        call this to keep one open past that (e.g. after handing it on).
+        """
+        self.server.registry.forget(self)
+
+    # -- shutdown support (called by the server from its own greenlet) --------
+
+    def shorten_wait(self, seconds: float) -> bool:
+        """Cut a pending wait for the next request to at most ``seconds``.
+
+        Returns False when the connection is not waiting between requests.
+        """
+        if self._waiter is None or self.state not in (ConnState.NEW, ConnState.IDLE):
+            return False
+        if self._deadline_timer is not None:
+            self._deadline_timer.close()
+        timer = self._hub.loop.timer(seconds)
+        timer.start(self._waiter.switch, False)
+        self._deadline_timer = timer
+        return True
+
+    def force_close(self) -> None:
+        """End the connection now (the deadline path).
+
+        A hijacked socket is closed under its owner. Otherwise the greenlet is
+        killed and closes the socket on its way out (closing it here, under a
+        pending wait, would leave a watcher on a dead descriptor).
+        """
+        if self.state is ConnState.HIJACKED:
+            self.sock.close()
+            self.server.registry.forget(self)
+            return
+        glet = self.greenlet
+        if glet is not None and glet is not getcurrent() and not glet.dead:
+            running = glet.gr_frame is not None
+            glet.kill(block=False)
+            if running:
+                return
+        # Never ran (or is us): nobody else will close it.
+        self._close_now()
+
+    # -- reading ---------------------------------------------------------------
+
+    def _next_event(self, deadline: Optional[float]) -> Event:
+        parser = self._parser
+        while True:
+            event = parser.next_event()
+            if event is not None:
+                return event
+            if deadline is None:
+                data = self._recv(None)
+            else:
+                data = self._recv(deadline - time.monotonic())
+            if data is None:
+                raise _ReadTimeout()
+            parser.feed(data)
+
+    def _recv(self, timeout: Optional[float]) -> Optional[bytes]:
+        """Bytes from the socket; ``b""`` at EOF; None if ``timeout`` passed."""
+        raw = self._raw
+        while True:
+            try:
+                return raw.recv(RECV_SIZE)
+            except BlockingIOError:
+                pass
+            except InterruptedError:
+                continue
+            except ConnectionError:
+                return b""
+            if timeout is not None and timeout <= 0:
+                return None
+            if not self._wait_readable(timeout):
+                return None
+
+    def _recv_nowait(self) -> Optional[bytes]:
+        try:
+            return self._raw.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except ConnectionError:
+            return b""
+
+    def _wait_readable(self, timeout: Optional[float]) -> bool:
+        """Block until readable (True) or the deadline timer fires (False)."""
+        loop = self._hub.loop
+        if self._read_watcher is None:
+            self._read_watcher = loop.io(self._raw.fileno(), 1)
+        waiter = Waiter(self._hub)
+        self._read_watcher.start(waiter.switch, True)
+        if timeout is not None:
+            self._deadline_timer = loop.timer(timeout)
+            self._deadline_timer.start(waiter.switch, False)
+        self._waiter = waiter
+        try:
+            return bool(waiter.get())
+        finally:
+            self._waiter = None
+            self._read_watcher.stop()
+            if self._deadline_timer is not None:
+                self._deadline_timer.close()
+                self._deadline_timer = None
+
+    def _finish_body(self) -> bool:
+        """Discard what the application left unread; False: too much, close."""
+        budget = self.config.max_discard_body
+        try:
+            while not self.body_done:
+                self.expect_continue = False  # never invite a body we will discard
+                budget -= len(self.read_body())
+                if budget < 0:
+                    return False
+        except (ClientDisconnected, BadRequestBody):
+            return False
+        return True
+
+    # -- writing and closing -------------------------------------------------
+
+    def send_error(self, status: int, reason: str) -> None:
+        """Send a complete error response that announces the close."""
+        server = self.server
+        self.response_started = True
+        try:
+            self.sock.sendall(
+                error_response(status, reason, date=server.http_date(), server=self.config.server_header)
+            )
+        except OSError:
+            pass
+
+    def _linger_close(self) -> None:
+        """Close gracefully: FIN first, then read until the peer's FIN.
+
+        Closing with unread bytes in the receive queue makes the kernel send a
+        reset, which can destroy a response the client has not read yet.
+        """
+        if self.state.terminal:
+            return
+        move(self, ConnState.CLOSED)
+        try:
+            self._raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.sock.close()
+            return
+        deadline = time.monotonic() + self.config.linger_timeout
+        discarded = 0
+        try:
+            while discarded < self.config.max_discard_body:
+                data = self._recv(deadline - time.monotonic())
+                if not data:
+                    break
+                discarded += len(data)
+        finally:
+            self.sock.close()
+
+    def _close_now(self) -> None:
+        if not self.state.terminal:
+            move(self, ConnState.CLOSED)
+        self.sock.close()

@@ -1,0 +1,200 @@
+"""Request parsing: httptools (llhttp) behind a pull interface.
+
+Strategy: llhttp is a push parser. It calls back for every request it finds in
+whatever bytes it is given, pipelined ones included. The callbacks here do as
+little as possible: they turn what llhttp reports into events on a queue, and
+the connection pulls events one at a time with ``next_event()``, feeding more
+bytes only when the queue runs dry. So a pipelined request waits on the queue
+until the response before it is done, and a request body is read from the
+socket only as fast as the application consumes it.
+
+llhttp already enforces RFC 9112 framing (Content-Length with
+Transfer-Encoding, duplicate Content-Length, chunk syntax, obs-fold, bytes not
+allowed in field names or values). This layer adds what llhttp leaves to its
+caller: the HTTP versions we speak, the Host rule, and size limits on the head.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Optional
+
+import httptools
+
+from gshutdown.protocol.events import (
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Event,
+    ProtocolError,
+    Request,
+)
+
+#: Longest request line accepted, in bytes (nginx and Apache: 8 KiB).
+DEFAULT_MAX_REQUEST_LINE = 8190
+#: Largest request head (line + fields) accepted, in bytes.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
+#: Most header fields accepted in one request (gunicorn ``limit_request_fields``).
+DEFAULT_MAX_HEADER_COUNT = 100
+
+
+class _Rejected(Exception):
+    """Raised inside a callback to stop llhttp; carries the answer to send."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class RequestParser:
+    """Turns the bytes a client sends into a stream of events.
+
+    Args:
+        max_request_line: longest request line accepted, in bytes (else 414).
+        max_header_bytes: largest head accepted, in bytes (else 431).
+        max_header_count: most header fields accepted (else 431).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_request_line: int = DEFAULT_MAX_REQUEST_LINE,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+    ) -> None:
+        self._max_request_line = max_request_line
+        self._max_header_bytes = max_header_bytes
+        self._max_header_count = max_header_count
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: deque[Event] = deque()
+        self._finished = False  # after an error, close or upgrade: no more parsing
+        #: Bytes received after an upgrade request's head (the tunnelled protocol's).
+        self.tunnel_bytes = b""
+        self._reset_message()
+        self.in_message = False
+
+    def _reset_message(self) -> None:
+        self._url_parts: list[bytes] = []
+        self._url_len = 0
+        self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
+        self._in_head = True
+        self._raw_head_bytes = 0
+        self._host_count = 0
+        self._expect_continue = False
+        self._has_body = False
+
+    # -- the pull interface -------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Give the parser bytes received; ``b""`` means the peer closed."""
+        if self._finished:
+            if data:
+                self.tunnel_bytes += data
+            return
+        if not data:
+            self._finished = True
+            self._events.append(ConnectionClosed(mid_message=self.in_message))
+            return
+        if self._in_head:
+            # A backstop for heads that never complete a line (llhttp only
+            # reports a field once it is whole): twice the limits, then 431.
+            self._raw_head_bytes += len(data)
+            if self._raw_head_bytes > 2 * (self._max_header_bytes + self._max_request_line):
+                self._fail(431, "Request Header Fields Too Large")
+                return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._finished = True
+            self.tunnel_bytes = data[upgrade.args[0]:]
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Rejected):
+                self._fail(cause.status, cause.reason)
+            else:  # pragma: no cover - our callbacks raise nothing else
+                self._fail(400, "Bad Request")
+        except httptools.HttpParserError as exc:
+            self._fail(400, str(exc) or "Bad Request")
+
+    def next_event(self) -> Optional[Event]:
+        """The next event, or ``None`` when more bytes must be fed first."""
+        if self._events:
+            return self._events.popleft()
+        return None
+
+    @property
+    def has_events(self) -> bool:
+        """True when ``next_event()`` has an event without more bytes."""
+        return bool(self._events)
+
+    @property
+    def finished(self) -> bool:
+        """True once the parser will produce no more requests."""
+        return self._finished
+
+    def _fail(self, status: int, reason: str) -> None:
+        self._finished = True
+        self._events.append(ProtocolError(status, reason))
+
+    # -- llhttp callbacks ---------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url_len += len(url)
+        if self._url_len > self._max_request_line:
+            raise _Rejected(414, "URI Too Long")
+        self._url_parts.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer field: framing only, not passed on
+        self._header_bytes += len(name) + len(value) + 4
+        if (
+            self._header_bytes + self._url_len > self._max_header_bytes
+            or len(self._headers) >= self._max_header_count
+        ):
+            raise _Rejected(431, "Request Header Fields Too Large")
+        lname = name.lower()
+        if lname == b"host":
+            self._host_count += 1
+        elif lname == b"expect":
+            self._expect_continue = value.lower() == b"100-continue"
+        elif lname == b"content-length":
+            self._has_body = value.strip() not in (b"0", b"")
+        elif lname == b"transfer-encoding":
+            self._has_body = True
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise _Rejected(400, "Unsupported HTTP Version")
+        if self._host_count > 1 or (version == "1.1" and self._host_count == 0):
+            raise _Rejected(400, "Exactly One Host Header Required")
+        self._in_head = False
+        target = b"".join(self._url_parts).decode("latin-1")
+        self._events.append(
+            Request(
+                parser.get_method().decode("latin-1"),
+                target,
+                version,
+                self._headers,
+                parser.should_keep_alive(),
+                self._expect_continue and self._has_body and version == "1.1",
+                parser.should_upgrade(),
+                self._has_body,
+            )
+        )
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self._events.append(EndOfMessage())
+        self.in_message = False
+        self._reset_message()

@@ -1,0 +1,114 @@
+"""The registry of live connections, keyed per connection (per socket).
+
+Invariant: the registry holds exactly the connections that are not yet in a
+terminal state, each under its current state. It changes only in
+``observe()``, which ``state.move()`` calls on every transition, so it can
+never disagree with the connections themselves. (Keying by local address, as a
+hand-rolled Go version does, would merge every accepted socket into one entry:
+they all share the listener's address.)
+
+``wait_drained()`` is event-driven: the event is set by the very transition
+that leaves no ACTIVE, NEW or IDLE connection, so a waiter wakes at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+from gevent.event import Event
+
+from gshutdown.state import ConnState, Stateful
+
+log = logging.getLogger("gshutdown")
+
+#: The user's hook: called with (connection, new state) on every transition.
+ConnStateHook = Callable[[object, ConnState], None]
+
+_SERVED = (ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE)
+
+
+class ConnRegistry:
+    """Live connections by state, and an event for "none left to serve"."""
+
+    def __init__(self, hook: Optional[ConnStateHook] = None) -> None:
+        self._by_state: dict[ConnState, set[Stateful]] = {
+            state: set() for state in (ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE, ConnState.HIJACKED)
+        }
+        self._hook = hook
+        self._served = 0  # connections in NEW, ACTIVE or IDLE
+        self._drained = Event()
+        self._drained.set()
+        # Connections a drain need not wait for: those whose own handler is
+        # waiting for the shutdown to end (they cannot finish first).
+        self._drain_floor = 0
+        #: Connections that ever reached each terminal state.
+        self.closed_total = 0
+        self.hijacked_total = 0
+
+    def observe(self, conn: Stateful, old: Optional[ConnState], new: ConnState) -> None:
+        """Record a transition (called by ``state.move`` only), then run the hook."""
+        if old is not None:
+            self._by_state[old].discard(conn)
+            if old in _SERVED:
+                self._served -= 1
+        if new is ConnState.CLOSED:
+            self.closed_total += 1
+        else:
+            self._by_state[new].add(conn)
+            if new in _SERVED:
+                self._served += 1
+            else:
+                self.hijacked_total += 1
+        self._update_drained()
+        if self._hook is not None:
+            try:
+                self._hook(conn, new)
+            except Exception:
+                log.exception("conn_state hook failed for %r -> %s", conn, new.name)
+
+    def _update_drained(self) -> None:
+        if self._served <= self._drain_floor:
+            self._drained.set()
+        else:
+            self._drained.clear()
+
+    def set_drain_floor(self, count: int) -> None:
+        """Count the registry drained with ``count`` connections still served."""
+        self._drain_floor = count
+        self._update_drained()
+
+    def register(self, conn: Stateful) -> None:
+        """Enter a just-accepted connection, in state NEW."""
+        self.observe(conn, None, ConnState.NEW)
+
+    def forget(self, conn: Stateful) -> None:
+        """Stop tracking a hijacked connection (its owner closed it or took it over)."""
+        self._by_state[ConnState.HIJACKED].discard(conn)
+
+    def in_state(self, *states: ConnState) -> list[Stateful]:
+        """A snapshot of the connections now in any of ``states``."""
+        out: list[Stateful] = []
+        for state in states:
+            out.extend(self._by_state[state])
+        return out
+
+    def all(self) -> list[Stateful]:
+        """A snapshot of every live connection, hijacked ones included."""
+        return self.in_state(*self._by_state)
+
+    def counts(self) -> dict[str, int]:
+        """Connections per live state, by state name (lower case)."""
+        return {state.value: len(conns) for state, conns in self._by_state.items()}
+
+    def __len__(self) -> int:
+        return sum(len(conns) for conns in self._by_state.values())
+
+    def wait_drained(self, timeout: Optional[float]) -> bool:
+        """Block until no connection is NEW, ACTIVE or IDLE; False on timeout (seconds)."""
+        return self._drained.wait(timeout)
+
+    def drained(self) -> bool:
+        """True when no connection is NEW, ACTIVE or IDLE (beyond the floor)."""
+        return self._served <= self._drain_floor
+

@@ -1,0 +1,254 @@
+"""The process lifecycle: start, wait for a signal, drain, exit.
+
+Signals (the handlers only record the signal; the runner's greenlet acts):
+
+=========  ==============================================================
+SIGTERM    graceful: readiness turns 503, wait ``drain_delay``, then
+SIGINT     ``shutdown(graceful_timeout)`` on every server
+second     a second SIGTERM/SIGINT during the drain: close everything now
+SIGQUIT    close everything now
+=========  ==============================================================
+
+Exit status: 0 after a clean drain; ``EXIT_FORCED`` (3) when connections or
+jobs were forced closed; 1 when the server could not start; 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable, Optional, Sequence
+
+import gevent
+from gevent.queue import Empty, Queue
+
+from gshutdown import systemd
+from gshutdown.middleware import AccessLog, Readiness
+from gshutdown.server import Listener, Server, ShutdownResult
+from gshutdown.wsgi import WSGIApp
+
+log = logging.getLogger("gshutdown")
+
+EXIT_OK = 0
+EXIT_START_FAILED = 1
+EXIT_USAGE = 2
+EXIT_FORCED = 3
+
+#: The default Kubernetes ``terminationGracePeriodSeconds``.
+KUBERNETES_GRACE = 30.0
+
+_GRACEFUL = (signal.SIGTERM, signal.SIGINT)
+_IMMEDIATE = "immediate"
+
+
+class Runner:
+    """Runs servers until a signal (or ``shutdown_trigger``) says stop.
+
+    Args:
+        servers: started by ``run()``; they share one shutdown.
+        graceful_timeout: seconds a graceful shutdown may take before what is
+            left is forced (Kubernetes' default grace: 30).
+        drain_delay: seconds between the signal and the start of the shutdown,
+            during which the readiness path answers 503 and requests are still
+            served normally.
+        readiness: the readiness wrapper to turn unready, if any.
+        shutdown_trigger: blocks until a graceful shutdown should begin, as
+            an alternative to signals (tests, embedding).
+        pidfile: written at start, removed at exit.
+    """
+
+    def __init__(
+        self,
+        servers: Sequence[Server],
+        *,
+        graceful_timeout: Optional[float] = KUBERNETES_GRACE,
+        drain_delay: float = 0.0,
+        readiness: Optional[Readiness] = None,
+        shutdown_trigger: Optional[Callable[[], Any]] = None,
+        pidfile: Optional[str] = None,
+        install_signals: bool = True,
+    ) -> None:
+        self.servers = list(servers)
+        self.graceful_timeout = graceful_timeout
+        self.drain_delay = drain_delay
+        self.readiness = readiness
+        self.shutdown_trigger = shutdown_trigger
+        self.pidfile = pidfile
+        self.install_signals = install_signals
+        self._events: Queue[Any] = Queue()
+        self.results: list[ShutdownResult] = []
+
+    def _on_signal(self, signum: int) -> None:
+        # Only record: the runner greenlet decides what the signal means now.
+        self._events.put_nowait(signum)
+
+    def run(self) -> int:
+        """Serve until told to stop; return the process exit status."""
+        handlers = []
+        if self.install_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                handlers.append(gevent.signal_handler(signum, self._on_signal, signum))
+        trigger = None
+        if self.shutdown_trigger is not None:
+            trigger = gevent.spawn(self._wait_trigger)
+        try:
+            for server in self.servers:
+                if not server.started:
+                    server.start()
+            self._write_pidfile()
+            for server in self.servers:
+                log.info("listening on %s", _describe(server.address))
+            systemd.notify("READY=1")
+            return self._serve_until_stopped()
+        finally:
+            for handler in handlers:
+                handler.cancel()
+            if trigger is not None:
+                trigger.kill(block=False)
+            self._remove_pidfile()
+
+    def _wait_trigger(self) -> None:
+        assert self.shutdown_trigger is not None
+        self.shutdown_trigger()
+        self._events.put(signal.SIGTERM)
+
+    def _serve_until_stopped(self) -> int:
+        first = self._events.get()
+        systemd.notify("STOPPING=1")
+        if first == signal.SIGQUIT:
+            log.info("SIGQUIT: closing every connection now")
+            return self._close_now()
+        log.info("%s: graceful shutdown", _signame(first))
+        if self.readiness is not None:
+            self.readiness.set_draining()
+        if self.drain_delay > 0:
+            log.info("drain delay: readiness is 503; serving %g s more before closing", self.drain_delay)
+            try:
+                again = self._events.get(timeout=self.drain_delay)
+            except Empty:
+                pass
+            else:
+                log.info("%s during the drain delay: closing every connection now", _signame(again))
+                return self._close_now()
+        started = time.monotonic()
+        shutdowns = [gevent.spawn(server.shutdown, self.graceful_timeout) for server in self.servers]
+        all_done = gevent.spawn(gevent.joinall, shutdowns)
+        watcher = gevent.spawn(self._events.get)
+        forced_by_signal = False
+        try:
+            gevent.wait([all_done, watcher], count=1)
+            if not all_done.ready():
+                log.info("%s again: closing every connection now", _signame(watcher.value))
+                forced_by_signal = True
+                for server in self.servers:
+                    server.close()
+                all_done.join()
+        finally:
+            watcher.kill(block=False)
+        self.results = [glet.get() for glet in shutdowns]
+        forced = sum(len(result.forced) for result in self.results)
+        jobs_killed = sum(len(result.jobs_killed) for result in self.results)
+        clean = not forced_by_signal and all(result.clean for result in self.results)
+        log.info(
+            "exit: %s after %.3f s; %d requests served, %d connections forced, %d jobs killed",
+            "clean" if clean else "forced",
+            time.monotonic() - started,
+            sum(server.requests_total for server in self.servers),
+            forced,
+            jobs_killed,
+        )
+        return EXIT_OK if clean else EXIT_FORCED
+
+    def _close_now(self) -> int:
+        live = sum(len(server.registry) for server in self.servers)
+        for server in self.servers:
+            server.close()
+            server.jobs.stop(time.monotonic())
+        log.info("exit: closed %d connections", live)
+        return EXIT_FORCED if live else EXIT_OK
+
+    def _write_pidfile(self) -> None:
+        if self.pidfile:
+            tmp = f"{self.pidfile}.{os.getpid()}.tmp"
+            with open(tmp, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            os.replace(tmp, self.pidfile)  # atomic: a reader never sees half a pid
+
+    def _remove_pidfile(self) -> None:
+        if self.pidfile:
+            try:
+                with open(self.pidfile) as fh:
+                    if fh.read().strip() != str(os.getpid()):
+                        return  # a successor's file now
+                os.unlink(self.pidfile)
+            except OSError:
+                pass
+
+
+def _signame(signum: Any) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
+
+
+def _describe(address: Any) -> str:
+    if isinstance(address, tuple):
+        host = address[0]
+        return f"http://[{host}]:{address[1]}" if ":" in host else f"http://{host}:{address[1]}"
+    return f"unix:{address}"
+
+
+def build_app(app: WSGIApp, *, readiness_path: Optional[str], access_log: bool) -> tuple[WSGIApp, Optional[Readiness]]:
+    """Wrap ``app`` with the access log and the readiness probe, as configured."""
+    if access_log:
+        app = AccessLog(app)
+    readiness = None
+    if readiness_path:
+        readiness = Readiness(app, readiness_path)
+        app = readiness
+    return app, readiness
+
+
+def run(
+    app: WSGIApp,
+    bind: Sequence[Listener] | Listener = ("127.0.0.1", 8000),
+    *,
+    graceful_timeout: Optional[float] = KUBERNETES_GRACE,
+    drain_delay: float = 0.0,
+    readiness_path: Optional[str] = "/-/ready",
+    access_log: bool = False,
+    pidfile: Optional[str] = None,
+    shutdown_trigger: Optional[Callable[[], Any]] = None,
+    **options: Any,
+) -> int:
+    """Serve ``app`` as the CLI does (signals included) and return the exit status.
+
+    Args:
+        app: the WSGI application.
+        bind: one listener or several (``(host, port)``, ``"unix:/path"``, a socket).
+        graceful_timeout: seconds for the graceful shutdown (then forced).
+        drain_delay: seconds of 503 readiness before the listener closes.
+        readiness_path: path answered by the server itself (None: no probe).
+        access_log: log each request to the ``gshutdown.access`` logger.
+        pidfile: path to write the pid to.
+        shutdown_trigger: blocks until shutdown should start (besides signals).
+        options: ``Config`` fields (``idle_timeout``, ``max_connections``, ...).
+    """
+    from gshutdown import jobs
+
+    binds: list[Listener] = list(bind) if isinstance(bind, list) else [bind]  # type: ignore[list-item]
+    wrapped, readiness = build_app(app, readiness_path=readiness_path, access_log=access_log)
+    servers = [Server(listener, wrapped, **options) for listener in binds]
+    servers[0].jobs.adopt(jobs.app_jobs)
+    runner = Runner(
+        servers,
+        graceful_timeout=graceful_timeout,
+        drain_delay=drain_delay,
+        readiness=readiness,
+        shutdown_trigger=shutdown_trigger,
+        pidfile=pidfile,
+    )
+    return runner.run()

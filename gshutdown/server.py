@@ -1,0 +1,500 @@
+"""The server: accept, the connection registry, and shutdown.
+
+Shutdown timeline (``Server.shutdown(timeout)``), each step a private method:
+
+1. Mark the server shutting down and start the "drain" hooks; accept what is
+   already complete in the kernel's backlog, then close the listener, so new
+   connects are refused rather than reset halfway.
+2. Disable keep-alive: a response whose head is not yet written carries
+   ``Connection: close``, and no connection reads another request.
+3. Give every idle connection (and every NEW one with no byte received) a
+   read deadline of ``idle_grace`` seconds: a request arriving inside it is
+   served, then the connection closes; otherwise it closes with FIN.
+4. Wait for the registry to drain. This is an event set by the transition that
+   leaves no connection NEW, ACTIVE or IDLE: no polling, so ``shutdown()``
+   returns within milliseconds of the last request ending.
+5. Past the deadline, force-close what is left and record it.
+6. Run the "stopped" hooks, close hijacked sockets nobody took over, and join
+   the connection greenlets.
+
+``close()`` is the immediate version: listener and every connection, now.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from typing import Any, Callable, Optional, Union
+
+import gevent
+from gevent import getcurrent
+from gevent.event import AsyncResult, Event
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from gshutdown.config import Config
+from gshutdown.conn import Connection
+from gshutdown.jobs import JobFn, PeriodicJob, Scheduler
+from gshutdown.registry import ConnRegistry, ConnStateHook
+from gshutdown.state import ConnState
+from gshutdown.wsgi import WSGIAdapter, WSGIApp
+
+log = logging.getLogger("gshutdown")
+
+Listener = Union[tuple, str, socket.socket]
+
+
+class ShutdownPhase(enum.Enum):
+    """Where the server is in its life."""
+
+    SERVING = "serving"
+    DRAINING = "draining"
+    FORCING = "forcing"
+    STOPPING = "stopping"  # running "stopped" hooks, joining greenlets
+    STOPPED = "stopped"
+
+
+class HookPhase(str, enum.Enum):
+    """When an on-shutdown hook runs."""
+
+    #: As the shutdown starts: tell long polls, streams and WebSockets to end.
+    DRAIN = "drain"
+    #: After connections are drained: close pools, clients, files.
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class ForcedConnection:
+    """A connection that was still open at the shutdown deadline."""
+
+    state: ConnState
+    peer: Any
+    request_line: str
+    #: Seconds since the connection was accepted.
+    age: float
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    """How one on-shutdown hook ended: ``"ok"``, ``"failed"`` or ``"timed out"``."""
+
+    name: str
+    phase: HookPhase
+    outcome: str
+    #: Seconds the hook ran.
+    duration: float
+
+
+@dataclass(frozen=True)
+class ShutdownResult:
+    """What ``Server.shutdown()`` did."""
+
+    #: True when every connection finished on its own before the deadline.
+    clean: bool
+    #: Connections force-closed at the deadline.
+    forced: tuple[ForcedConnection, ...] = ()
+    #: Hijacked sockets still open at the end, closed by the server.
+    hijacked_closed: int = 0
+    hooks: tuple[HookOutcome, ...] = ()
+    #: Seconds from the start of the shutdown to its end.
+    duration: float = 0.0
+    #: Idle connections closed by step 3.
+    idle_closed: int = 0
+    #: Periodic jobs killed because they were still running at the deadline.
+    jobs_killed: tuple[str, ...] = ()
+
+
+@dataclass
+class _Hook:
+    fn: Callable[[], Any]
+    timeout: Optional[float]
+    phase: HookPhase
+    name: str = field(default="")
+
+
+class Server(StreamServer):
+    """An HTTP/1.1 WSGI server on a gevent ``StreamServer``, built to stop well.
+
+    Args:
+        listener: ``(host, port)`` (IPv4 or IPv6; port 0 picks one),
+            ``"unix:/path"``, or an already-bound listening socket.
+        application: any PEP 3333 application.
+        conn_state: called as ``conn_state(connection, new_state)`` on every
+            connection state change, synchronously; must not block. An
+            exception in it is logged and otherwise ignored.
+        config: a ``Config``; keyword ``options`` override its fields.
+    """
+
+    def __init__(
+        self,
+        listener: Listener,
+        application: WSGIApp,
+        *,
+        conn_state: Optional[ConnStateHook] = None,
+        config: Optional[Config] = None,
+        **options: Any,
+    ) -> None:
+        self.config = (config or Config()).replace(**options) if options else (config or Config())
+        self._owns_unix_path = False
+        if isinstance(listener, str) and listener.startswith("unix:"):
+            listener = bind_unix(listener[5:], self.config.backlog)
+            self._owns_unix_path = True
+        self.application = application
+        self.registry = ConnRegistry(conn_state)
+        #: Set when a shutdown starts; handlers may wait on it
+        #: (``environ['gshutdown.shutting_down']``).
+        self.shutting_down = Event()
+        self.shutdown_started = False
+        self.keep_alives_enabled = self.config.keep_alive
+        self.phase = ShutdownPhase.SERVING
+        self.wsgi: WSGIAdapter
+        self._hooks: list[_Hook] = []
+        self._shutdown_result: Optional[AsyncResult] = None
+        self._date_second = -1
+        self._date = ""
+        self._callers_in_handlers: set[Connection] = set()
+        #: Requests read so far, on all connections.
+        self.requests_total = 0
+        #: Periodic jobs; they start with the server and stop with its shutdown.
+        self.jobs = Scheduler()
+        super().__init__(listener, backlog=self.config.backlog, spawn=Pool(self.config.max_connections))
+
+    # -- accept ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind (if needed), start accepting, and start the periodic jobs."""
+        super().start()
+        self.jobs.start()
+
+    def every(self, interval: float, fn: JobFn, *, name: Optional[str] = None) -> PeriodicJob:
+        """Run ``fn()`` every ``interval`` seconds until shutdown (see ``gshutdown.jobs``)."""
+        return self.jobs.every(interval, fn, name=name)
+
+    def init_socket(self) -> None:
+        super().init_socket()
+        self.wsgi = WSGIAdapter(self.application, self)
+
+    def handle(self, sock: socket.socket, address: Any) -> None:
+        """Serve one accepted socket in the calling greenlet."""
+        conn = Connection(self, sock, address)
+        conn.greenlet = getcurrent()
+        conn.serve()
+
+    def do_handle(self, sock: socket.socket, address: Any) -> None:  # type: ignore[override]
+        # Registered here, in the accept path, rather than when the greenlet
+        # first runs: a connection accepted is a connection shutdown waits for.
+        conn = Connection(self, sock, address)
+        conn.greenlet = self._spawn(conn.serve)
+
+    def do_close(self, *args: Any) -> None:
+        pass  # connections close themselves (or were hijacked)
+
+    def server_host_port(self) -> tuple[str, str]:
+        """SERVER_NAME and SERVER_PORT for the environ."""
+        address = self.address
+        if isinstance(address, tuple):
+            return str(address[0]), str(address[1])
+        return str(address), "80"
+
+    def http_date(self) -> str:
+        """The current time as an HTTP date, formatted once a second."""
+        now = int(time.time())
+        if now != self._date_second:
+            self._date_second = now
+            self._date = formatdate(now, usegmt=True)
+        return self._date
+
+    # -- observability -----------------------------------------------------------
+
+    @property
+    def connections(self) -> list[Connection]:
+        """A snapshot of the live connections (hijacked ones included)."""
+        return self.registry.all()  # type: ignore[return-value]
+
+    def stats(self) -> dict[str, Any]:
+        """Connections by state, totals, and the shutdown phase."""
+        return {
+            "connections": self.registry.counts(),
+            "connections_closed": self.registry.closed_total,
+            "connections_hijacked": self.registry.hijacked_total,
+            "requests": self.requests_total,
+            "phase": self.phase.value,
+        }
+
+    # -- keep-alive, hooks ----------------------------------------------------------
+
+    def set_keep_alives_enabled(self, enabled: bool) -> None:
+        """Allow or forbid keep-alive (as Go's); forbidding closes idle connections now."""
+        self.keep_alives_enabled = enabled
+        if not enabled:
+            for conn in self.registry.in_state(ConnState.IDLE):
+                conn.shorten_wait(0)  # type: ignore[attr-defined]
+
+    def register_on_shutdown(
+        self,
+        fn: Callable[[], Any],
+        *,
+        timeout: Optional[float] = None,
+        phase: Union[HookPhase, str] = HookPhase.STOPPED,
+    ) -> None:
+        """Run ``fn()`` during ``shutdown()``.
+
+        Args:
+            fn: called with no arguments, in its own greenlet.
+            timeout: seconds the hook may run (also bounded by the shutdown
+                deadline); past it, it is killed and the next hook runs.
+            phase: ``"drain"`` (when the shutdown starts) or ``"stopped"``
+                (after connections are drained). Hooks of a phase run in
+                registration order; a failing or hanging one is logged and
+                does not stop the others.
+        """
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        self._hooks.append(_Hook(fn, timeout, HookPhase(phase), name))
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def shutdown(self, timeout: Optional[float] = None) -> ShutdownResult:
+        """Stop gracefully; see the module docstring for the steps.
+
+        Args:
+            timeout: seconds before what is still open is force-closed
+                (None: wait as long as it takes).
+
+        Returns:
+            A ``ShutdownResult``. Every caller, concurrent or repeated, gets
+            the same one. Called from inside a request handler, the caller's
+            own connection is not waited for (it could not finish meanwhile).
+        """
+        caller = self._caller_connection()
+        if caller is not None:
+            self._callers_in_handlers.add(caller)
+            self.registry.set_drain_floor(len(self._callers_in_handlers))
+        if self._shutdown_result is None:
+            self._shutdown_result = AsyncResult()
+            gevent.spawn(self._run_shutdown, timeout, self._shutdown_result)
+        result: ShutdownResult = self._shutdown_result.get()
+        return result
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """gevent's ``stop()``, made graceful: ``shutdown(timeout)``."""
+        self.shutdown(timeout)
+
+    def close(self) -> None:
+        """Close the listener and every connection now (Go's ``Close``)."""
+        self.shutdown_started = True
+        self.shutting_down.set()
+        self.keep_alives_enabled = False
+        self._close_listener()
+        for conn in self.registry.all():
+            conn.force_close()  # type: ignore[attr-defined]
+
+    def _caller_connection(self) -> Optional[Connection]:
+        current = getcurrent()
+        for conn in self.registry.in_state(ConnState.ACTIVE):
+            if conn.greenlet is current:  # type: ignore[attr-defined]
+                return conn  # type: ignore[return-value]
+        return None
+
+    def _run_shutdown(self, timeout: Optional[float], out: AsyncResult) -> None:
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        self.phase = ShutdownPhase.DRAINING
+        log.info("shutdown: started (timeout %s s)", "none" if timeout is None else f"{timeout:g}")
+        drain_hooks = gevent.spawn(self._run_hooks, HookPhase.DRAIN, deadline)
+        jobs = gevent.spawn(self.jobs.stop, deadline)
+        progress = gevent.spawn(self._log_progress, deadline)
+        self._begin_shutdown()
+        idle_closed = self._close_idle()
+        forced = self._wait_drained(deadline)
+        self.phase = ShutdownPhase.STOPPING
+        jobs_killed = tuple(jobs.get())
+        outcomes = self._join_drain_hooks(drain_hooks, deadline)
+        outcomes += self._run_hooks(HookPhase.STOPPED, deadline)
+        hijacked_closed = self._close_hijacked()
+        self._join_connections()
+        progress.kill(block=False)
+        self.phase = ShutdownPhase.STOPPED
+        result = ShutdownResult(
+            clean=not forced and not jobs_killed,
+            jobs_killed=jobs_killed,
+            forced=tuple(forced),
+            hijacked_closed=hijacked_closed,
+            hooks=tuple(outcomes),
+            duration=time.monotonic() - started,
+            idle_closed=idle_closed,
+        )
+        log.info(
+            "shutdown: %s in %.3f s (%d forced, %d idle closed, %d hijacked closed)",
+            "clean" if result.clean else "forced",
+            result.duration,
+            len(forced),
+            idle_closed,
+            hijacked_closed,
+        )
+        out.set(result)
+
+    def _begin_shutdown(self) -> None:
+        # Steps 1 and 2. No yield happens here, so no connection can observe
+        # a half-done step.
+        self.shutdown_started = True
+        self.shutting_down.set()
+        self.keep_alives_enabled = False
+        self._accept_backlog()
+        self._close_listener()
+
+    def _accept_backlog(self) -> None:
+        """Serve connections the kernel already completed, instead of resetting them."""
+        if not hasattr(self, "socket"):
+            return
+        self.stop_accepting()
+        while not self.full():
+            try:
+                accepted = self.do_read()
+            except OSError:
+                break
+            if not accepted:
+                break
+            self.do_handle(*accepted)
+
+    def _close_listener(self) -> None:
+        if hasattr(self, "socket"):
+            unix_path = None
+            if self.socket.family == getattr(socket, "AF_UNIX", None):
+                unix_path = self.socket.getsockname()
+            StreamServer.close(self)
+            if unix_path and self._owns_unix_path:
+                try:
+                    os.unlink(unix_path)
+                except OSError:
+                    pass
+
+    def _close_idle(self) -> int:
+        # Step 3: a deadline, not a close, so a request crossing it is served.
+        grace = self.config.idle_grace
+        return sum(
+            1
+            for conn in self.registry.in_state(ConnState.IDLE, ConnState.NEW)
+            if conn.shorten_wait(grace)  # type: ignore[attr-defined]
+        )
+
+    def _wait_drained(self, deadline: Optional[float]) -> list[ForcedConnection]:
+        # Steps 4 and 5.
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if self.registry.wait_drained(remaining):
+            return []
+        self.phase = ShutdownPhase.FORCING
+        exempt = self._callers_in_handlers
+        forced = [
+            ForcedConnection(conn.state, conn.peer, conn.request_line, conn.age)  # type: ignore[attr-defined]
+            for conn in self.registry.in_state(ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE)
+            if conn not in exempt
+        ]
+        for conn in self.registry.in_state(ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE):
+            if conn not in exempt:
+                conn.force_close()  # type: ignore[attr-defined]
+        for item in forced:
+            log.warning(
+                "shutdown: forced %s connection from %s after %.1f s: %s",
+                item.state.name,
+                item.peer,
+                item.age,
+                item.request_line or "(no request)",
+            )
+        # Killed greenlets close their sockets on the next loop turns.
+        self.registry.wait_drained(1.0)
+        return forced
+
+    def _run_hooks(self, phase: HookPhase, deadline: Optional[float]) -> list[HookOutcome]:
+        outcomes = []
+        for hook in self._hooks:
+            if hook.phase is not phase:
+                continue
+            limit = hook.timeout
+            if deadline is not None:
+                # A "stopped" hook still gets a moment past the deadline:
+                # skipping it would leak the very resources it closes.
+                left = max(deadline - time.monotonic(), 0.5 if phase is HookPhase.STOPPED else 0.0)
+                limit = left if limit is None else min(limit, left)
+            began = time.monotonic()
+            runner = gevent.spawn(hook.fn)
+            runner.join(limit)
+            if not runner.ready():
+                runner.kill(block=True, timeout=1.0)
+                outcome = "timed out"
+                log.error("shutdown: %s hook %s timed out after %.2f s", phase.value, hook.name, limit or 0)
+            elif runner.successful():
+                outcome = "ok"
+            else:
+                outcome = "failed"
+                log.error(
+                    "shutdown: %s hook %s failed",
+                    phase.value,
+                    hook.name,
+                    exc_info=(type(runner.exception), runner.exception, runner.exception.__traceback__),  # type: ignore[arg-type]
+                )
+            outcomes.append(HookOutcome(hook.name, phase, outcome, time.monotonic() - began))
+        return outcomes
+
+    def _join_drain_hooks(self, runner: gevent.Greenlet, deadline: Optional[float]) -> list[HookOutcome]:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        runner.join(remaining)
+        if not runner.ready():
+            runner.kill(block=True, timeout=1.0)
+        return list(runner.value or [])
+
+    def _close_hijacked(self) -> int:
+        closed = 0
+        for conn in self.registry.in_state(ConnState.HIJACKED):
+            if conn.sock.fileno() != -1:  # type: ignore[attr-defined]
+                closed += 1
+            conn.force_close()  # type: ignore[attr-defined]
+        return closed
+
+    def _join_connections(self) -> None:
+        # What is left are greenlets lingering after FIN and hijack handlers
+        # whose sockets were just closed: give them a moment, then end them.
+        exempt = {conn.greenlet for conn in self._callers_in_handlers}
+        pending = [g for g in list(self.pool) if g not in exempt]  # type: ignore[union-attr]
+        if pending:
+            gevent.joinall(pending, timeout=self.config.idle_grace)
+            for glet in pending:
+                if not glet.dead:
+                    glet.kill(block=False)
+            gevent.joinall(pending, timeout=1.0)
+
+    def _log_progress(self, deadline: Optional[float]) -> None:
+        while True:
+            gevent.sleep(1.0)
+            counts = self.registry.counts()
+            left = "" if deadline is None else f", {max(0.0, deadline - time.monotonic()):.1f} s left"
+            log.info(
+                "shutdown: draining: %d active, %d idle, %d new, %d hijacked%s",
+                counts["active"],
+                counts["idle"],
+                counts["new"],
+                counts["hijacked"],
+                left,
+            )
+
+
+def bind_unix(path: str, backlog: int = 2048) -> socket.socket:
+    """A listening unix socket at ``path`` (a stale socket file is replaced)."""
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: a leftover from a dead process
+        else:
+            raise OSError(f"{path} is in use by a running server")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(backlog)
+    return sock

@@ -1,0 +1,363 @@
+"""The WSGI adapter: environ, ``wsgi.input``, ``start_response`` and the body.
+
+One ``WSGIAdapter`` per server calls the application once per request. The
+response head is encoded when the first body bytes are ready (or when the
+body turns out empty), not at ``start_response`` time, so the keep-alive
+decision reflects the server's state at the moment the head goes out.
+
+Integrity rules (the server keeps serving in every case):
+- An exception before the head is sent gives a 500 with no traceback shown
+  to the client; after it, the connection is closed mid-response.
+- Invalid status or header fields from the application raise in
+  ``start_response`` and so become a 500 rather than reaching the wire.
+- A body longer than its Content-Length is cut off and the connection
+  closed; a shorter one closes the connection too (the client would wait).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
+from urllib.parse import unquote_to_bytes
+
+from gevent import GreenletExit
+
+from gshutdown.conn import BadRequestBody, ClientDisconnected
+from gshutdown.protocol.events import Request
+from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
+from gshutdown.state import ConnState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gshutdown.conn import Connection
+    from gshutdown.server import Server
+
+log = logging.getLogger("gshutdown")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]\Z")
+_STATUS = re.compile(r"[1-9][0-9][0-9] [^\x00-\x08\x0a-\x1f\x7f]*\Z")
+_CLIENT_GONE = (ClientDisconnected, ConnectionError, TimeoutError)
+
+# Header name -> environ key, for the names clients actually send.
+_ENVIRON_KEYS: dict[str, Optional[str]] = {}
+_MAX_ENVIRON_KEYS = 1024
+
+
+def _environ_key(name: str) -> Optional[str]:
+    key = _ENVIRON_KEYS.get(name)
+    if key is None and name not in _ENVIRON_KEYS:
+        if "_" in name:
+            # X_Forwarded_For would collide with X-Forwarded-For in environ:
+            # drop it, as gunicorn and nginx do, rather than let it spoof.
+            key = None
+        else:
+            key = name.upper().replace("-", "_")
+            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                key = "HTTP_" + key
+        if len(_ENVIRON_KEYS) < _MAX_ENVIRON_KEYS:
+            _ENVIRON_KEYS[name] = key
+    return key
+
+
+class _ResponseTooLong(Exception):
+    pass
+
+
+class Input:
+    """``wsgi.input``: the request body, streamed from the socket on demand."""
+
+    __slots__ = ("_conn", "_buf")
+
+    def __init__(self, conn: "Connection") -> None:
+        self._conn = conn
+        self._buf = bytearray()
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left when ``size`` is -1 or None)."""
+        buf = self._buf
+        if size is None or size < 0:
+            while True:
+                data = self._conn.read_body()
+                if not data:
+                    break
+                buf += data
+            out = bytes(buf)
+            buf.clear()
+            return out
+        while len(buf) < size:
+            data = self._conn.read_body()
+            if not data:
+                break
+            buf += data
+        out = bytes(buf[:size])
+        del buf[:size]
+        return out
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        """One line, ``\\n`` included, of at most ``size`` bytes when given."""
+        buf = self._buf
+        limit = -1 if size is None else size
+        start = 0
+        while True:
+            end = buf.find(b"\n", start)
+            if end >= 0:
+                end += 1
+                break
+            if 0 <= limit <= len(buf):
+                end = limit
+                break
+            start = len(buf)
+            data = self._conn.read_body()
+            if not data:
+                end = len(buf)
+                break
+            buf += data
+        if 0 <= limit < end:
+            end = limit
+        out = bytes(buf[:end])
+        del buf[:end]
+        return out
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        """Lines until the end, or until their total reaches ``hint`` bytes."""
+        lines = []
+        total = 0
+        for line in self:
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+class Response:
+    """The response to one request: ``start_response``, ``write`` and framing."""
+
+    __slots__ = ("_conn", "_request", "_adapter", "status", "headers", "head", "_sent")
+
+    def __init__(self, conn: "Connection", request: Request, adapter: "WSGIAdapter") -> None:
+        self._conn = conn
+        self._request = request
+        self._adapter = adapter
+        self.status: Optional[str] = None
+        self.headers: list[tuple[str, str]] = []
+        self.head: Optional[ResponseHead] = None
+        self._sent = 0
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        """PEP 3333 ``start_response``."""
+        if exc_info:
+            try:
+                if self.head is not None:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called a second time without exc_info")
+        if type(status) is not str or not _STATUS.match(status):
+            raise ValueError(f"invalid status {status!r}")
+        for item in headers:
+            name, value = item
+            if type(name) is not str or not _TOKEN.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+            if type(value) is not str or _BAD_VALUE.search(value):
+                raise ValueError(f"invalid value for header {name!r}: {value!r}")
+            lname = name.lower()
+            if lname == "content-length" and not (value.isascii() and value.isdigit()):
+                raise ValueError(f"invalid Content-Length {value!r}")
+            if lname == "transfer-encoding":
+                raise ValueError("Transfer-Encoding is the server's to set (hop-by-hop)")
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def _start(self, length_hint: Optional[int]) -> ResponseHead:
+        conn = self._conn
+        request = self._request
+        if self.status is None:
+            raise AssertionError("the application sent a body before calling start_response")
+        keep_alive = (
+            request.keep_alive
+            and conn.server.keep_alives_enabled
+            and not request.upgrade
+            # Never invite a body (100 Continue) only to discard it.
+            and not conn.expect_continue
+        )
+        head = encode_head(
+            self.status,
+            self.headers,
+            http_version=request.http_version,
+            method=request.method,
+            keep_alive=keep_alive,
+            body_length_hint=length_hint,
+            date=conn.server.http_date(),
+            server=conn.config.server_header,
+        )
+        self.head = head
+        conn.response_started = True
+        return head
+
+    def write(self, data: bytes, _length_hint: Optional[int] = None) -> None:
+        """Send ``data`` as body (also PEP 3333's ``write`` callable)."""
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"response body must be bytes, not {type(data).__name__}")
+            data = bytes(data)
+        head = self.head
+        if head is None:
+            head = self._start(_length_hint)
+            out = head.data
+        else:
+            out = b""
+        too_long = False
+        if data and head.send_body:
+            if head.chunked:
+                out += chunk(data)
+            else:
+                limit = head.content_length
+                if limit is not None and self._sent + len(data) > limit:
+                    data = data[: limit - self._sent]
+                    too_long = True
+                out += data
+                self._sent += len(data)
+        if out:
+            self._conn.send(out)
+        if too_long:
+            raise _ResponseTooLong()
+
+    def finish(self) -> bool:
+        """End the body; True if the connection may carry another request."""
+        head = self.head
+        if head is None:
+            head = self._start(0)
+            self._conn.send(head.data)
+        elif head.chunked:
+            self._conn.send(LAST_CHUNK)
+        if head.send_body and head.content_length is not None and self._sent < head.content_length:
+            log.error(
+                "%s: application sent %d of %d body bytes declared; closing the connection",
+                self._conn.request_line,
+                self._sent,
+                head.content_length,
+            )
+            return False
+        return head.keep_alive
+
+
+class WSGIAdapter:
+    """Runs a WSGI application for each request a connection reads."""
+
+    def __init__(self, app: WSGIApp, server: "Server") -> None:
+        self.app = app
+        self.server = server
+        host, port = server.server_host_port()
+        self.base_environ: dict[str, Any] = {
+            "SERVER_NAME": host,
+            "SERVER_PORT": port,
+            "SCRIPT_NAME": "",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": False,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "gshutdown.shutting_down": server.shutting_down,
+        }
+
+    def environ(self, conn: "Connection", request: Request) -> dict[str, Any]:
+        """The PEP 3333 environ for ``request``."""
+        env = self.base_environ.copy()
+        target = request.target
+        if target[:1] == "/":
+            path, _, query = target.partition("?")
+        elif target == "*":
+            path, query = "*", ""
+        else:  # absolute-form: the path only (RFC 9112 3.2.2)
+            rest = target.partition("://")[2]
+            slash = rest.find("/")
+            path, _, query = ("/" + rest[slash + 1 :] if slash >= 0 else "/").partition("?")
+        if "%" in path:
+            path = unquote_to_bytes(path).decode("latin-1")
+        env["REQUEST_METHOD"] = request.method
+        env["PATH_INFO"] = path
+        env["QUERY_STRING"] = query
+        env["RAW_URI"] = target
+        env["SERVER_PROTOCOL"] = "HTTP/" + request.http_version
+        peer = conn.peer
+        if isinstance(peer, tuple):
+            env["REMOTE_ADDR"] = peer[0]
+            env["REMOTE_PORT"] = str(peer[1])
+        else:
+            env["REMOTE_ADDR"] = ""
+        for name, value in request.headers:
+            key = _environ_key(name)
+            if key is None:
+                continue
+            if key in env:
+                env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
+            else:
+                env[key] = value
+        env["wsgi.input"] = Input(conn)
+        env["gshutdown.hijack"] = conn.hijack
+        env["gshutdown.connection"] = conn
+        return env
+
+    def handle(self, conn: "Connection", request: Request) -> bool:
+        """Run the application for one request; True to keep the connection."""
+        response = Response(conn, request, self)
+        result: Any = None
+        try:
+            result = self.app(self.environ(conn, request), response.start_response)
+            if conn.state is ConnState.HIJACKED:
+                return False
+            if isinstance(result, list) and len(result) == 1 and response.head is None:
+                # The whole body at once: Content-Length and a single write.
+                body = result[0]
+                response.write(body, len(body))
+            else:
+                for data in result:
+                    if data:
+                        response.write(data)
+                    if conn.state is ConnState.HIJACKED:
+                        return False
+            return response.finish()
+        except _CLIENT_GONE:
+            return False
+        except BadRequestBody as exc:
+            if not conn.response_started:
+                conn.send_error(exc.status, str(exc))
+            return False
+        except _ResponseTooLong:
+            log.error("%s: application sent more than its Content-Length; cut off", conn.request_line)
+            return False
+        except GreenletExit:
+            raise
+        except Exception:
+            if conn.state is ConnState.HIJACKED:
+                log.exception("error in hijacked handler for %s", conn.request_line)
+                return False
+            log.exception("error handling %s", conn.request_line)
+            if not conn.response_started:
+                conn.send_error(500, "Internal Server Error")
+            return False
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("error closing the response of %s", conn.request_line)
