@@ -16,6 +16,7 @@ from gshutdown.state import TRANSITIONS, ConnState, IllegalTransition
 __version__ = "0.1.0"
 
 __all__ = [
+    "TRANSITIONS",
     "BadRequestBody",
     "ClientDisconnected",
     "Config",
@@ -28,7 +29,6 @@ __all__ = [
     "Server",
     "ShutdownPhase",
     "ShutdownResult",
-    "TRANSITIONS",
     "__version__",
     "bind_unix",
 ]

@@ -84,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gshutdown",
         description="Serve a WSGI application on gevent, and stop it without losing a request.",
     )
-    p.add_argument("app", metavar="APP", help="MODULE:NAME, MODULE (finds app/application), or FILE.py[:NAME]")
+    p.add_argument(
+        "app", metavar="APP", help="MODULE:NAME, MODULE (finds app/application), or FILE.py[:NAME]"
+    )
     p.add_argument(
         "-b",
         "--bind",
@@ -105,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to keep serving with readiness at 503 before closing the listener (default 0)",
     )
     p.add_argument(
-        "--idle-timeout", type=_seconds, default=_env("IDLE_TIMEOUT", "5"), help="keep-alive idle seconds (default 5)"
+        "--idle-timeout",
+        type=_seconds,
+        default=_env("IDLE_TIMEOUT", "5"),
+        help="keep-alive idle seconds (default 5)",
     )
     p.add_argument(
         "--read-header-timeout",
@@ -113,14 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("READ_HEADER_TIMEOUT", "10"),
         help="seconds to receive a request head (default 10)",
     )
-    p.add_argument("--max-connections", type=_count, default=_env("MAX_CONNECTIONS"), help="most open connections")
-    p.add_argument("--backlog", type=_count, default=_env("BACKLOG", "2048"), help="listen backlog (default 2048)")
+    p.add_argument(
+        "--max-connections", type=_count, default=_env("MAX_CONNECTIONS"), help="most open connections"
+    )
+    p.add_argument(
+        "--backlog", type=_count, default=_env("BACKLOG", "2048"), help="listen backlog (default 2048)"
+    )
     p.add_argument(
         "--readiness-path",
         default=_env("READINESS_PATH", "/-/ready"),
         help="path the server answers itself: 200, or 503 once draining ('' to disable; default /-/ready)",
     )
-    p.add_argument("--access-log", default=_env("ACCESS_LOG"), metavar="FILE", help="access log file, '-' for stderr")
+    p.add_argument(
+        "--access-log", default=_env("ACCESS_LOG"), metavar="FILE", help="access log file, '-' for stderr"
+    )
     p.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
@@ -144,7 +155,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if not args.bind:
         env_bind = _env("BIND")
         try:
-            args.bind = [parse_bind(item) for item in env_bind.split(",")] if env_bind else [("127.0.0.1", 8000)]
+            args.bind = (
+                [parse_bind(item) for item in env_bind.split(",")] if env_bind else [("127.0.0.1", 8000)]
+            )
         except argparse.ArgumentTypeError as exc:
             parser.error(f"GSHUTDOWN_BIND: {exc}")
     return args
@@ -241,7 +254,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             args.drain_delay + args.graceful_timeout,
             KUBERNETES_GRACE,
         )
-    wrapped, readiness = build_app(app, readiness_path=args.readiness_path or None, access_log=bool(args.access_log))
+    wrapped, readiness = build_app(
+        app, readiness_path=args.readiness_path or None, access_log=bool(args.access_log)
+    )
     listeners: list[Any] = systemd.listen_fds() or args.bind
     options = dict(
         idle_timeout=args.idle_timeout or None,
@@ -256,7 +271,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             server.init_socket()  # bind now, to report a busy port before anything else
             servers.append(server)
     except OSError as exc:
-        where = listener if isinstance(listener, str) else ":".join(map(str, listener[:2])) if isinstance(listener, tuple) else "socket"
+        where = (
+            listener
+            if isinstance(listener, str)
+            else ":".join(map(str, listener[:2]))
+            if isinstance(listener, tuple)
+            else "socket"
+        )
         reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
         print(f"gshutdown: error: cannot listen on {where}: {reason}", file=sys.stderr)
         for server in servers:

@@ -67,6 +67,6 @@ class Config:
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (unknown names raise TypeError)."""
         return dataclasses.replace(self, **changes)

@@ -27,7 +27,6 @@ from gevent import GreenletExit, getcurrent
 from gevent.hub import Waiter, get_hub
 
 from gshutdown.protocol import (
-    ConnectionClosed,
     Data,
     EndOfMessage,
     Event,
@@ -86,7 +85,7 @@ class Connection:
 
     _next_id = 0
 
-    def __init__(self, server: "Server", sock: socket.socket, peer: Any) -> None:
+    def __init__(self, server: Server, sock: socket.socket, peer: Any) -> None:
         Connection._next_id += 1
         self.id = Connection._next_id
         self.server = server
@@ -315,10 +314,7 @@ class Connection:
             event = parser.next_event()
             if event is not None:
                 return event
-            if deadline is None:
-                data = self._recv(None)
-            else:
-                data = self._recv(deadline - time.monotonic())
+            data = self._recv(None) if deadline is None else self._recv(deadline - time.monotonic())
             if data is None:
                 raise _ReadTimeout()
             parser.feed(data)

@@ -70,7 +70,7 @@ class AccessLog:
         return _Logged(result, environ, status, sent)
 
 
-class _LoggedList(list):  # type: ignore[type-arg]
+class _LoggedList(list):
     log: Callable[[], None]
 
     def close(self) -> None:
@@ -78,7 +78,9 @@ class _LoggedList(list):  # type: ignore[type-arg]
 
 
 class _Logged:
-    def __init__(self, result: Iterable[bytes], environ: dict[str, Any], status: list[str], sent: list[int]) -> None:
+    def __init__(
+        self, result: Iterable[bytes], environ: dict[str, Any], status: list[str], sent: list[int]
+    ) -> None:
         self._result = result
         self._environ = environ
         self._status = status

@@ -14,11 +14,14 @@ that leaves no ACTIVE, NEW or IDLE connection, so a waiter wakes at once.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from gevent.event import Event
 
 from gshutdown.state import ConnState, Stateful
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gshutdown.conn import Connection
 
 log = logging.getLogger("gshutdown")
 
@@ -32,7 +35,7 @@ class ConnRegistry:
     """Live connections by state, and an event for "none left to serve"."""
 
     def __init__(self, hook: Optional[ConnStateHook] = None) -> None:
-        self._by_state: dict[ConnState, set[Stateful]] = {
+        self._by_state: dict[ConnState, set[Connection]] = {
             state: set() for state in (ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE, ConnState.HIJACKED)
         }
         self._hook = hook
@@ -55,7 +58,7 @@ class ConnRegistry:
         if new is ConnState.CLOSED:
             self.closed_total += 1
         else:
-            self._by_state[new].add(conn)
+            self._by_state[new].add(conn)  # type: ignore[arg-type]
             if new in _SERVED:
                 self._served += 1
             else:
@@ -78,22 +81,22 @@ class ConnRegistry:
         self._drain_floor = count
         self._update_drained()
 
-    def register(self, conn: Stateful) -> None:
+    def register(self, conn: Connection) -> None:
         """Enter a just-accepted connection, in state NEW."""
         self.observe(conn, None, ConnState.NEW)
 
-    def forget(self, conn: Stateful) -> None:
+    def forget(self, conn: Connection) -> None:
         """Stop tracking a hijacked connection (its owner closed it or took it over)."""
         self._by_state[ConnState.HIJACKED].discard(conn)
 
-    def in_state(self, *states: ConnState) -> list[Stateful]:
+    def in_state(self, *states: ConnState) -> list[Connection]:
         """A snapshot of the connections now in any of ``states``."""
-        out: list[Stateful] = []
+        out: list[Connection] = []
         for state in states:
             out.extend(self._by_state[state])
         return out
 
-    def all(self) -> list[Stateful]:
+    def all(self) -> list[Connection]:
         """A snapshot of every live connection, hijacked ones included."""
         return self.in_state(*self._by_state)
 
@@ -111,4 +114,3 @@ class ConnRegistry:
     def drained(self) -> bool:
         """True when no connection is NEW, ACTIVE or IDLE (beyond the floor)."""
         return self._served <= self._drain_floor
-

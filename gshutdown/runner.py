@@ -201,7 +201,9 @@ def _describe(address: Any) -> str:
     return f"unix:{address}"
 
 
-def build_app(app: WSGIApp, *, readiness_path: Optional[str], access_log: bool) -> tuple[WSGIApp, Optional[Readiness]]:
+def build_app(
+    app: WSGIApp, *, readiness_path: Optional[str], access_log: bool
+) -> tuple[WSGIApp, Optional[Readiness]]:
     """Wrap ``app`` with the access log and the readiness probe, as configured."""
     if access_log:
         app = AccessLog(app)

@@ -59,7 +59,7 @@ class ShutdownPhase(enum.Enum):
     STOPPED = "stopped"
 
 
-class HookPhase(str, enum.Enum):
+class HookPhase(enum.StrEnum):
     """When an on-shutdown hook runs."""
 
     #: As the shutdown starts: tell long polls, streams and WebSockets to end.
@@ -185,7 +185,7 @@ class Server(StreamServer):
         conn.greenlet = getcurrent()
         conn.serve()
 
-    def do_handle(self, sock: socket.socket, address: Any) -> None:  # type: ignore[override]
+    def do_handle(self, sock: socket.socket, address: Any) -> None:
         # Registered here, in the accept path, rather than when the greenlet
         # first runs: a connection accepted is a connection shutdown waits for.
         conn = Connection(self, sock, address)
@@ -214,7 +214,7 @@ class Server(StreamServer):
     @property
     def connections(self) -> list[Connection]:
         """A snapshot of the live connections (hijacked ones included)."""
-        return self.registry.all()  # type: ignore[return-value]
+        return self.registry.all()
 
     def stats(self) -> dict[str, Any]:
         """Connections by state, totals, and the shutdown phase."""
@@ -233,7 +233,7 @@ class Server(StreamServer):
         self.keep_alives_enabled = enabled
         if not enabled:
             for conn in self.registry.in_state(ConnState.IDLE):
-                conn.shorten_wait(0)  # type: ignore[attr-defined]
+                conn.shorten_wait(0)
 
     def register_on_shutdown(
         self,
@@ -291,13 +291,13 @@ class Server(StreamServer):
         self.keep_alives_enabled = False
         self._close_listener()
         for conn in self.registry.all():
-            conn.force_close()  # type: ignore[attr-defined]
+            conn.force_close()
 
     def _caller_connection(self) -> Optional[Connection]:
         current = getcurrent()
         for conn in self.registry.in_state(ConnState.ACTIVE):
-            if conn.greenlet is current:  # type: ignore[attr-defined]
-                return conn  # type: ignore[return-value]
+            if conn.greenlet is current:
+                return conn
         return None
 
     def _run_shutdown(self, timeout: Optional[float], out: AsyncResult) -> None:
@@ -376,11 +376,7 @@ class Server(StreamServer):
     def _close_idle(self) -> int:
         # Step 3: a deadline, not a close, so a request crossing it is served.
         grace = self.config.idle_grace
-        return sum(
-            1
-            for conn in self.registry.in_state(ConnState.IDLE, ConnState.NEW)
-            if conn.shorten_wait(grace)  # type: ignore[attr-defined]
-        )
+        return sum(conn.shorten_wait(grace) for conn in self.registry.in_state(ConnState.IDLE, ConnState.NEW))
 
     def _wait_drained(self, deadline: Optional[float]) -> list[ForcedConnection]:
         # Steps 4 and 5.
@@ -390,13 +386,13 @@ class Server(StreamServer):
         self.phase = ShutdownPhase.FORCING
         exempt = self._callers_in_handlers
         forced = [
-            ForcedConnection(conn.state, conn.peer, conn.request_line, conn.age)  # type: ignore[attr-defined]
+            ForcedConnection(conn.state, conn.peer, conn.request_line, conn.age)
             for conn in self.registry.in_state(ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE)
             if conn not in exempt
         ]
         for conn in self.registry.in_state(ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE):
             if conn not in exempt:
-                conn.force_close()  # type: ignore[attr-defined]
+                conn.force_close()
         for item in forced:
             log.warning(
                 "shutdown: forced %s connection from %s after %.1f s: %s",
@@ -435,7 +431,7 @@ class Server(StreamServer):
                     "shutdown: %s hook %s failed",
                     phase.value,
                     hook.name,
-                    exc_info=(type(runner.exception), runner.exception, runner.exception.__traceback__),  # type: ignore[arg-type]
+                    exc_info=(type(runner.exception), runner.exception, runner.exception.__traceback__),
                 )
             outcomes.append(HookOutcome(hook.name, phase, outcome, time.monotonic() - began))
         return outcomes
@@ -450,16 +446,16 @@ class Server(StreamServer):
     def _close_hijacked(self) -> int:
         closed = 0
         for conn in self.registry.in_state(ConnState.HIJACKED):
-            if conn.sock.fileno() != -1:  # type: ignore[attr-defined]
+            if conn.sock.fileno() != -1:
                 closed += 1
-            conn.force_close()  # type: ignore[attr-defined]
+            conn.force_close()
         return closed
 
     def _join_connections(self) -> None:
         # What is left are greenlets lingering after FIN and hijack handlers
         # whose sockets were just closed: give them a moment, then end them.
         exempt = {conn.greenlet for conn in self._callers_in_handlers}
-        pending = [g for g in list(self.pool) if g not in exempt]  # type: ignore[union-attr]
+        pending = [g for g in list(self.pool) if g not in exempt]
         if pending:
             gevent.joinall(pending, timeout=self.config.idle_grace)
             for glet in pending:

@@ -49,7 +49,7 @@ class IllegalTransition(RuntimeError):
 
 
 class StateObserver(Protocol):
-    def __call__(self, conn: "Stateful", old: Optional[ConnState], new: ConnState) -> None: ...
+    def __call__(self, conn: Stateful, old: Optional[ConnState], new: ConnState) -> None: ...
 
 
 class Stateful(Protocol):

@@ -70,9 +70,9 @@ class _ResponseTooLong(Exception):
 class Input:
     """``wsgi.input``: the request body, streamed from the socket on demand."""
 
-    __slots__ = ("_conn", "_buf")
+    __slots__ = ("_buf", "_conn")
 
-    def __init__(self, conn: "Connection") -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
         self._buf = bytearray()
 
@@ -144,9 +144,9 @@ class Input:
 class Response:
     """The response to one request: ``start_response``, ``write`` and framing."""
 
-    __slots__ = ("_conn", "_request", "_adapter", "status", "headers", "head", "_sent")
+    __slots__ = ("_adapter", "_conn", "_request", "_sent", "head", "headers", "status")
 
-    def __init__(self, conn: "Connection", request: Request, adapter: "WSGIAdapter") -> None:
+    def __init__(self, conn: Connection, request: Request, adapter: WSGIAdapter) -> None:
         self._conn = conn
         self._request = request
         self._adapter = adapter
@@ -260,7 +260,7 @@ class Response:
 class WSGIAdapter:
     """Runs a WSGI application for each request a connection reads."""
 
-    def __init__(self, app: WSGIApp, server: "Server") -> None:
+    def __init__(self, app: WSGIApp, server: Server) -> None:
         self.app = app
         self.server = server
         host, port = server.server_host_port()
@@ -278,7 +278,7 @@ class WSGIAdapter:
             "gshutdown.shutting_down": server.shutting_down,
         }
 
-    def environ(self, conn: "Connection", request: Request) -> dict[str, Any]:
+    def environ(self, conn: Connection, request: Request) -> dict[str, Any]:
         """The PEP 3333 environ for ``request``."""
         env = self.base_environ.copy()
         target = request.target
@@ -316,7 +316,7 @@ class WSGIAdapter:
         env["gshutdown.connection"] = conn
         return env
 
-    def handle(self, conn: "Connection", request: Request) -> bool:
+    def handle(self, conn: Connection, request: Request) -> bool:
         """Run the application for one request; True to keep the connection."""
         response = Response(conn, request, self)
         result: Any = None

@@ -31,7 +31,7 @@ class ServerThread:
         self.transitions: list[tuple[int, ConnState]] = []
         self._lock = threading.Lock()
         self._ready = threading.Event()
-        self._calls: "queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]" = queue.Queue()
+        self._calls: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.Queue()
         self._async: Any = None
         self._stopped = False
         self.server: Server
@@ -40,7 +40,7 @@ class ServerThread:
 
     # -- lifecycle --------------------------------------------------------
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("server thread did not start")
@@ -84,13 +84,13 @@ class ServerThread:
             gevent.spawn(self._run_call, fn, future)
 
     @staticmethod
-    def _run_call(fn: Callable[[], Any], future: "concurrent.futures.Future[Any]") -> None:
+    def _run_call(fn: Callable[[], Any], future: concurrent.futures.Future[Any]) -> None:
         try:
             future.set_result(fn())
         except BaseException as exc:
             future.set_exception(exc)
 
-    def call_async(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "concurrent.futures.Future[Any]":
+    def call_async(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args, **kwargs)`` in the server's hub; a Future of its result."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._calls.put((lambda: fn(*args, **kwargs), future))
@@ -104,7 +104,7 @@ class ServerThread:
     def shutdown(self, timeout: Optional[float] = None) -> Any:
         return self.call(self.server.shutdown, timeout, timeout=(timeout or 30) + 30)
 
-    def shutdown_async(self, timeout: Optional[float] = None) -> "concurrent.futures.Future[Any]":
+    def shutdown_async(self, timeout: Optional[float] = None) -> concurrent.futures.Future[Any]:
         return self.call_async(self.server.shutdown, timeout)
 
     def stop(self) -> None:
@@ -118,7 +118,7 @@ class ServerThread:
             self._async.send()
             self._thread.join(5)
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

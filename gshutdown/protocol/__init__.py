@@ -22,11 +22,11 @@ from gshutdown.protocol.writer import (
 )
 
 __all__ = [
+    "LAST_CHUNK",
     "ConnectionClosed",
     "Data",
     "EndOfMessage",
     "Event",
-    "LAST_CHUNK",
     "ProtocolError",
     "Request",
     "RequestParser",

@@ -108,7 +108,7 @@ class RequestParser:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._finished = True
-            self.tunnel_bytes = data[upgrade.args[0]:]
+            self.tunnel_bytes = data[upgrade.args[0] :]
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Rejected):

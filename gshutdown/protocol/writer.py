@@ -94,9 +94,7 @@ def encode_head(
     elif keep_alive:
         lines.append("Connection: keep-alive\r\n")
     lines.append("\r\n")
-    return ResponseHead(
-        "".join(lines).encode("latin-1"), chunked, content_length, keep_alive, send_body
-    )
+    return ResponseHead("".join(lines).encode("latin-1"), chunked, content_length, keep_alive, send_body)
 
 
 def chunk(data: bytes) -> bytes:
@@ -111,8 +109,6 @@ def error_response(status: int, reason: str, *, date: str, server: str) -> bytes
         f"HTTP/1.1 {status} {reason}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
-        f"Date: {date}\r\n"
-        + (f"Server: {server}\r\n" if server else "")
-        + "Connection: close\r\n\r\n"
+        f"Date: {date}\r\n" + (f"Server: {server}\r\n" if server else "") + "Connection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body
