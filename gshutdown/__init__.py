@@ -2,10 +2,10 @@
 
 from gshutdown.config import Config
 from gshutdown.conn import BadRequestBody, ClientDisconnected, Connection
+from gshutdown.hooks import HookOutcome, HookPhase, on_shutdown
+from gshutdown.jobs import every
 from gshutdown.server import (
     ForcedConnection,
-    HookOutcome,
-    HookPhase,
     Server,
     ShutdownPhase,
     ShutdownResult,
@@ -31,4 +31,6 @@ __all__ = [
     "ShutdownResult",
     "__version__",
     "bind_unix",
+    "every",
+    "on_shutdown",
 ]

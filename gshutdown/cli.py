@@ -239,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "disabled (--no-monkey-patch)" if args.no_monkey_patch else "applied before importing the app",
     )
     from gshutdown import jobs, systemd
-    from gshutdown.runner import KUBERNETES_GRACE, Runner, build_app
+    from gshutdown.runner import KUBERNETES_GRACE, Runner, adopt_app_hooks, build_app
     from gshutdown.server import Server
 
     try:
@@ -290,5 +290,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         drain_delay=args.drain_delay,
         readiness=readiness,
         pidfile=args.pid,
+        hooks=adopt_app_hooks(),
     )
     return runner.run()

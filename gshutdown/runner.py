@@ -25,6 +25,7 @@ import gevent
 from gevent.queue import Empty, Queue
 
 from gshutdown import systemd
+from gshutdown.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
 from gshutdown.middleware import AccessLog, Readiness
 from gshutdown.server import Listener, Server, ShutdownResult
 from gshutdown.wsgi import WSGIApp
@@ -57,6 +58,10 @@ class Runner:
         shutdown_trigger: blocks until a graceful shutdown should begin, as
             an alternative to signals (tests, embedding).
         pidfile: written at start, removed at exit.
+        hooks: on-shutdown hooks of the whole process (``gshutdown.on_shutdown``):
+            "drain" ones run as the shutdown starts, "stopped" ones once every
+            server has drained.
+        on_ready: called once every server is listening.
     """
 
     def __init__(
@@ -69,6 +74,8 @@ class Runner:
         shutdown_trigger: Optional[Callable[[], Any]] = None,
         pidfile: Optional[str] = None,
         install_signals: bool = True,
+        hooks: Optional[HookList] = None,
+        on_ready: Optional[Callable[[], Any]] = None,
     ) -> None:
         self.servers = list(servers)
         self.graceful_timeout = graceful_timeout
@@ -77,6 +84,9 @@ class Runner:
         self.shutdown_trigger = shutdown_trigger
         self.pidfile = pidfile
         self.install_signals = install_signals
+        self.hooks = hooks if hooks is not None else HookList()
+        self.on_ready = on_ready
+        self.hook_outcomes: list[HookOutcome] = []
         self._events: Queue[Any] = Queue()
         self.results: list[ShutdownResult] = []
 
@@ -100,7 +110,10 @@ class Runner:
             self._write_pidfile()
             for server in self.servers:
                 log.info("listening on %s", _describe(server.address))
-            systemd.notify("READY=1")
+            if self.on_ready is not None:
+                self.on_ready()
+            else:
+                systemd.notify("READY=1")
             return self._serve_until_stopped()
         finally:
             for handler in handlers:
@@ -133,6 +146,8 @@ class Runner:
                 log.info("%s during the drain delay: closing every connection now", _signame(again))
                 return self._close_now()
         started = time.monotonic()
+        deadline = None if self.graceful_timeout is None else started + self.graceful_timeout
+        drain_hooks = gevent.spawn(self.hooks.run, HookPhase.DRAIN, deadline)
         shutdowns = [gevent.spawn(server.shutdown, self.graceful_timeout) for server in self.servers]
         all_done = gevent.spawn(gevent.joinall, shutdowns)
         watcher = gevent.spawn(self._events.get)
@@ -148,6 +163,8 @@ class Runner:
         finally:
             watcher.kill(block=False)
         self.results = [glet.get() for glet in shutdowns]
+        self.hook_outcomes = join_drain_hooks(drain_hooks, deadline)
+        self.hook_outcomes += self.hooks.run(HookPhase.STOPPED, deadline)
         forced = sum(len(result.forced) for result in self.results)
         jobs_killed = sum(len(result.jobs_killed) for result in self.results)
         clean = not forced_by_signal and all(result.clean for result in self.results)
@@ -252,5 +269,14 @@ def run(
         readiness=readiness,
         shutdown_trigger=shutdown_trigger,
         pidfile=pidfile,
+        hooks=adopt_app_hooks(),
     )
     return runner.run()
+
+
+def adopt_app_hooks() -> HookList:
+    """Take the hooks declared with ``gshutdown.on_shutdown`` so far."""
+    hooks = HookList()
+    hooks.hooks.extend(app_hooks.hooks)
+    app_hooks.hooks.clear()
+    return hooks

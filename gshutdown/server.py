@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, Callable, Optional, Union
 
@@ -39,6 +39,7 @@ from gevent.server import StreamServer
 
 from gshutdown.config import Config
 from gshutdown.conn import Connection
+from gshutdown.hooks import HookList, HookOutcome, HookPhase, join_drain_hooks
 from gshutdown.jobs import JobFn, PeriodicJob, Scheduler
 from gshutdown.registry import ConnRegistry, ConnStateHook
 from gshutdown.state import ConnState
@@ -59,15 +60,6 @@ class ShutdownPhase(enum.Enum):
     STOPPED = "stopped"
 
 
-class HookPhase(enum.StrEnum):
-    """When an on-shutdown hook runs."""
-
-    #: As the shutdown starts: tell long polls, streams and WebSockets to end.
-    DRAIN = "drain"
-    #: After connections are drained: close pools, clients, files.
-    STOPPED = "stopped"
-
-
 @dataclass(frozen=True)
 class ForcedConnection:
     """A connection that was still open at the shutdown deadline."""
@@ -77,17 +69,6 @@ class ForcedConnection:
     request_line: str
     #: Seconds since the connection was accepted.
     age: float
-
-
-@dataclass(frozen=True)
-class HookOutcome:
-    """How one on-shutdown hook ended: ``"ok"``, ``"failed"`` or ``"timed out"``."""
-
-    name: str
-    phase: HookPhase
-    outcome: str
-    #: Seconds the hook ran.
-    duration: float
 
 
 @dataclass(frozen=True)
@@ -107,14 +88,6 @@ class ShutdownResult:
     idle_closed: int = 0
     #: Periodic jobs killed because they were still running at the deadline.
     jobs_killed: tuple[str, ...] = ()
-
-
-@dataclass
-class _Hook:
-    fn: Callable[[], Any]
-    timeout: Optional[float]
-    phase: HookPhase
-    name: str = field(default="")
 
 
 class Server(StreamServer):
@@ -153,7 +126,8 @@ class Server(StreamServer):
         self.keep_alives_enabled = self.config.keep_alive
         self.phase = ShutdownPhase.SERVING
         self.wsgi: WSGIAdapter
-        self._hooks: list[_Hook] = []
+        #: On-shutdown hooks (see ``register_on_shutdown``).
+        self.hooks = HookList()
         self._shutdown_result: Optional[AsyncResult] = None
         self._date_second = -1
         self._date = ""
@@ -253,8 +227,7 @@ class Server(StreamServer):
                 registration order; a failing or hanging one is logged and
                 does not stop the others.
         """
-        name = getattr(fn, "__qualname__", None) or repr(fn)
-        self._hooks.append(_Hook(fn, timeout, HookPhase(phase), name))
+        self.hooks.add(fn, timeout=timeout, phase=phase)
 
     # -- shutdown -------------------------------------------------------------------------
 
@@ -305,7 +278,7 @@ class Server(StreamServer):
         deadline = None if timeout is None else started + timeout
         self.phase = ShutdownPhase.DRAINING
         log.info("shutdown: started (timeout %s s)", "none" if timeout is None else f"{timeout:g}")
-        drain_hooks = gevent.spawn(self._run_hooks, HookPhase.DRAIN, deadline)
+        drain_hooks = gevent.spawn(self.hooks.run, HookPhase.DRAIN, deadline)
         jobs = gevent.spawn(self.jobs.stop, deadline)
         progress = gevent.spawn(self._log_progress, deadline)
         self._begin_shutdown()
@@ -313,8 +286,8 @@ class Server(StreamServer):
         forced = self._wait_drained(deadline)
         self.phase = ShutdownPhase.STOPPING
         jobs_killed = tuple(jobs.get())
-        outcomes = self._join_drain_hooks(drain_hooks, deadline)
-        outcomes += self._run_hooks(HookPhase.STOPPED, deadline)
+        outcomes = join_drain_hooks(drain_hooks, deadline)
+        outcomes += self.hooks.run(HookPhase.STOPPED, deadline)
         hijacked_closed = self._close_hijacked()
         self._join_connections()
         progress.kill(block=False)
@@ -404,44 +377,6 @@ class Server(StreamServer):
         # Killed greenlets close their sockets on the next loop turns.
         self.registry.wait_drained(1.0)
         return forced
-
-    def _run_hooks(self, phase: HookPhase, deadline: Optional[float]) -> list[HookOutcome]:
-        outcomes = []
-        for hook in self._hooks:
-            if hook.phase is not phase:
-                continue
-            limit = hook.timeout
-            if deadline is not None:
-                # A "stopped" hook still gets a moment past the deadline:
-                # skipping it would leak the very resources it closes.
-                left = max(deadline - time.monotonic(), 0.5 if phase is HookPhase.STOPPED else 0.0)
-                limit = left if limit is None else min(limit, left)
-            began = time.monotonic()
-            runner = gevent.spawn(hook.fn)
-            runner.join(limit)
-            if not runner.ready():
-                runner.kill(block=True, timeout=1.0)
-                outcome = "timed out"
-                log.error("shutdown: %s hook %s timed out after %.2f s", phase.value, hook.name, limit or 0)
-            elif runner.successful():
-                outcome = "ok"
-            else:
-                outcome = "failed"
-                log.error(
-                    "shutdown: %s hook %s failed",
-                    phase.value,
-                    hook.name,
-                    exc_info=(type(runner.exception), runner.exception, runner.exception.__traceback__),
-                )
-            outcomes.append(HookOutcome(hook.name, phase, outcome, time.monotonic() - began))
-        return outcomes
-
-    def _join_drain_hooks(self, runner: gevent.Greenlet, deadline: Optional[float]) -> list[HookOutcome]:
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        runner.join(remaining)
-        if not runner.ready():
-            runner.kill(block=True, timeout=1.0)
-        return list(runner.value or [])
 
     def _close_hijacked(self) -> int:
         closed = 0
