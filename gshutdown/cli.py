@@ -13,7 +13,7 @@ import importlib
 import logging
 import os
 import sys
-from typing import Any, NoReturn, Optional, Sequence
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 EXIT_START_FAILED = 1
 EXIT_USAGE = 2
@@ -84,9 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gshutdown",
         description="Serve a WSGI application on gevent, and stop it without losing a request.",
     )
-    p.add_argument(
-        "app", metavar="APP", help="MODULE:NAME, MODULE (finds app/application), or FILE.py[:NAME]"
-    )
+    p.add_argument("app", metavar="APP", help="MODULE:NAME, MODULE (finds app/application), or FILE.py[:NAME]")
     p.add_argument(
         "-b",
         "--bind",
@@ -118,20 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("READ_HEADER_TIMEOUT", "10"),
         help="seconds to receive a request head (default 10)",
     )
-    p.add_argument(
-        "--max-connections", type=_count, default=_env("MAX_CONNECTIONS"), help="most open connections"
-    )
-    p.add_argument(
-        "--backlog", type=_count, default=_env("BACKLOG", "2048"), help="listen backlog (default 2048)"
-    )
+    p.add_argument("--max-connections", type=_count, default=_env("MAX_CONNECTIONS"), help="most open connections")
+    p.add_argument("--backlog", type=_count, default=_env("BACKLOG", "2048"), help="listen backlog (default 2048)")
     p.add_argument(
         "--readiness-path",
         default=_env("READINESS_PATH", "/-/ready"),
         help="path the server answers itself: 200, or 503 once draining ('' to disable; default /-/ready)",
     )
-    p.add_argument(
-        "--access-log", default=_env("ACCESS_LOG"), metavar="FILE", help="access log file, '-' for stderr"
-    )
+    p.add_argument("--access-log", default=_env("ACCESS_LOG"), metavar="FILE", help="access log file, '-' for stderr")
     p.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
@@ -145,6 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not call gevent.monkey.patch_all() before importing the app",
     )
     p.add_argument("--pid", default=_env("PID"), metavar="FILE", help="write the process id to FILE")
+    p.add_argument(
+        "-w",
+        "--workers",
+        type=_count,
+        default=_env("WORKERS"),
+        help="run a master process with this many worker processes (enables SIGHUP reload "
+        "and SIGUSR2 upgrade); default: serve in this one process",
+    )
+    p.add_argument(
+        "--preload",
+        action="store_true",
+        default=_env("PRELOAD", "") not in ("", "0", "false"),
+        help="with --workers: import the app in the master before forking",
+    )
+    p.add_argument(
+        "--ready-timeout",
+        type=_seconds,
+        default=_env("READY_TIMEOUT", "30"),
+        help="with --workers: seconds new workers or a new master get to become ready (default 30)",
+    )
     p.add_argument("--version", action="version", version=f"gshutdown {__version__}")
     return p
 
@@ -155,9 +167,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if not args.bind:
         env_bind = _env("BIND")
         try:
-            args.bind = (
-                [parse_bind(item) for item in env_bind.split(",")] if env_bind else [("127.0.0.1", 8000)]
-            )
+            args.bind = [parse_bind(item) for item in env_bind.split(",")] if env_bind else [("127.0.0.1", 8000)]
         except argparse.ArgumentTypeError as exc:
             parser.error(f"GSHUTDOWN_BIND: {exc}")
     return args
@@ -226,6 +236,34 @@ def _configure_logging(level: str, access_log: Optional[str]) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The console script; returns the exit status."""
     args = parse_args(argv)
+    if args.workers:
+        _configure_logging(args.log_level, args.access_log)
+        from gshutdown.master import Master, bind_listeners
+
+        try:
+            listeners = bind_listeners(args.bind, args.backlog)
+        except OSError as exc:
+            print(f"gshutdown: error: {exc}", file=sys.stderr)
+            return EXIT_START_FAILED
+        return Master(args, listeners).run()
+    return serve(args)
+
+
+def serve(
+    args: argparse.Namespace,
+    listeners: Optional[Sequence[Any]] = None,
+    *,
+    on_ready: Optional[Callable[[], Any]] = None,
+) -> int:
+    """Serve ``args.app`` in this process until a signal; return the exit status.
+
+    Args:
+        args: parsed options.
+        listeners: sockets to serve on instead of binding ``args.bind``
+            (a worker gets its master's).
+        on_ready: called once listening (a worker tells its master);
+            by default systemd is notified.
+    """
     if not args.no_monkey_patch:
         # Before the app is imported: legacy apps rely on patched sockets,
         # and modules that bind socket/threading names early must see them.
@@ -247,17 +285,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UsageError as exc:
         print(f"gshutdown: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.drain_delay + args.graceful_timeout > KUBERNETES_GRACE:
+    if args.drain_delay + args.graceful_timeout > KUBERNETES_GRACE and listeners is None:
         log.warning(
             "drain delay + graceful timeout = %g s, over Kubernetes' default %g s grace: "
             "raise terminationGracePeriodSeconds to match",
             args.drain_delay + args.graceful_timeout,
             KUBERNETES_GRACE,
         )
-    wrapped, readiness = build_app(
-        app, readiness_path=args.readiness_path or None, access_log=bool(args.access_log)
-    )
-    listeners: list[Any] = systemd.listen_fds() or args.bind
+    wrapped, readiness = build_app(app, readiness_path=args.readiness_path or None, access_log=bool(args.access_log))
+    if listeners is None:
+        listeners = systemd.listen_fds() or args.bind
     options = dict(
         idle_timeout=args.idle_timeout or None,
         read_header_timeout=args.read_header_timeout or None,
@@ -271,15 +308,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             server.init_socket()  # bind now, to report a busy port before anything else
             servers.append(server)
     except OSError as exc:
-        where = (
-            listener
-            if isinstance(listener, str)
-            else ":".join(map(str, listener[:2]))
-            if isinstance(listener, tuple)
-            else "socket"
+        print(
+            f"gshutdown: error: cannot listen on {describe_listener(listener)}: {_reason(exc)}",
+            file=sys.stderr,
         )
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-        print(f"gshutdown: error: cannot listen on {where}: {reason}", file=sys.stderr)
         for server in servers:
             server.close()
         return EXIT_START_FAILED
@@ -289,7 +321,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         graceful_timeout=args.graceful_timeout,
         drain_delay=args.drain_delay,
         readiness=readiness,
-        pidfile=args.pid,
+        pidfile=None if on_ready else args.pid,
         hooks=adopt_app_hooks(),
+        on_ready=on_ready,
     )
     return runner.run()
+
+
+def describe_listener(listener: Any) -> str:
+    if isinstance(listener, str):
+        return listener
+    if isinstance(listener, tuple):
+        host = str(listener[0])
+        return f"[{host}]:{listener[1]}" if ":" in host else f"{host}:{listener[1]}"
+    return "inherited socket"
+
+
+def _reason(exc: OSError) -> str:
+    return "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))

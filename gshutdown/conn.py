@@ -384,9 +384,7 @@ class Connection:
         server = self.server
         self.response_started = True
         try:
-            self.sock.sendall(
-                error_response(status, reason, date=server.http_date(), server=self.config.server_header)
-            )
+            self.sock.sendall(error_response(status, reason, date=server.http_date(), server=self.config.server_header))
         except OSError:
             pass
 

@@ -62,9 +62,7 @@ class PeriodicJob:
             if due > tick + 1:
                 missed = due - tick - 1
                 self.skipped_ticks += missed
-                log.warning(
-                    "job %s overran its %g s interval; skipped %d tick(s)", self.name, self.interval, missed
-                )
+                log.warning("job %s overran its %g s interval; skipped %d tick(s)", self.name, self.interval, missed)
             tick = due
 
     def request_stop(self) -> None:

@@ -78,9 +78,7 @@ class _LoggedList(list):
 
 
 class _Logged:
-    def __init__(
-        self, result: Iterable[bytes], environ: dict[str, Any], status: list[str], sent: list[int]
-    ) -> None:
+    def __init__(self, result: Iterable[bytes], environ: dict[str, Any], status: list[str], sent: list[int]) -> None:
         self._result = result
         self._environ = environ
         self._status = status

@@ -16,7 +16,6 @@ jobs were forced closed; 1 when the server could not start; 2 for bad usage.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 from typing import Any, Callable, Optional, Sequence
@@ -24,7 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 import gevent
 from gevent.queue import Empty, Queue
 
-from gshutdown import systemd
+from gshutdown import pidfile, systemd
 from gshutdown.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
 from gshutdown.middleware import AccessLog, Readiness
 from gshutdown.server import Listener, Server, ShutdownResult
@@ -107,7 +106,7 @@ class Runner:
             for server in self.servers:
                 if not server.started:
                     server.start()
-            self._write_pidfile()
+            pidfile.write(self.pidfile)
             for server in self.servers:
                 log.info("listening on %s", _describe(server.address))
             if self.on_ready is not None:
@@ -120,7 +119,7 @@ class Runner:
                 handler.cancel()
             if trigger is not None:
                 trigger.kill(block=False)
-            self._remove_pidfile()
+            pidfile.remove(self.pidfile)
 
     def _wait_trigger(self) -> None:
         assert self.shutdown_trigger is not None
@@ -186,23 +185,6 @@ class Runner:
         log.info("exit: closed %d connections", live)
         return EXIT_FORCED if live else EXIT_OK
 
-    def _write_pidfile(self) -> None:
-        if self.pidfile:
-            tmp = f"{self.pidfile}.{os.getpid()}.tmp"
-            with open(tmp, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
-            os.replace(tmp, self.pidfile)  # atomic: a reader never sees half a pid
-
-    def _remove_pidfile(self) -> None:
-        if self.pidfile:
-            try:
-                with open(self.pidfile) as fh:
-                    if fh.read().strip() != str(os.getpid()):
-                        return  # a successor's file now
-                os.unlink(self.pidfile)
-            except OSError:
-                pass
-
 
 def _signame(signum: Any) -> str:
     try:
@@ -218,9 +200,7 @@ def _describe(address: Any) -> str:
     return f"unix:{address}"
 
 
-def build_app(
-    app: WSGIApp, *, readiness_path: Optional[str], access_log: bool
-) -> tuple[WSGIApp, Optional[Readiness]]:
+def build_app(app: WSGIApp, *, readiness_path: Optional[str], access_log: bool) -> tuple[WSGIApp, Optional[Readiness]]:
     """Wrap ``app`` with the access log and the readiness probe, as configured."""
     if access_log:
         app = AccessLog(app)

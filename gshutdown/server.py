@@ -136,7 +136,9 @@ class Server(StreamServer):
         self.requests_total = 0
         #: Periodic jobs; they start with the server and stop with its shutdown.
         self.jobs = Scheduler()
-        super().__init__(listener, backlog=self.config.backlog, spawn=Pool(self.config.max_connections))
+        # gevent takes a backlog only for listeners it binds itself.
+        backlog = self.config.backlog if isinstance(listener, (tuple, str)) else None
+        super().__init__(listener, backlog=backlog, spawn=Pool(self.config.max_connections))
 
     # -- accept ---------------------------------------------------------------
 

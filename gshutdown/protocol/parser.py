@@ -153,10 +153,7 @@ class RequestParser:
         if not self._in_head:
             return  # a trailer field: framing only, not passed on
         self._header_bytes += len(name) + len(value) + 4
-        if (
-            self._header_bytes + self._url_len > self._max_header_bytes
-            or len(self._headers) >= self._max_header_count
-        ):
+        if self._header_bytes + self._url_len > self._max_header_bytes or len(self._headers) >= self._max_header_count:
             raise _Rejected(431, "Request Header Fields Too Large")
         lname = name.lower()
         if lname == b"host":
