@@ -272,10 +272,6 @@ def serve(
         monkey.patch_all()
     _configure_logging(args.log_level, args.access_log)
     log = logging.getLogger("gshutdown")
-    log.info(
-        "gevent monkey-patching %s",
-        "disabled (--no-monkey-patch)" if args.no_monkey_patch else "applied before importing the app",
-    )
     from gshutdown import jobs, systemd
     from gshutdown.runner import KUBERNETES_GRACE, Runner, adopt_app_hooks, build_app
     from gshutdown.server import Server
@@ -315,6 +311,11 @@ def serve(
         for server in servers:
             server.close()
         return EXIT_START_FAILED
+    # Only now: a usage or bind error must stay the one line on stderr.
+    log.info(
+        "gevent monkey-patching %s",
+        "disabled (--no-monkey-patch)" if args.no_monkey_patch else "applied before importing the app",
+    )
     servers[0].jobs.adopt(jobs.app_jobs)
     runner = Runner(
         servers,

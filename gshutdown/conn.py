@@ -114,6 +114,7 @@ class Connection:
         # Per-request state, reset by _begin_request().
         self.request: Optional[Request] = None
         self.body_done = True
+        self.body_received = 0
         self.expect_continue = False
         self.response_started = False
         server.registry.register(self)
@@ -185,7 +186,11 @@ class Connection:
             # already here rather than close under it.
             data = self._recv_nowait()
         if not data:
-            if data is None:
+            if data is None and self.server.shutdown_started:
+                # Nothing of ours is unread on an idle connection: close now, so
+                # a client that keeps its end open cannot hold up the shutdown.
+                self._close_now()
+            elif data is None:
                 self._linger_close()
             return False
         move(self, ConnState.ACTIVE)
@@ -209,6 +214,7 @@ class Connection:
         self.request = request
         self.request_line = f"{request.method} {request.target} HTTP/{request.http_version}"
         self.body_done = not request.has_body
+        self.body_received = 0
         if self.body_done:
             # Pull the EndOfMessage that follows a body-less head right away,
             # so the connection knows the request is complete.
@@ -233,7 +239,7 @@ class Connection:
         if self.expect_continue:
             self.expect_continue = False
             if not self.response_started:
-                self.sock.sendall(_CONTINUE)
+                self.send(_CONTINUE)
         timeout = self.config.read_body_timeout
         try:
             event = self._next_event(None if timeout is None else time.monotonic() + timeout)
@@ -241,6 +247,7 @@ class Connection:
             raise ClientDisconnected("timed out reading the request body") from None
         kind = type(event)
         if kind is Data:
+            self.body_received += len(event.data)  # type: ignore[union-attr]
             return event.data  # type: ignore[union-attr]
         if kind is EndOfMessage:
             self.body_done = True
@@ -250,8 +257,15 @@ class Connection:
         raise ClientDisconnected("client closed the connection mid-body")
 
     def send(self, data: bytes) -> None:
-        """Write bytes to the client (bounded by ``write_timeout``)."""
-        self.sock.sendall(data)
+        """Write bytes to the client (bounded by ``write_timeout``).
+
+        Raises:
+            ClientDisconnected: the client is gone or stopped reading.
+        """
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:  # TimeoutError included: write_timeout passed
+            raise ClientDisconnected(f"sending the response failed: {exc}") from exc
 
     def hijack(self) -> tuple[socket.socket, bytes]:
         """Hand the socket to the application; see ``environ['gshutdown.hijack']``."""
@@ -269,6 +283,10 @@ class Connection:
         call this to keep one open past that (e.g. after handing it on).
         """
         self.server.registry.forget(self)
+        pool = self.server.pool
+        if pool is not None and self.greenlet in pool:
+            # Nor is whoever serves it: the shutdown must not join or kill it.
+            pool.discard(self.greenlet)
 
     # -- shutdown support (called by the server from its own greenlet) --------
 

@@ -116,10 +116,13 @@ def _run_one(hook: ShutdownHook, deadline: Optional[float]) -> HookOutcome:
 def join_drain_hooks(runner: gevent.Greenlet, deadline: Optional[float]) -> list[HookOutcome]:
     """Wait (within ``deadline``) for a greenlet running ``HookList.run(DRAIN, ...)``."""
     remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-    runner.join(remaining)
+    # Each hook is already bounded by the deadline (_run_one): give the runner
+    # the time to kill an overrunning hook and record it as "timed out".
+    runner.join(None if remaining is None else remaining + 1.5)
     if not runner.ready():
         runner.kill(block=True, timeout=1.0)
-    return list(runner.value or [])
+    value = runner.value
+    return list(value) if isinstance(value, list) else []
 
 
 #: Hooks an application module declares with ``on_shutdown``; the runner

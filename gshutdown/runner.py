@@ -147,6 +147,9 @@ class Runner:
         started = time.monotonic()
         deadline = None if self.graceful_timeout is None else started + self.graceful_timeout
         drain_hooks = gevent.spawn(self.hooks.run, HookPhase.DRAIN, deadline)
+        for server in self.servers:
+            # Each server waits for them before it closes hijacked sockets.
+            server.register_on_shutdown(drain_hooks.join, phase=HookPhase.DRAIN)
         shutdowns = [gevent.spawn(server.shutdown, self.graceful_timeout) for server in self.servers]
         all_done = gevent.spawn(gevent.joinall, shutdowns)
         watcher = gevent.spawn(self._events.get)

@@ -23,9 +23,11 @@ Shutdown timeline (``Server.shutdown(timeout)``), each step a private method:
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -117,6 +119,10 @@ class Server(StreamServer):
         if isinstance(listener, str) and listener.startswith("unix:"):
             listener = bind_unix(listener[5:], self.config.backlog)
             self._owns_unix_path = True
+        if not isinstance(listener, (str, tuple)):
+            # gevent's accept loop calls accept() until it would block: a
+            # blocking listener would hang the hub on the second call.
+            listener.setblocking(False)
         self.application = application
         self.registry = ConnRegistry(conn_state)
         #: Set when a shutdown starts; handlers may wait on it
@@ -132,6 +138,7 @@ class Server(StreamServer):
         self._date_second = -1
         self._date = ""
         self._callers_in_handlers: set[Connection] = set()
+        self._overflow: list[gevent.Greenlet] = []
         #: Requests read so far, on all connections.
         self.requests_total = 0
         #: Periodic jobs; they start with the server and stop with its shutdown.
@@ -248,7 +255,8 @@ class Server(StreamServer):
         caller = self._caller_connection()
         if caller is not None:
             self._callers_in_handlers.add(caller)
-            self.registry.set_drain_floor(len(self._callers_in_handlers))
+            served = [c for c in self._callers_in_handlers if c.state is not ConnState.HIJACKED]
+            self.registry.set_drain_floor(len(served))
         if self._shutdown_result is None:
             self._shutdown_result = AsyncResult()
             gevent.spawn(self._run_shutdown, timeout, self._shutdown_result)
@@ -270,7 +278,7 @@ class Server(StreamServer):
 
     def _caller_connection(self) -> Optional[Connection]:
         current = getcurrent()
-        for conn in self.registry.in_state(ConnState.ACTIVE):
+        for conn in self.registry.in_state(ConnState.ACTIVE, ConnState.HIJACKED):
             if conn.greenlet is current:
                 return conn
         return None
@@ -327,14 +335,21 @@ class Server(StreamServer):
         if not hasattr(self, "socket"):
             return
         self.stop_accepting()
-        while not self.full():
+        while True:
             try:
                 accepted = self.do_read()
             except OSError:
                 break
             if not accepted:
                 break
-            self.do_handle(*accepted)
+            if self.full():
+                # Past max_connections: serve it anyway, rather than let the
+                # listener's close reset it; joined with the pool's greenlets.
+                conn = Connection(self, *accepted)
+                conn.greenlet = gevent.spawn(conn.serve)
+                self._overflow.append(conn.greenlet)
+            else:
+                self.do_handle(*accepted)
 
     def _close_listener(self) -> None:
         if hasattr(self, "socket"):
@@ -392,7 +407,7 @@ class Server(StreamServer):
         # What is left are greenlets lingering after FIN and hijack handlers
         # whose sockets were just closed: give them a moment, then end them.
         exempt = {conn.greenlet for conn in self._callers_in_handlers}
-        pending = [g for g in list(self.pool) if g not in exempt]
+        pending = [g for g in [*self.pool, *self._overflow] if g not in exempt]
         if pending:
             gevent.joinall(pending, timeout=self.config.idle_grace)
             for glet in pending:
@@ -418,6 +433,8 @@ class Server(StreamServer):
 def bind_unix(path: str, backlog: int = 2048) -> socket.socket:
     """A listening unix socket at ``path`` (a stale socket file is replaced)."""
     if os.path.exists(path):
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
@@ -430,4 +447,5 @@ def bind_unix(path: str, backlog: int = 2048) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
     sock.listen(backlog)
+    sock.setblocking(False)
     return sock

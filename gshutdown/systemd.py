@@ -21,8 +21,11 @@ def notify(state: str) -> bool:
         return False
     if address.startswith("@"):
         address = "\0" + address[1:]  # abstract namespace
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(state.encode(), address)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError:
+        return False  # best effort, as sd_notify(3): a stale socket must not stop the server
     return True
 
 

@@ -40,7 +40,7 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]|^[ \t]|[ \t]\Z")
 _STATUS = re.compile(r"[1-9][0-9][0-9] [^\x00-\x08\x0a-\x1f\x7f]*\Z")
-_CLIENT_GONE = (ClientDisconnected, ConnectionError, TimeoutError)
+_CLIENT_GONE = (ClientDisconnected,)
 
 # Header name -> environ key, for the names clients actually send.
 _ENVIRON_KEYS: dict[str, Optional[str]] = {}
@@ -61,6 +61,15 @@ def _environ_key(name: str) -> Optional[str]:
         if len(_ENVIRON_KEYS) < _MAX_ENVIRON_KEYS:
             _ENVIRON_KEYS[name] = key
     return key
+
+
+def _unread_body_too_big(conn: Connection, request: Request) -> bool:
+    if conn.body_done:
+        return False
+    for name, value in request.headers:
+        if name.lower() == "content-length":
+            return int(value) - conn.body_received > conn.config.max_discard_body
+    return False
 
 
 class _ResponseTooLong(Exception):
@@ -169,6 +178,7 @@ class Response:
             raise AssertionError("start_response called a second time without exc_info")
         if type(status) is not str or not _STATUS.match(status):
             raise ValueError(f"invalid status {status!r}")
+        has_length = False
         for item in headers:
             name, value = item
             if type(name) is not str or not _TOKEN.match(name):
@@ -176,8 +186,10 @@ class Response:
             if type(value) is not str or _BAD_VALUE.search(value):
                 raise ValueError(f"invalid value for header {name!r}: {value!r}")
             lname = name.lower()
-            if lname == "content-length" and not (value.isascii() and value.isdigit()):
-                raise ValueError(f"invalid Content-Length {value!r}")
+            if lname == "content-length":
+                if has_length or not (value.isascii() and value.isdigit()):
+                    raise ValueError(f"invalid or repeated Content-Length {value!r}")
+                has_length = True
             if lname == "transfer-encoding":
                 raise ValueError("Transfer-Encoding is the server's to set (hop-by-hop)")
         self.status = status
@@ -195,6 +207,9 @@ class Response:
             and not request.upgrade
             # Never invite a body (100 Continue) only to discard it.
             and not conn.expect_continue
+            # A body too big to discard will close the connection: say so
+            # (Go's chunkWriter.writeHeader does the same).
+            and not _unread_body_too_big(conn, request)
         )
         head = encode_head(
             self.status,
@@ -288,8 +303,9 @@ class WSGIAdapter:
             path, query = "*", ""
         else:  # absolute-form: the path only (RFC 9112 3.2.2)
             rest = target.partition("://")[2]
-            slash = rest.find("/")
-            path, _, query = ("/" + rest[slash + 1 :] if slash >= 0 else "/").partition("?")
+            ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
+            path, _, query = rest[min(ends, default=len(rest)) :].partition("?")
+            path = path or "/"
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
         env["REQUEST_METHOD"] = request.method

@@ -71,6 +71,10 @@ class RequestParser:
         self._finished = False  # after an error, close or upgrade: no more parsing
         #: Bytes received after an upgrade request's head (the tunnelled protocol's).
         self.tunnel_bytes = b""
+        # Body bytes still due on an upgrade request (httptools skips them).
+        self._upgrade_body_left = 0
+        self._progress = 0  # bumped by every callback that completes something
+        self._line_tail = b""  # what follows the last LF received (HTTP/0.9 check)
         self._reset_message()
         self.in_message = False
 
@@ -84,6 +88,9 @@ class RequestParser:
         self._host_count = 0
         self._expect_continue = False
         self._has_body = False
+        self._field_count = 0
+        self._content_length = 0
+        self._transfer_encoding: Optional[bytes] = None
 
     # -- the pull interface -------------------------------------------------
 
@@ -91,24 +98,22 @@ class RequestParser:
         """Give the parser bytes received; ``b""`` means the peer closed."""
         if self._finished:
             if data:
-                self.tunnel_bytes += data
+                self._tunnel(data)
+            elif self._upgrade_body_left:
+                self._upgrade_body_left = 0
+                self._events.append(ConnectionClosed(mid_message=True))
             return
         if not data:
             self._finished = True
             self._events.append(ConnectionClosed(mid_message=self.in_message))
             return
-        if self._in_head:
-            # A backstop for heads that never complete a line (llhttp only
-            # reports a field once it is whole): twice the limits, then 431.
-            self._raw_head_bytes += len(data)
-            if self._raw_head_bytes > 2 * (self._max_header_bytes + self._max_request_line):
-                self._fail(431, "Request Header Fields Too Large")
-                return
+        progress = self._progress
+        line_tail = self._line_tail
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._finished = True
-            self.tunnel_bytes = data[upgrade.args[0] :]
+            self._tunnel(data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Rejected):
@@ -117,6 +122,39 @@ class RequestParser:
                 self._fail(400, "Bad Request")
         except httptools.HttpParserError as exc:
             self._fail(400, str(exc) or "Bad Request")
+        last_lf = data.rfind(b"\n")
+        keep = self._max_request_line + 64
+        self._line_tail = data[last_lf + 1 :][-keep:] if last_lf >= 0 else (line_tail + data[-keep:])[-keep:]
+        if self._finished:
+            return
+        if self.in_message and self._in_head and last_lf >= 0 and self._url_parts:
+            # llhttp takes a request line with no version for HTTP/0.9 and
+            # waits for fields such a client never sends: reject it at once.
+            start = data.rfind(b"\n", 0, last_lf)
+            line = data[start + 1 : last_lf] if start >= 0 else line_tail + data[:last_lf]
+            if line.rstrip(b"\r") == self._parser.get_method() + b" " + b"".join(self._url_parts):
+                self._fail(400, "Unsupported HTTP Version")
+                return
+        if self._progress != progress:
+            self._raw_head_bytes = 0
+        else:
+            # A backstop for a line that never ends (llhttp reports a field,
+            # head or trailer, only once it is whole, and buffers it until
+            # then): twice the limits without progress, then 431.
+            self._raw_head_bytes += len(data)
+            if self._raw_head_bytes > 2 * (self._max_header_bytes + self._max_request_line):
+                self._fail(431, "Request Header Fields Too Large")
+
+    def _tunnel(self, data: bytes) -> None:
+        left = self._upgrade_body_left
+        if left:
+            body, data = data[:left], data[left:]
+            self._events.append(Data(body))
+            self._upgrade_body_left = left = left - len(body)
+            if not left:
+                self._events.append(EndOfMessage())
+                self.in_message = False
+        self.tunnel_bytes += data
 
     def next_event(self) -> Optional[Event]:
         """The next event, or ``None`` when more bytes must be fed first."""
@@ -150,11 +188,14 @@ class RequestParser:
         self._url_parts.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._progress += 1
+        value = value.rstrip(b" \t")  # trailing OWS is not part of the value
+        self._header_bytes += len(name) + len(value) + 4
+        self._field_count += 1
+        if self._header_bytes + self._url_len > self._max_header_bytes or self._field_count > self._max_header_count:
+            raise _Rejected(431, "Request Header Fields Too Large")
         if not self._in_head:
             return  # a trailer field: framing only, not passed on
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes + self._url_len > self._max_header_bytes or len(self._headers) >= self._max_header_count:
-            raise _Rejected(431, "Request Header Fields Too Large")
         lname = name.lower()
         if lname == b"host":
             self._host_count += 1
@@ -162,8 +203,10 @@ class RequestParser:
             self._expect_continue = value.lower() == b"100-continue"
         elif lname == b"content-length":
             self._has_body = value.strip() not in (b"0", b"")
+            self._content_length = int(value) if value.isdigit() else 0
         elif lname == b"transfer-encoding":
             self._has_body = True
+            self._transfer_encoding = value
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
@@ -173,7 +216,17 @@ class RequestParser:
             raise _Rejected(400, "Unsupported HTTP Version")
         if self._host_count > 1 or (version == "1.1" and self._host_count == 0):
             raise _Rejected(400, "Exactly One Host Header Required")
+        te = self._transfer_encoding
+        if te is not None and te.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+            raise _Rejected(400, "Transfer-Encoding Must End In chunked")  # RFC 9112 6.3
+        upgrade = parser.should_upgrade()
+        if upgrade and self._has_body and parser.get_method() != b"CONNECT":
+            if te is not None:
+                raise _Rejected(400, "Upgrade With A Chunked Body")
+            self._upgrade_body_left = self._content_length
         self._in_head = False
+        # Trailer fields get a budget of their own.
+        self._header_bytes = self._url_len = self._field_count = 0
         target = b"".join(self._url_parts).decode("latin-1")
         self._events.append(
             Request(
@@ -181,17 +234,22 @@ class RequestParser:
                 target,
                 version,
                 self._headers,
-                parser.should_keep_alive(),
+                # RFC 9112 6.1: HTTP/1.0 with Transfer-Encoding: close after it.
+                parser.should_keep_alive() and not (version == "1.0" and te is not None),
                 self._expect_continue and self._has_body and version == "1.1",
-                parser.should_upgrade(),
+                upgrade,
                 self._has_body,
             )
         )
 
     def on_body(self, body: bytes) -> None:
+        self._progress += 1
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
+        self._progress += 1
+        if self._upgrade_body_left:
+            return  # httptools skips an upgrade request's body: _tunnel() delivers it
         self._events.append(EndOfMessage())
         self.in_message = False
         self._reset_message()

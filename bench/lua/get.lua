@@ -1,0 +1,1 @@
+-- Plain GET (the path comes from the URL); run.py appends report.lua.

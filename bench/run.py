@@ -1,0 +1,1116 @@
+#!/usr/bin/env python3
+"""Benchmark gshutdown against its peers: ``python bench/run.py [--quick]``.
+
+Phases (``--phases``, default ``load,idle``):
+
+load     wrk against every server (``--servers``) for every workload
+         (``--workloads``): the server pinned to CPU 0, wrk to CPU 1, one
+         warm-up run and then ``--runs`` counted runs per pair, interleaved
+         round by round so that a slow patch of machine hits every server.
+idle     10,000 idle keep-alive connections (``--idle-conns``): RSS per
+         connection, then the time from SIGTERM to process exit.
+profile  py-spy on gshutdown under keep-alive load: a flame graph and the
+         top functions by own time.
+
+It prints tables, the ratios gshutdown / peer measured in the same run, and
+PASS/MISS for each of the project's targets; results go to bench/results/ as
+JSON (with a description of the machine) and a PNG chart. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import resource
+import select
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+from servers import MODULES, Options, load
+
+BENCH = Path(__file__).resolve().parent
+LUA = BENCH / "lua"
+RESULTS = BENCH / "results"
+CPU_SERVER = 0
+CPU_LOAD = 1
+HELLO = b"Hello, World!"
+#: Servers that take part in the idle phase, and the ones its targets compare.
+IDLE_SERVERS = ("gshutdown", "pywsgi", "gunicorn-gevent")
+PACKAGES = ("gshutdown", "gevent", "greenlet", "httptools", "gunicorn", "waitress", "bjoern", "matplotlib")
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    connections: int
+    path: str = "/"
+    script: str = "get.lua"
+    headers: tuple[str, ...] = ()
+    script_args: tuple[str, ...] = ()
+    #: What the response body must be (checked once before the runs).
+    body_size: int = 13
+    close: bool = False
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("keepalive-50", "keep-alive, 50 connections", 50),
+        Workload("keepalive-1000", "keep-alive, 1,000 connections", 1000),
+        Workload("close", "Connection: close, 50 connections", 50, headers=("Connection: close",), close=True),
+        Workload("body-64k", "64 KiB response body, 50 connections", 50, path="/64k", body_size=65536),
+        Workload("post-1m", "1 MiB POST body, 50 connections", 50, script="post.lua"),
+        Workload(
+            "pipeline-16",
+            "16 pipelined requests per write, 50 connections",
+            50,
+            script="pipeline.lua",
+            script_args=("16",),
+        ),
+    )
+}
+
+
+class BenchError(Exception):
+    """A server did not start or answer as it should."""
+
+
+# -- processes ------------------------------------------------------------------
+
+
+def pin(cpu: int) -> list[str]:
+    """``taskset -c CPU`` when pinning is possible here, else nothing."""
+    if shutil.which("taskset") and (os.cpu_count() or 1) > max(CPU_SERVER, CPU_LOAD):
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
+def child_env() -> dict[str, str]:
+    # GSHUTDOWN_* variables would change the gshutdown command line's defaults.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GSHUTDOWN_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH), env.get("PYTHONPATH", "")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (gunicorn's worker under its arbiter)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def cpu_ticks(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total
+
+
+def cpu_times(cpu: int) -> tuple[int, int]:
+    """(busy, total) jiffies of one CPU from /proc/stat (steal counts as busy)."""
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if line.startswith(f"cpu{cpu} "):
+                user, nice, system, idle, iowait, irq, softirq, steal = map(int, line.split()[1:9])
+                busy = user + nice + system + irq + softirq + steal
+                return busy, busy + idle + iowait
+    return 0, 0
+
+
+def vm_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def open_fds(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return -1
+
+
+def wait_quiet(pids: list[int], limit: float = 5.0) -> None:
+    """Poll until ``pids`` use no CPU for 0.1 s (the last run's tail is done), at most ``limit`` s."""
+    deadline = time.monotonic() + limit
+    last = cpu_ticks(pids)
+    still = 0
+    while time.monotonic() < deadline and still < 2:
+        time.sleep(0.05)
+        now = cpu_ticks(pids)
+        still = still + 1 if now == last else 0
+        last = now
+
+
+class ServerProcess:
+    """One server under test, in its own process group, pinned to CPU_SERVER."""
+
+    def __init__(self, name: str, opts: Options, log_dir: Path) -> None:
+        self.name = name
+        self.opts = opts
+        self.argv = pin(CPU_SERVER) + load(name).command(opts)
+        self.log_path = log_dir / f"{name}-{opts.port}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=BENCH,
+                env=child_env(),
+                start_new_session=True,  # its own group: gunicorn's worker goes with it
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def pids(self) -> list[int]:
+        return [self.pid, *children_of(self.pid)]
+
+    def serving_pid(self) -> int:
+        """The process holding the connections (gunicorn: the worker)."""
+        kids = children_of(self.pid)
+        return kids[0] if kids else self.pid
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.name} exited with status {self.proc.returncode}: {self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL the process group this object started, and reap the leader."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def http_get(port: int, path: str = "/", timeout: float = 15.0) -> tuple[int, bytes]:
+    """One GET on a fresh connection; (status, body), the body framed by Content-Length."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            data = sock.recv(65536)
+            if not data:
+                raise BenchError(f"connection closed before a response head: {buf[:200]!r}")
+            buf += data
+        head, _, body = buf.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        match = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+        length = int(match.group(1)) if match else 0
+        while len(body) < length:
+            data = sock.recv(65536)
+            if not data:
+                break
+            body += data
+        return status, body
+
+
+def wait_ready(server: ServerProcess, path: str, body_size: int, timeout: float = 30.0) -> None:
+    """Poll until the port accepts, then check one response is right."""
+    deadline = time.monotonic() + timeout
+    port = server.opts.port
+    while True:
+        server.check_alive()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{server.name} did not listen on {port} in {timeout:g} s") from None
+            time.sleep(0.02)
+    try:
+        status, body = http_get(port, path)
+    except (OSError, BenchError, ValueError, IndexError) as exc:
+        raise BenchError(f"{server.name}: GET {path} failed: {exc}; {server.log_tail()}") from None
+    expected = HELLO if body_size == 13 else None
+    if status != 200 or len(body) != body_size or (expected and body != expected):
+        raise BenchError(f"{server.name}: GET {path} gave {status} with {len(body)} body bytes")
+
+
+# -- wrk ------------------------------------------------------------------------
+
+
+def wrk_script(workload: Workload, tmp: Path) -> Path:
+    """The workload's Lua script with the reporting ``done()`` appended."""
+    out = tmp / f"wrk-{workload.script}"
+    if not out.exists():
+        out.write_text((LUA / workload.script).read_text() + "\n" + (LUA / "report.lua").read_text())
+    return out
+
+
+def run_wrk(
+    port: int, workload: Workload, seconds: int, tmp: Path, server_pids: Optional[list[int]] = None
+) -> dict[str, Any]:
+    argv = [
+        *pin(CPU_LOAD),
+        "wrk",
+        "-t1",
+        f"-c{workload.connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(wrk_script(workload, tmp)),
+    ]
+    for header in workload.headers:
+        argv += ["-H", header]
+    argv.append(f"http://127.0.0.1:{port}{workload.path}")
+    if workload.script_args:
+        argv += ["--", *workload.script_args]
+    pids = server_pids or []
+    hz = os.sysconf("SC_CLK_TCK")
+    ticks0, cpu0_0, cpu1_0 = cpu_ticks(pids), cpu_times(CPU_SERVER), cpu_times(CPU_LOAD)
+    usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ticks1, cpu0_1, cpu1_1 = cpu_ticks(pids), cpu_times(CPU_SERVER), cpu_times(CPU_LOAD)
+    for line in proc.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            result = json.loads(line[len("BENCH_JSON ") :])
+            break
+    else:
+        raise BenchError(f"wrk printed no result (status {proc.returncode}): {proc.stderr.strip()[:300]}")
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6) if result["duration_us"] else 0.0
+    result["socket_errors"] = sum(result[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts"))
+    span0, span1 = cpu0_1[1] - cpu0_0[1], cpu1_1[1] - cpu1_0[1]
+    if pids and span0 > 0 and span1 > 0:
+        # How much of each CPU its own process used, and how much went to
+        # anything else (other jobs on a shared machine; on a quiet one a few
+        # percent of kernel work): a run where "others" is high was disturbed.
+        server_ticks = ticks1 - ticks0
+        wrk_ticks = hz * (usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime)
+        result["server_cpu_pct"] = round(100 * server_ticks / span0, 1)
+        result["others_cpu_pct"] = round(100 * max(0, (cpu0_1[0] - cpu0_0[0]) - server_ticks) / span0, 1)
+        result["wrk_cpu_pct"] = round(100 * wrk_ticks / span1, 1)
+        result["others_cpu1_pct"] = round(100 * max(0.0, (cpu1_1[0] - cpu1_0[0]) - wrk_ticks) / span1, 1)
+        # Requests per second of server CPU: steadier than req/s when other
+        # jobs take CPU 0 from the server (misleading for a server that is
+        # not CPU-bound, e.g. one waiting on Nagle's algorithm).
+        if server_ticks > 0:
+            result["rps_per_cpu"] = round(result["requests"] / (server_ticks / hz), 1)
+    return result
+
+
+def disturbance(result: dict[str, Any]) -> float:
+    """The larger share of either CPU that went to other processes during a run, in percent."""
+    return max(result.get("others_cpu_pct", 0.0), result.get("others_cpu1_pct", 0.0))
+
+
+def run_measured(
+    args: argparse.Namespace, server: ServerProcess, workload: Workload, tmp: Path, all_pids: list[int]
+) -> dict[str, Any]:
+    """One counted run; repeated (at most ``--retries`` times) while other jobs disturb it.
+
+    Keeps the least disturbed attempt.
+    """
+    attempts = []
+    for _ in range(1 + args.retries):
+        wait_quiet(all_pids)
+        result = run_wrk(server.opts.port, workload, args.duration, tmp, server.pids())
+        server.check_alive()
+        attempts.append(result)
+        if disturbance(result) <= args.max_disturbed:
+            break
+    best = min(attempts, key=disturbance)
+    best["attempts"] = len(attempts)
+    return best
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    rps = [r["rps"] for r in runs]
+    p99 = [r["latency_us"]["p99"] / 1000 for r in runs]
+    return {
+        "median_rps": round(statistics.median(rps), 1),
+        "min_rps": round(min(rps), 1),
+        "max_rps": round(max(rps), 1),
+        "p99_ms": round(statistics.median(p99), 3),
+        "p99_ms_max": round(max(p99), 3),
+        "p50_ms": round(statistics.median(r["latency_us"]["p50"] / 1000 for r in runs), 3),
+        "socket_errors": sum(r["socket_errors"] for r in runs),
+        "non2xx": sum(r["non2xx"] for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+        "rps_per_cpu": round(statistics.median(r.get("rps_per_cpu", 0.0) for r in runs), 1),
+        "disturbed_pct_max": max(disturbance(r) for r in runs),
+        "runs": runs,
+    }
+
+
+def load_phase(args: argparse.Namespace, servers: list[str], tmp: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for wname in args.workloads:
+        workload = WORKLOADS[wname]
+        print(f"\n== {wname}: {workload.title} ==", flush=True)
+        started: dict[str, ServerProcess] = {}
+        results: dict[str, Any] = {}
+        runs: dict[str, list[dict[str, Any]]] = {}
+        try:
+            for name in servers:
+                opts = Options(port=free_port(), body_size=workload.body_size, close=workload.close)
+                server = ServerProcess(name, opts, tmp)
+                started[name] = server
+                try:
+                    wait_ready(server, workload.path, workload.body_size)
+                except BenchError as exc:
+                    print(f"  {name}: FAILED to start: {exc}", flush=True)
+                    results[name] = {"error": str(exc)}
+                    server.kill()
+            live = [n for n in servers if n not in results]
+            all_pids = [pid for n in live for pid in started[n].pids()]
+            for name in live:
+                wait_quiet(all_pids)
+                try:
+                    warm = run_wrk(started[name].opts.port, workload, args.warmup, tmp)
+                    started[name].check_alive()
+                except (BenchError, subprocess.TimeoutExpired) as exc:
+                    print(f"  {name}: warm-up FAILED: {exc}", flush=True)
+                    results[name] = {"error": str(exc)}
+                    continue
+                print(f"  {name:16s} warm-up  {warm['rps']:10.0f} req/s", flush=True)
+                runs[name] = []
+            for round_no in range(args.runs):
+                order = [n for n in live if n in runs]
+                order = order[round_no % len(order) :] + order[: round_no % len(order)] if order else []
+                for name in order:
+                    if name in results:
+                        continue
+                    try:
+                        result = run_measured(args, started[name], workload, tmp, all_pids)
+                    except (BenchError, subprocess.TimeoutExpired) as exc:
+                        print(f"  {name}: run FAILED: {exc}", flush=True)
+                        results[name] = {"error": str(exc)}
+                        continue
+                    runs[name].append(result)
+                    print(
+                        f"  {name:16s} run {round_no + 1}/{args.runs} {result['rps']:10.0f} req/s"
+                        f"  p99 {result['latency_us']['p99'] / 1000:8.2f} ms"
+                        f"  errors {result['socket_errors']}  non-2xx {result['non2xx']}"
+                        f"  cpu0 server {result.get('server_cpu_pct', '?')}%"
+                        f" others {result.get('others_cpu_pct', '?')}%"
+                        f"  cpu1 wrk {result.get('wrk_cpu_pct', '?')}% others {result.get('others_cpu1_pct', '?')}%"
+                        + (f"  (attempts {result['attempts']})" if result["attempts"] > 1 else ""),
+                        flush=True,
+                    )
+        finally:
+            for server in started.values():
+                server.kill()
+        for name, name_runs in runs.items():
+            if name not in results and name_runs:
+                results[name] = summarise(name_runs)
+        out[wname] = results
+    return out
+
+
+# -- idle connections: memory and shutdown ----------------------------------------
+
+
+def read_json_line(stream: Any, timeout: float) -> Optional[dict[str, Any]]:
+    """One JSON line from a child's stdout, or None if none came within ``timeout`` s."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return None
+    line = stream.readline()
+    return json.loads(line) if line.strip() else None
+
+
+def idle_test(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    opts = Options(port=free_port(), idle=True, graceful_timeout=args.graceful_timeout)
+    server = ServerProcess(name, opts, tmp)
+    client: Optional[subprocess.Popen[str]] = None
+    result: dict[str, Any] = {}
+    try:
+        wait_ready(server, "/", 13)
+        for _ in range(100):  # let lazy imports and first allocations happen before "before"
+            http_get(opts.port)
+        wait_quiet(server.pids())
+        rss_pid = server.serving_pid()
+        before = vm_rss_kib(rss_pid)
+        fds_before = open_fds(rss_pid)
+        client = subprocess.Popen(
+            [
+                *pin(CPU_LOAD),
+                sys.executable,
+                str(BENCH / "idle_clients.py"),
+                "--port",
+                str(opts.port),
+                "--count",
+                str(args.idle_conns),
+                "--max-seconds",
+                "600",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        opened = read_json_line(client.stdout, timeout=300)
+        if opened is None:
+            raise BenchError("the idle client did not report")
+        server.check_alive()
+        wait_quiet(server.pids())
+        after = vm_rss_kib(rss_pid)
+        count = opened["opened"]
+        result.update(
+            opened=count,
+            failed=opened["failed"],
+            first_error=opened["first_error"],
+            open_seconds=opened["seconds"],
+            server_fds_before=fds_before,
+            server_fds_after=open_fds(rss_pid),
+            rss_before_kib=before,
+            rss_after_kib=after,
+            rss_per_conn_kib=round((after - before) / count, 2) if count else None,
+        )
+        print(
+            f"  {name:16s} {count} connections open ({opened['failed']} failed) in {opened['seconds']:.1f} s;"
+            f" RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB"
+            f" = {result['rss_per_conn_kib']} KiB per connection",
+            flush=True,
+        )
+        # Shutdown: SIGTERM, then wait for the exit on a pidfd (no polling delay).
+        limit = max(args.graceful_timeout, 30.0) + 20.0
+        pidfd = os.pidfd_open(server.pid)
+        try:
+            wall0 = time.time()
+            t0 = time.monotonic()
+            os.kill(server.pid, signal.SIGTERM)
+            ready, _, _ = select.select([pidfd], [], [], limit)
+            elapsed = time.monotonic() - t0
+        finally:
+            os.close(pidfd)
+        if ready:
+            result["shutdown_seconds"] = round(elapsed, 4)
+            result["exit_status"] = server.proc.wait(timeout=10)
+        else:
+            result["shutdown_seconds"] = None
+            result["shutdown_error"] = f"still running {limit:g} s after SIGTERM"
+        assert client.stdin is not None
+        client.stdin.write("quit\n")
+        client.stdin.flush()
+        final = read_json_line(client.stdout, timeout=30) or {}
+        result["closed_by_server"] = final.get("closed_by_server")
+        if final.get("all_closed_at"):
+            result["all_closed_seconds"] = round(final["all_closed_at"] - wall0, 4)
+        result.update(server_log_timeline(server))
+        shown = "timeout" if result["shutdown_seconds"] is None else f"{result['shutdown_seconds']:.3f} s"
+        print(
+            f"  {name:16s} SIGTERM -> exit {shown} (status {result.get('exit_status')});"
+            f" {result['closed_by_server']} connections closed by the server",
+            flush=True,
+        )
+        timeline = [
+            f"{label} {result[key]:.3f} s"
+            for key, label in (
+                ("all_closed_seconds", "client saw the last close at"),
+                ("server_shutdown_seconds", "server's shutdown() took"),
+                ("server_exit_log_seconds", "server's exit log line at"),
+            )
+            if result.get(key) is not None
+        ]
+        if timeline:
+            print(f"  {'':16s} " + "; ".join(timeline), flush=True)
+    except (BenchError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"  {name}: FAILED: {exc}", flush=True)
+        result["error"] = str(exc)
+    finally:
+        if client is not None:
+            try:
+                client.kill()
+            except ProcessLookupError:
+                pass
+            client.wait(timeout=10)
+        server.kill()
+    return result
+
+
+def server_log_timeline(server: ServerProcess) -> dict[str, float]:
+    """gshutdown's own account of its shutdown, from its info-level log."""
+    if server.name != "gshutdown":
+        return {}
+    try:
+        text = server.log_path.read_text(errors="replace")
+    except OSError:
+        return {}
+    out = {}
+    match = re.search(r"shutdown: \w+ in ([\d.]+) s", text)
+    if match:
+        out["server_shutdown_seconds"] = float(match.group(1))
+    match = re.search(r"exit: \w+ after ([\d.]+) s", text)
+    if match:
+        out["server_exit_log_seconds"] = float(match.group(1))
+    return out
+
+
+def idle_phase(args: argparse.Namespace, servers: list[str], tmp: Path) -> dict[str, Any]:
+    print(
+        f"\n== idle: {args.idle_conns} idle keep-alive connections, RSS and SIGTERM -> exit"
+        f" ({args.idle_runs} run(s) each) ==",
+        flush=True,
+    )
+    out = {}
+    for name in servers:
+        runs = [idle_test(name, args, tmp) for _ in range(args.idle_runs)]
+        good = [r for r in runs if "opened" in r]
+        if not good:
+            out[name] = {**runs[-1], "runs": runs}
+            continue
+        # The run with the median shutdown time stands for the server (a
+        # timeout counts as the longest); RSS is the median over the runs.
+        ranked = sorted(good, key=lambda r: math.inf if r.get("shutdown_seconds") is None else r["shutdown_seconds"])
+        summary = dict(ranked[(len(ranked) - 1) // 2])
+        summary["rss_per_conn_kib"] = statistics.median(r["rss_per_conn_kib"] for r in good)
+        summary["shutdown_seconds_all"] = [r.get("shutdown_seconds") for r in runs]
+        summary["runs"] = runs
+        out[name] = summary
+    return out
+
+
+# -- profile --------------------------------------------------------------------
+
+
+def _frame_key(frame: str) -> str:
+    return re.sub(r":\d+\)$", ")", frame.strip())
+
+
+def analyse_profile(raw: Path, top: int = 15) -> dict[str, Any]:
+    """Own and inclusive shares per function from py-spy's raw (folded) output."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame_key(f) for f in stack.split(";")[1:]]  # [0] is the process
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + count
+
+    def table(counts: dict[str, int]) -> list[dict[str, Any]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [{"function": f, "percent": round(100 * c / total, 1)} for f, c in ranked]
+
+    return {"samples": total, "own": table(own), "inclusive": table(incl)}
+
+
+def profile_one(args: argparse.Namespace, pyspy: str, workload: Workload, stamp: str, tmp: Path) -> dict[str, Any]:
+    """py-spy on gshutdown under one workload: folded stacks (analysed) and a flame graph."""
+    opts = Options(port=free_port())
+    server = ServerProcess("gshutdown", opts, tmp)
+    base = args.results_dir / f"profile-{stamp}-{workload.name}"
+    outputs = {"raw": base.with_suffix(".txt"), "flamegraph": base.with_suffix(".svg")}
+    result: dict[str, Any] = {}
+    try:
+        wait_ready(server, workload.path, workload.body_size)
+        result["rps_without_sampling"] = round(run_wrk(opts.port, workload, args.warmup, tmp)["rps"], 1)
+        for fmt, path in outputs.items():
+            # Blocking sampling (py-spy pauses the process for each sample):
+            # it costs some throughput, but non-blocking sampling of a
+            # greenlet switching this fast records torn stacks.
+            spy = subprocess.Popen(
+                [
+                    *pin(CPU_LOAD),
+                    pyspy,
+                    "record",
+                    "--pid",
+                    str(server.pid),
+                    "--duration",
+                    str(args.profile_seconds),
+                    "--rate",
+                    "200",
+                    "--format",
+                    fmt,
+                    "-o",
+                    str(path),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                load_result = run_wrk(opts.port, workload, args.profile_seconds + 1, tmp)
+                _, err = spy.communicate(timeout=args.profile_seconds + 60)
+            finally:
+                if spy.poll() is None:
+                    spy.kill()
+                    spy.wait()
+            if spy.returncode != 0 or not path.exists():
+                raise BenchError(f"py-spy failed: {err.strip()[-300:]}")
+            result[f"rps_while_sampling_{fmt}"] = round(load_result["rps"], 1)
+        result.update(analyse_profile(outputs["raw"]))
+        result["files"] = {k: str(v) for k, v in outputs.items()}
+        print(
+            f"  {workload.name}: {result['samples']} samples ({result['rps_without_sampling']:.0f} req/s"
+            f" unsampled, {result['rps_while_sampling_raw']:.0f} while sampled); {outputs['flamegraph']}",
+            flush=True,
+        )
+        own, incl = result["own"], result["inclusive"]
+        print(f"    {'own %':>6s}  {'function (own time)':55s} {'incl %':>6s}  function (inclusive)", flush=True)
+        for i in range(max(len(own), len(incl))):
+            left = f"{own[i]['percent']:6.1f}  {own[i]['function'][:55]:55s}" if i < len(own) else " " * 63
+            right = f"{incl[i]['percent']:6.1f}  {incl[i]['function']}" if i < len(incl) else ""
+            print(f"    {left} {right}", flush=True)
+    except (BenchError, OSError, subprocess.TimeoutExpired) as exc:
+        print(f"  {workload.name}: FAILED: {exc}", flush=True)
+        result["error"] = str(exc)
+    finally:
+        server.kill()
+    return result
+
+
+def profile_phase(args: argparse.Namespace, stamp: str, tmp: Path) -> dict[str, Any]:
+    print(f"\n== profile: py-spy on gshutdown ({', '.join(args.profile_workloads)}) ==", flush=True)
+    pyspy = shutil.which("py-spy")
+    if pyspy is None:
+        print("  skipped: py-spy is not installed (pip install py-spy)", flush=True)
+        return {"skipped": "py-spy is not installed (pip install py-spy)"}
+    return {name: profile_one(args, pyspy, WORKLOADS[name], stamp, tmp) for name in args.profile_workloads}
+
+
+# -- reporting ------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as fh:
+            mem = fh.readline().split(":", 1)[1].strip()
+    except OSError:
+        pass
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu_model": cpu,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "kernel": platform.release(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "packages": packages,
+        "wrk": wrk[0].strip() if wrk else None,
+        "pinning": {"server_cpu": CPU_SERVER, "wrk_cpu": CPU_LOAD} if pin(0) else None,
+        "loadavg_start": os.getloadavg(),
+    }
+
+
+def fmt_rate(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def print_load(load_results: dict[str, Any], servers: list[str], args: argparse.Namespace) -> None:
+    print(
+        f"\nRESULTS: req/s median of {args.runs} runs of {args.duration} s (after one {args.warmup} s"
+        " warm-up); spread = min-max; p99 = median of the runs' p99; errors = wrk socket errors"
+        " (connect/read/write/timeout); 'gshutdown /' = gshutdown's median over this server's."
+    )
+    for wname, results in load_results.items():
+        print(f"\n{wname} ({WORKLOADS[wname].title})")
+        print(
+            f"  {'server':16s} {'req/s':>10s} {'spread':>19s} {'p99 ms':>9s} {'errors':>7s}"
+            f" {'non-2xx':>8s} {'gshutdown /':>12s}"
+        )
+        ours = results.get("gshutdown", {}).get("median_rps")
+        for name in servers:
+            row = results.get(name)
+            if row is None:
+                continue
+            if "error" in row:
+                print(f"  {name:16s} FAILED: {row['error'][:90]}")
+                continue
+            ratio = f"{ours / row['median_rps']:.2f}x" if ours and row["median_rps"] else "-"
+            spread = f"{fmt_rate(row['min_rps'])}-{fmt_rate(row['max_rps'])}"
+            print(
+                f"  {name:16s} {fmt_rate(row['median_rps']):>10s} {spread:>19s} {row['p99_ms']:9.2f}"
+                f" {row['socket_errors']:7d} {row['non2xx']:8d} {ratio:>12s}"
+            )
+    names = [n for n in servers if any(n in r and "median_rps" in r[n] for r in load_results.values())]
+    if names:
+        print("\nreq/s (median) per server and workload")
+        print(f"  {'server':16s}" + "".join(f" {w:>15s}" for w in load_results))
+        for name in names:
+            cells = []
+            for results in load_results.values():
+                row = results.get(name, {})
+                cells.append(fmt_rate(row["median_rps"]) if "median_rps" in row else "-")
+            print(f"  {name:16s}" + "".join(f" {c:>15s}" for c in cells))
+
+
+def print_idle(idle: dict[str, Any], count: int) -> None:
+    print(f"\nidle keep-alive connections ({count} requested)")
+    print(
+        f"  {'server':16s} {'open':>6s} {'RSS before':>11s} {'RSS after':>10s} {'KiB/conn':>9s}"
+        f" {'SIGTERM->exit':>14s} {'status':>7s} {'closed by server':>17s}"
+    )
+    for name, row in idle.items():
+        if "error" in row and "opened" not in row:
+            print(f"  {name:16s} FAILED: {row['error'][:90]}")
+            continue
+        shut = row.get("shutdown_seconds")
+        print(
+            f"  {name:16s} {row['opened']:6d} {row['rss_before_kib'] / 1024:9.1f}Mi"
+            f" {row['rss_after_kib'] / 1024:8.1f}Mi {row['rss_per_conn_kib']:9.2f}"
+            f" {f'{shut:.3f} s' if shut is not None else 'timeout':>14s} {row.get('exit_status', '-')!s:>7s}"
+            f" {row.get('closed_by_server')!s:>17s}"
+        )
+        every = row.get("shutdown_seconds_all") or []
+        if len(every) > 1:
+            shown = ", ".join("timeout" if v is None else f"{v:.3f}" for v in every)
+            print(f"  {'':16s} SIGTERM->exit in each run (median shown above): {shown} s")
+
+
+def evaluate_targets(load_results: dict[str, Any], idle: dict[str, Any]) -> list[dict[str, str]]:
+    """The project's targets, each with the measured value and PASS/MISS (N/A: not measured)."""
+
+    def row(workload: str, server: str) -> Optional[dict[str, Any]]:
+        found = load_results.get(workload, {}).get(server)
+        return found if found and "median_rps" in found else None
+
+    def ratio_check(workload: str, peer: str, need: float, text: str) -> dict[str, str]:
+        ours, theirs = row(workload, "gshutdown"), row(workload, peer)
+        if not ours or not theirs:
+            return {"target": text, "value": "not measured", "status": "N/A"}
+        value = ours["median_rps"] / theirs["median_rps"]
+        return {"target": text, "value": f"{value:.2f}x", "status": "PASS" if value >= need else "MISS"}
+
+    out = [
+        ratio_check("keepalive-50", "gunicorn-gevent", 3.0, "keep-alive 50: >= 3x gunicorn-gevent req/s"),
+        ratio_check("keepalive-50", "raw-gevent", 0.5, "keep-alive 50: >= 0.5x raw-gevent ceiling"),
+    ]
+    text = "keep-alive 50: p99 below pywsgi's and gunicorn-gevent's"
+    ours, peers = row("keepalive-50", "gshutdown"), [row("keepalive-50", p) for p in ("pywsgi", "gunicorn-gevent")]
+    if ours and all(peers):
+        worst = min(p["p99_ms"] for p in peers if p)
+        value = f"{ours['p99_ms']:.2f} ms vs " + " / ".join(f"{p['p99_ms']:.2f}" for p in peers if p) + " ms"
+        out.append({"target": text, "value": value, "status": "PASS" if ours["p99_ms"] < worst else "MISS"})
+    else:
+        out.append({"target": text, "value": "not measured", "status": "N/A"})
+    out.append(ratio_check("close", "gunicorn-gevent", 1.5, "Connection: close: >= 1.5x gunicorn-gevent"))
+    check = ratio_check("keepalive-1000", "gunicorn-gevent", 3.0, "keep-alive 1,000: >= 3x gunicorn-gevent, no errors")
+    ours = row("keepalive-1000", "gshutdown")
+    if ours:
+        errors = ours["socket_errors"] + ours["non2xx"]
+        check["value"] += f", {errors} errors"
+        if errors and check["status"] == "PASS":
+            check["status"] = "MISS"
+    out.append(check)
+    g = idle.get("gshutdown", {})
+    text = "<= 16 KiB RSS per idle keep-alive connection (10,000)"
+    per = g.get("rss_per_conn_kib")
+    if per is None:
+        out.append({"target": text, "value": "not measured", "status": "N/A"})
+    else:
+        value = f"{per:.2f} KiB at {g['opened']}"
+        out.append({"target": text, "value": value, "status": "PASS" if per <= 16 and g["opened"] >= 10000 else "MISS"})
+    text = "10,000 idle connections: SIGTERM -> exit < 0.5 s"
+    shut = g.get("shutdown_seconds")
+    if "opened" not in g:
+        out.append({"target": text, "value": "not measured", "status": "N/A"})
+    else:
+        value = "timeout" if shut is None else f"{shut:.3f} s at {g['opened']}"
+        ok = shut is not None and shut < 0.5 and g["opened"] >= 10000
+        out.append({"target": text, "value": value, "status": "PASS" if ok else "MISS"})
+    return out
+
+
+def print_targets(targets: list[dict[str, str]]) -> None:
+    print("\ntargets (gshutdown, measured in this run)")
+    for t in targets:
+        print(f"  {t['status']:4s}  {t['target']:58s} {t['value']}")
+
+
+def write_chart(load_results: dict[str, Any], servers: list[str], info: dict[str, Any], runs: int, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no chart: matplotlib is not installed (pip install matplotlib)")
+        return False
+    workloads = [w for w, r in load_results.items() if any("median_rps" in v for v in r.values())]
+    if not workloads:
+        return False
+    cols = min(3, len(workloads))
+    rows = math.ceil(len(workloads) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    palette = plt.get_cmap("tab10")
+    colour = {name: palette(i % 10) for i, name in enumerate(servers)}
+    for ax, wname in zip(axes.flat, workloads, strict=False):
+        names = [n for n in servers if "median_rps" in load_results[wname].get(n, {})]
+        rows_ = [load_results[wname][n] for n in names]
+        med = [r["median_rps"] for r in rows_]
+        err = [
+            [m - r["min_rps"] for m, r in zip(med, rows_, strict=True)],
+            [r["max_rps"] - m for m, r in zip(med, rows_, strict=True)],
+        ]
+        bars = ax.bar(range(len(names)), med, yerr=err, capsize=3, color=[colour[n] for n in names])
+        for bar, value, row in zip(bars, med, rows_, strict=True):
+            ax.annotate(
+                f"{value / 1000:.1f}k" if value >= 1000 else f"{value:.0f}",
+                (bar.get_x() + bar.get_width() / 2, row["max_rps"]),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        positive = [m for m in med if m > 0]
+        log = bool(positive) and max(positive) / min(positive) > 30
+        if log:  # one bar (the ceiling, or a stalled server) would flatten the rest
+            ax.set_yscale("log")
+        ax.set_title(WORKLOADS[wname].title + (" (log scale)" if log else ""), fontsize=9)
+        ax.set_ylabel("req/s", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.margins(y=0.15)
+    for ax in list(axes.flat)[len(workloads) :]:
+        ax.axis("off")
+    fig.suptitle(
+        f"req/s, median of {runs} runs (bars: min-max) - {info['cpu_model']}, {info['cores']} cores,"
+        f" server on CPU {CPU_SERVER}, wrk on CPU {CPU_LOAD} - {info['date']}",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# -- main -----------------------------------------------------------------------
+
+
+def raise_nofile(need: int) -> int:
+    """Raise RLIMIT_NOFILE (inherited by servers and clients); returns the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, need)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return want
+        except (ValueError, OSError):
+            want = hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        return soft
+    return want
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke run: 3 runs of 3 s, 2 s warm-up")
+    p.add_argument("--servers", default=",".join(MODULES), help="comma-separated (default: all)")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated (default: all)")
+    p.add_argument("--phases", default="load,idle", help="comma-separated from load,idle,profile")
+    p.add_argument("--runs", type=int, help="counted runs per server and workload (default 5; quick 3)")
+    p.add_argument("--duration", type=int, help="seconds per counted run (default 10; quick 3)")
+    p.add_argument("--warmup", type=int, help="seconds of the warm-up run (default 5; quick 2)")
+    p.add_argument(
+        "--max-disturbed",
+        type=float,
+        default=15.0,
+        help="redo a run when other processes took more than this %% of CPU 0 or CPU 1 (default 15)",
+    )
+    p.add_argument("--retries", type=int, default=2, help="redos per disturbed run (default 2; 0: never)")
+    p.add_argument("--idle-conns", type=int, default=10000, help="idle connections (default 10000)")
+    p.add_argument(
+        "--idle-servers", default=",".join(IDLE_SERVERS), help=f"idle phase servers (default {','.join(IDLE_SERVERS)})"
+    )
+    p.add_argument(
+        "--graceful-timeout", type=float, default=10.0, help="gshutdown's and pywsgi's stop timeout (default 10)"
+    )
+    p.add_argument("--idle-runs", type=int, help="idle tests per server (default 3; quick 1)")
+    p.add_argument("--profile-seconds", type=int, help="py-spy sampling seconds (default 15; quick 5)")
+    p.add_argument(
+        "--profile-workloads",
+        help="workloads to profile gshutdown under (default: keepalive-50,pipeline-16,post-1m,close; quick:"
+        " keepalive-50)",
+    )
+    p.add_argument("--results-dir", type=Path, default=RESULTS)
+    p.add_argument("--list", action="store_true", help="list servers and workloads, then exit")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.runs = args.runs or (3 if quick else 5)
+    args.duration = args.duration or (3 if quick else 10)
+    args.warmup = args.warmup or (2 if quick else 5)
+    args.profile_seconds = args.profile_seconds or (5 if quick else 15)
+    args.idle_runs = args.idle_runs or (1 if quick else 3)
+    args.profile_workloads = (
+        args.profile_workloads or ("keepalive-50" if quick else "keepalive-50,pipeline-16,post-1m,close")
+    ).split(",")
+    args.servers = [s for s in args.servers.split(",") if s]
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    args.phases = [s for s in args.phases.split(",") if s]
+    args.idle_servers = [s for s in args.idle_servers.split(",") if s]
+    for name in args.servers + args.idle_servers:
+        if name not in MODULES:
+            p.error(f"unknown server {name!r} (have: {', '.join(MODULES)})")
+    for name in args.workloads + args.profile_workloads:
+        if name not in WORKLOADS:
+            p.error(f"unknown workload {name!r} (have: {', '.join(WORKLOADS)})")
+    for name in args.phases:
+        if name not in ("load", "idle", "profile"):
+            p.error(f"unknown phase {name!r} (have: load, idle, profile)")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for name in MODULES:
+            reason = load(name).unavailable()
+            print(f"server   {name:16s} {'unavailable: ' + reason if reason else ''}")
+        for w in WORKLOADS.values():
+            print(f"workload {w.name:16s} {w.title}")
+        return 0
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    if not pin(0):
+        print("warning: no taskset or fewer than 2 CPUs: server and wrk are not pinned", file=sys.stderr)
+    nofile = raise_nofile(args.idle_conns + 2048)
+    if "idle" in args.phases and nofile < args.idle_conns + 256:
+        args.idle_conns = max(100, nofile - 256)
+        print(f"warning: RLIMIT_NOFILE is {nofile}: idle test with {args.idle_conns} connections", file=sys.stderr)
+
+    skipped = {}
+    for name in dict.fromkeys(args.servers + args.idle_servers):
+        reason = load(name).unavailable()
+        if reason:
+            skipped[name] = reason
+            print(f"skipping {name}: {reason}", flush=True)
+    servers = [s for s in args.servers if s not in skipped]
+    idle_servers = [s for s in args.idle_servers if s not in skipped]
+
+    info = machine()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"{info['cpu_model']}, {info['cores']} cores, kernel {info['kernel']}, Python {info['python']};"
+        f" load average {' '.join(f'{x:.2f}' for x in info['loadavg_start'])}",
+        flush=True,
+    )
+    report: dict[str, Any] = {
+        "machine": info,
+        "config": {
+            "runs": args.runs,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "idle_conns": args.idle_conns,
+            "idle_runs": args.idle_runs,
+            "profile_seconds": args.profile_seconds,
+            "profile_workloads": args.profile_workloads,
+            "graceful_timeout_s": args.graceful_timeout,
+            "workloads": {w: asdict(WORKLOADS[w]) for w in args.workloads},
+            "servers": servers,
+            "commands": {name: load(name).command(Options(port=0)) for name in servers},
+        },
+        "skipped": skipped,
+    }
+    load_results: dict[str, Any] = {}
+    idle: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="gshutdown-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        if "load" in args.phases and servers:
+            load_results = load_phase(args, servers, tmp)
+            report["load"] = load_results
+        if "idle" in args.phases and idle_servers:
+            idle = idle_phase(args, idle_servers, tmp)
+            report["idle"] = idle
+        if "profile" in args.phases:
+            report["profile"] = profile_phase(args, stamp, tmp)
+    info["loadavg_end"] = os.getloadavg()
+
+    if load_results:
+        print_load(load_results, servers, args)
+    if idle:
+        print_idle(idle, args.idle_conns)
+    targets = evaluate_targets(load_results, idle)
+    report["targets"] = targets
+    print_targets(targets)
+    json_path = args.results_dir / f"bench-{stamp}.json"
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults: {json_path}")
+    if load_results:
+        png_path = args.results_dir / f"bench-{stamp}.png"
+        if write_chart(load_results, servers, info, args.runs, png_path):
+            print(f"chart:   {png_path}")
+    for name, prof in report.get("profile", {}).items():
+        if isinstance(prof, dict) and "files" in prof:
+            print(f"profile: {prof['files']['flamegraph']} ({name})")
+    print(
+        "note: load average was "
+        f"{' '.join(f'{x:.2f}' for x in info['loadavg_start'])} at the start and "
+        f"{' '.join(f'{x:.2f}' for x in info['loadavg_end'])} at the end; compare ratios, not absolutes."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

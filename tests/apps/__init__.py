@@ -1,0 +1,1 @@
+"""Tiny WSGI applications the lifecycle tests serve with the real CLI."""

@@ -1,0 +1,3 @@
+"""Content-Length together with Transfer-Encoding (request smuggling)."""
+
+status = 400

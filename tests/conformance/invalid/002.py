@@ -1,0 +1,3 @@
+"""Two different Content-Length values."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Content-Length with a comma-separated list."""
+
+status = 400

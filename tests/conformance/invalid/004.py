@@ -1,0 +1,3 @@
+"""Negative Content-Length."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""obs-fold continuation line."""
+
+status = 400

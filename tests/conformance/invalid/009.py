@@ -1,0 +1,3 @@
+"""NUL in a field name."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Bare CR in a field value."""
+
+status = 400

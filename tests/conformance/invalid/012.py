@@ -1,0 +1,3 @@
+"""Bare LF in a field value."""
+
+status = 400

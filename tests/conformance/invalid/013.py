@@ -1,0 +1,3 @@
+"""Field line without a colon."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Whitespace between field name and colon."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""HTTP/0.9 version."""
+
+status = 400

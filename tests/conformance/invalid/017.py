@@ -1,0 +1,3 @@
+"""HTTP/1.2 version."""
+
+status = 400

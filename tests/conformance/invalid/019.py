@@ -1,0 +1,3 @@
+"""Two Host fields."""
+
+status = 400

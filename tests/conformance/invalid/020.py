@@ -1,0 +1,3 @@
+"""Request target over the 8190-byte default."""
+
+status = 414

@@ -1,0 +1,4 @@
+"""Request target over a configured 256-byte limit."""
+
+status = 414
+limits = {"max_request_line": 256}

@@ -1,0 +1,3 @@
+"""101 header fields, one over the default."""
+
+status = 431

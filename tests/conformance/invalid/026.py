@@ -1,0 +1,3 @@
+"""chunked not the final coding."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Space inside the request target."""
+
+status = 400

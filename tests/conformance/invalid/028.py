@@ -1,0 +1,3 @@
+"""DEL in the request target."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""Lower-case method."""
+
+status = 400

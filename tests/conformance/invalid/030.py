@@ -1,0 +1,3 @@
+"""Bare LF line ends."""
+
+status = 400

@@ -1,0 +1,3 @@
+"""The HTTP/2 connection preface."""
+
+status = 400

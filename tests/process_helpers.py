@@ -1,0 +1,249 @@
+"""Real ``gshutdown`` processes for the lifecycle tests.
+
+Each ``GProcess`` is a child started with ``start_new_session=True`` that
+writes its stdout and stderr to one log file; tests wait on that log (or on a
+port) with a bound, signal the child by its own pid, and kill it in a
+``finally`` (the context manager does it). Clients here are blocking stdlib
+sockets with timeouts: the test process is not monkey-patched.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+#: The repository root: children run here so ``examples.*`` and ``tests.apps.*`` import.
+ROOT = Path(__file__).resolve().parents[1]
+#: Generous: two cores shared with other test runs.
+STARTUP_TIMEOUT = 20.0
+EXIT_TIMEOUT = 20.0
+
+PROBE = "tests.apps.probe:app"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (bound to ``host``, then released)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """The test's environment without anything that would steer a gshutdown child."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("GSHUTDOWN_", "LISTEN_")) and key != "NOTIFY_SOCKET"
+    }
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def gshutdown_argv(*args: str) -> list[str]:
+    """``python -m gshutdown ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "gshutdown", *args]
+
+
+def run_cli(
+    *args: str, env: Optional[dict[str, str]] = None, cwd: Union[str, Path] = ROOT, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to completion (for usage errors, ``--help``, ``--version``)."""
+    return subprocess.run(
+        gshutdown_argv(*args),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=child_env(env),
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+class GProcess:
+    """A running child whose combined output goes to ``log_path``."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Optional[dict[str, str]] = None,
+        cwd: Union[str, Path] = ROOT,
+        pass_fds: Iterable[int] = (),
+    ) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log_file = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=child_env(env),
+                start_new_session=True,
+                pass_fds=tuple(pass_fds),
+            )
+        except BaseException:
+            self._log_file.close()
+            raise
+        self.pid = self.proc.pid
+
+    # -- output -----------------------------------------------------------------
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def lines(self) -> list[str]:
+        return self.log().splitlines()
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str]:
+        """The first match of ``pattern`` in the log at or after offset ``start``.
+
+        Fails (showing the log) after ``timeout`` seconds, or at once if the
+        process has exited without writing it.
+        """
+        regex = re.compile(pattern, re.MULTILINE)
+        deadline = time.monotonic() + timeout
+        while True:
+            exited = self.proc.poll() is not None
+            match = regex.search(self.log(), start)
+            if match:
+                return match
+            if exited:
+                raise AssertionError(
+                    f"process exited ({self.proc.returncode}) without logging {pattern!r}:\n{self.log()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not logged within {timeout} s:\n{self.log()}")
+            time.sleep(0.01)
+
+    def wait_listening(self, timeout: float = STARTUP_TIMEOUT) -> None:
+        self.wait_for_log(r"listening on ", timeout)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def send_signal(self, signum: int) -> float:
+        """Signal the child (only while it runs); returns ``time.monotonic()`` of the send."""
+        assert self.proc.poll() is None, f"process already exited ({self.proc.returncode}):\n{self.log()}"
+        os.kill(self.pid, signum)
+        return time.monotonic()
+
+    def wait(self, timeout: float = EXIT_TIMEOUT) -> int:
+        """The exit status; fails (showing the log) if it takes over ``timeout`` seconds."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"process did not exit within {timeout} s:\n{self.log()}") from None
+
+    def stop(self) -> None:
+        """Kill the child if it still runs, reap it, close the log file."""
+        try:
+            if self.proc.poll() is None:
+                os.kill(self.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        finally:
+            self._log_file.close()
+
+    def __enter__(self) -> GProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def start_gshutdown(
+    log_path: Path,
+    *args: str,
+    env: Optional[dict[str, str]] = None,
+    cwd: Union[str, Path] = ROOT,
+    wait: bool = True,
+) -> GProcess:
+    """``python -m gshutdown ARGS``, waited for until it logs that it listens."""
+    proc = GProcess(gshutdown_argv(*args), log_path, env=env, cwd=cwd)
+    if wait:
+        try:
+            proc.wait_listening()
+        except BaseException:
+            proc.stop()
+            raise
+    return proc
+
+
+# -- clients ---------------------------------------------------------------------
+
+
+def connect(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def request_bytes(path: str = "/", *, host: str = "localhost", close: bool = False) -> bytes:
+    extra = "Connection: close\r\n" if close else ""
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
+
+
+def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    """One complete response from ``sock``: status, lower-cased headers, body."""
+    sock.settimeout(timeout)
+    response = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
+    try:
+        response.begin()
+        body = response.read()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, headers, body
+    finally:
+        response.close()
+
+
+def get(
+    port: int, path: str = "/", host: str = "127.0.0.1", timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
+    """A one-shot GET on a new connection."""
+    with connect(port, host, timeout) as sock:
+        sock.sendall(request_bytes(path, close=True))
+        return read_response(sock, timeout)
+
+
+def recv_eof(sock: socket.socket, timeout: float = 10.0) -> bytes:
+    """Read until the server closes; everything received. Raises on timeout."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def refused(port: int, host: str = "127.0.0.1") -> bool:
+    """True if a connect to ``port`` is refused now."""
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
+def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until it returns a true value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)

@@ -1,0 +1,301 @@
+"""The ``gshutdown`` command line, run as a real process.
+
+Bad input ends in exactly one line on stderr (no traceback) and exit status 2;
+a busy port, in one line and status 1. Options and their ``GSHUTDOWN_*``
+environment variables are checked by what the running server does.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gshutdown import __version__
+from tests.process_helpers import (
+    PROBE,
+    ROOT,
+    GProcess,
+    free_port,
+    get,
+    read_response,
+    request_bytes,
+    run_cli,
+    start_gshutdown,
+)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], status: int) -> str:
+    stderr = result.stderr
+    assert result.returncode == status, stderr
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, f"want exactly one line on stderr, got:\n{stderr}"
+    assert lines[0].startswith("gshutdown: error: ")
+    return lines[0]
+
+
+# -- bad input: one line, exit 2 ----------------------------------------------------------
+
+
+def test_unknown_option_is_one_line_and_exit_2() -> None:
+    result = run_cli("--no-such-option", PROBE)
+    line = assert_one_line_error(result, 2)
+    assert "--no-such-option" in line
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["nope", "::1:8000", "[::1:8000", "127.0.0.1:99999", "127.0.0.1:http", "unix:", "127.0.0.1:-1"],
+)
+def test_bad_bind_address_is_one_line_and_exit_2(address: str) -> None:
+    result = run_cli("--bind", address, PROBE)
+    line = assert_one_line_error(result, 2)
+    assert "--bind" in line
+
+
+def test_bad_seconds_value_is_one_line_and_exit_2() -> None:
+    result = run_cli("--graceful-timeout", "soon", PROBE)
+    assert "--graceful-timeout" in assert_one_line_error(result, 2)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("no_such_module_for_gshutdown:app", "cannot import 'no_such_module_for_gshutdown'"),
+        ("tests.apps:app", "no app in module 'tests.apps'"),
+        ("tests.apps", "no app or application in module 'tests.apps'"),
+        ("tests.apps.probe:NOT_CALLABLE", "not callable"),
+        ("tests.apps.broken:app", "RuntimeError: this module is broken on purpose"),
+        ("tests/apps/no_such_file.py", "no such file"),
+    ],
+    ids=["unimportable", "no-named-app", "no-app-or-application", "not-callable", "raises", "missing-file"],
+)
+def test_app_that_cannot_be_loaded_is_one_line_and_exit_2(spec: str, message: str) -> None:
+    result = run_cli("--bind", f"127.0.0.1:{free_port()}", spec)
+    line = assert_one_line_error(result, 2)
+    assert message in line
+
+
+def test_invalid_env_bind_is_one_line_and_exit_2() -> None:
+    result = run_cli(PROBE, env={"GSHUTDOWN_BIND": "not-an-address"})
+    assert "GSHUTDOWN_BIND" in assert_one_line_error(result, 2)
+
+
+def test_invalid_env_graceful_timeout_is_one_line_and_exit_2() -> None:
+    result = run_cli(PROBE, env={"GSHUTDOWN_GRACEFUL_TIMEOUT": "forever"})
+    assert "forever" in assert_one_line_error(result, 2)
+
+
+def test_port_in_use_is_one_line_and_exit_1() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("--bind", f"127.0.0.1:{port}", PROBE)
+    line = assert_one_line_error(result, 1)
+    assert f"127.0.0.1:{port}" in line
+    assert "address already in use" in line
+
+
+# -- informational options -------------------------------------------------------------------
+
+
+def test_version_prints_the_package_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"gshutdown {__version__}"
+
+
+def test_help_exits_0_and_lists_the_shutdown_options() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--bind", "--graceful-timeout", "--drain-delay", "--no-monkey-patch", "--pid"):
+        assert option in result.stdout
+
+
+# -- serving ------------------------------------------------------------------------------------
+
+
+def test_python_m_gshutdown_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    with start_gshutdown(tmp_path / "log", "--bind", f"127.0.0.1:{port}", PROBE) as server:
+        status, _, body = get(port, "/")
+        assert (status, body) == (200, b"Hello, World!")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    log = server.log()
+    assert f"listening on http://127.0.0.1:{port}" in log
+    # 30 s graceful timeout and no drain delay fit Kubernetes' default grace.
+    assert "WARNING" not in log
+
+
+def test_console_script_serves(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("gshutdown")
+    executable = str(script) if script.exists() else shutil.which("gshutdown")
+    assert executable, "the gshutdown console script is not installed"
+    port = free_port()
+    with GProcess([executable, "--bind", f"127.0.0.1:{port}", PROBE], tmp_path / "log") as server:
+        server.wait_listening()
+        assert get(port, "/")[2] == b"Hello, World!"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+
+
+def test_monkey_patching_is_on_by_default_and_logged(tmp_path: Path) -> None:
+    port = free_port()
+    with start_gshutdown(tmp_path / "log", "--bind", f"127.0.0.1:{port}", PROBE) as server:
+        assert get(port, "/patched")[2] == b"True"
+        assert "gevent monkey-patching applied before importing the app" in server.log()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+
+
+def test_no_monkey_patch_leaves_socket_unpatched_and_says_so(tmp_path: Path) -> None:
+    port = free_port()
+    with start_gshutdown(tmp_path / "log", "--no-monkey-patch", "--bind", f"127.0.0.1:{port}", PROBE) as server:
+        assert get(port, "/patched")[2] == b"False"
+        # The server itself still runs on gevent: a sleeping request is served.
+        assert get(port, "/slow?s=0.01")[2] == b"slept 0.01"
+        assert "gevent monkey-patching disabled (--no-monkey-patch)" in server.log()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+
+
+def test_env_vars_set_bind_and_graceful_timeout(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"GSHUTDOWN_BIND": f"127.0.0.1:{port}", "GSHUTDOWN_GRACEFUL_TIMEOUT": "7"}
+    with start_gshutdown(tmp_path / "log", PROBE, env=env) as server:
+        assert get(port, "/")[0] == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert "shutdown: started (timeout 7 s)" in server.log()
+
+
+def test_command_line_wins_over_env_var(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"GSHUTDOWN_BIND": "127.0.0.1:1", "GSHUTDOWN_GRACEFUL_TIMEOUT": "7"}
+    with start_gshutdown(
+        tmp_path / "log", "--bind", f"127.0.0.1:{port}", "--graceful-timeout", "9", PROBE, env=env
+    ) as server:
+        assert get(port, "/")[0] == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert "shutdown: started (timeout 9 s)" in server.log()
+
+
+def test_binds_tcp_and_unix_socket_together_and_removes_the_socket_file(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "gs.sock"
+    with start_gshutdown(tmp_path / "log", "--bind", f"127.0.0.1:{port}", "--bind", f"unix:{path}", PROBE) as server:
+        server.wait_for_log(r"listening on unix:")
+        assert get(port, "/")[2] == b"Hello, World!"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(request_bytes("/", close=True))
+            status, _, body = read_response(sock)
+        assert (status, body) == (200, b"Hello, World!")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert f"listening on unix:{path}" in server.log()
+    assert not path.exists()
+
+
+def _ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this host")
+def test_binds_ipv6_loopback_in_brackets(tmp_path: Path) -> None:
+    port = free_port("::1")
+    with start_gshutdown(tmp_path / "log", "--bind", f"[::1]:{port}", PROBE) as server:
+        status, _, body = get(port, "/", host="::1")
+        assert (status, body) == (200, b"Hello, World!")
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert f"listening on http://[::1]:{port}" in server.log()
+
+
+def test_app_given_as_a_file_path_from_another_directory(tmp_path: Path) -> None:
+    port = free_port()
+    spec = f"{ROOT / 'tests' / 'apps' / 'probe.py'}:app"
+    with start_gshutdown(tmp_path / "log", "--bind", f"127.0.0.1:{port}", spec, cwd=tmp_path) as server:
+        assert get(port, "/")[2] == b"Hello, World!"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+
+
+CLF = re.compile(
+    r"^127\.0\.0\.1 - - \[\d{2}/[A-Z][a-z]{2}/\d{4}:\d{2}:\d{2}:\d{2} [+-]\d{4}\] "
+    r'"GET /slow\?s=0 HTTP/1\.1" 200 7$',
+    re.MULTILINE,
+)
+
+
+def test_access_log_dash_writes_common_log_format_to_stderr(tmp_path: Path) -> None:
+    port = free_port()
+    with start_gshutdown(tmp_path / "log", "--access-log", "-", "--bind", f"127.0.0.1:{port}", PROBE) as server:
+        assert get(port, "/slow?s=0")[2] == b"slept 0"
+        server.wait_for_log(CLF.pattern)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert len(CLF.findall(server.log())) == 1
+
+
+def test_pid_file_holds_the_pid_while_serving_and_is_removed_at_exit(tmp_path: Path) -> None:
+    port = free_port()
+    pidfile = tmp_path / "gs.pid"
+    with start_gshutdown(tmp_path / "log", "--pid", str(pidfile), "--bind", f"127.0.0.1:{port}", PROBE) as server:
+        assert pidfile.read_text().strip() == str(server.pid)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert not pidfile.exists()
+
+
+def test_drain_delay_plus_graceful_timeout_over_30_s_warns(tmp_path: Path) -> None:
+    port = free_port()
+    with start_gshutdown(
+        tmp_path / "log",
+        "--drain-delay",
+        "5",
+        "--graceful-timeout",
+        "30",
+        "--bind",
+        f"127.0.0.1:{port}",
+        PROBE,
+    ) as server:
+        line = server.wait_for_log(r"^.*\[WARNING\].*$").group(0)
+        assert "35 s" in line
+        assert "terminationGracePeriodSeconds" in line
+        # Readiness already turns 503 during the 5 s delay: SIGQUIT ends it now.
+        server.send_signal(signal.SIGQUIT)
+        assert server.wait() == 0
+
+
+def test_no_monkey_patch_serves_several_requests_on_a_unix_socket(tmp_path: Path) -> None:
+    path = tmp_path / "gs.sock"
+    with start_gshutdown(tmp_path / "log", "--no-monkey-patch", "--bind", f"unix:{path}", PROBE) as server:
+        answers = []
+        for _ in range(3):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(str(path))
+                sock.sendall(request_bytes("/", close=True))
+                answers.append(read_response(sock, timeout=5)[2])
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert answers == [b"Hello, World!"] * 3

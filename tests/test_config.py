@@ -1,0 +1,117 @@
+"""config.py: defaults, validation of negative values, replace()."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from gshutdown import Config
+from gshutdown.protocol.parser import (
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_HEADER_COUNT,
+    DEFAULT_MAX_REQUEST_LINE,
+)
+
+NUMERIC_FIELDS = [
+    f.name
+    for f in dataclasses.fields(Config)
+    if isinstance(getattr(Config(), f.name), (int, float)) and not isinstance(getattr(Config(), f.name), bool)
+]
+
+
+def test_defaults_are_present_and_documented_values() -> None:
+    config = Config()
+    assert dataclasses.asdict(config) == {
+        "idle_timeout": 5.0,
+        "read_header_timeout": 10.0,
+        "read_body_timeout": 30.0,
+        "write_timeout": 30.0,
+        "idle_grace": 0.1,
+        "linger_timeout": 2.0,
+        "max_discard_body": 256 * 1024,
+        "max_request_line": DEFAULT_MAX_REQUEST_LINE,
+        "max_header_bytes": DEFAULT_MAX_HEADER_BYTES,
+        "max_header_count": DEFAULT_MAX_HEADER_COUNT,
+        "max_connections": None,
+        "backlog": 2048,
+        "keep_alive": True,
+        "server_header": "gshutdown",
+    }
+    assert DEFAULT_MAX_HEADER_BYTES == 64 * 1024
+
+
+def test_numeric_fields_cover_every_timeout_and_limit() -> None:
+    assert set(NUMERIC_FIELDS) >= {
+        "idle_timeout",
+        "read_header_timeout",
+        "read_body_timeout",
+        "write_timeout",
+        "idle_grace",
+        "linger_timeout",
+        "max_discard_body",
+        "max_request_line",
+        "max_header_bytes",
+        "max_header_count",
+        "backlog",
+    }
+
+
+@pytest.mark.parametrize("name", NUMERIC_FIELDS)
+@pytest.mark.parametrize("bad", [-1, -0.001, float("-inf")])
+def test_negative_value_is_rejected_naming_the_field(name: str, bad: float) -> None:
+    with pytest.raises(ValueError, match=rf"^{name} must not be negative"):
+        Config(**{name: bad})
+
+
+@pytest.mark.parametrize("name", NUMERIC_FIELDS)
+def test_zero_is_accepted(name: str) -> None:
+    assert getattr(Config(**{name: 0}), name) == 0
+
+
+@pytest.mark.parametrize("name", ["idle_timeout", "read_header_timeout", "read_body_timeout", "write_timeout"])
+def test_optional_timeouts_accept_none_for_no_limit(name: str) -> None:
+    assert getattr(Config(**{name: None}), name) is None
+
+
+def test_max_connections_must_be_at_least_one() -> None:
+    assert Config(max_connections=1).max_connections == 1
+    assert Config(max_connections=None).max_connections is None
+    with pytest.raises(ValueError, match="max_connections"):
+        Config(max_connections=0)
+    with pytest.raises(ValueError, match="max_connections"):
+        Config(max_connections=-5)
+
+
+def test_booleans_and_strings_are_not_range_checked() -> None:
+    config = Config(keep_alive=False, server_header="")
+    assert config.keep_alive is False
+    assert config.server_header == ""
+
+
+def test_config_is_frozen() -> None:
+    config = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.idle_timeout = 1.0  # type: ignore[misc]
+
+
+def test_replace_returns_a_changed_copy() -> None:
+    config = Config()
+    changed = config.replace(idle_timeout=1.5, max_connections=10, server_header="x")
+    assert (changed.idle_timeout, changed.max_connections, changed.server_header) == (1.5, 10, "x")
+    assert config.idle_timeout == 5.0
+    assert config.max_connections is None
+    assert changed.read_header_timeout == config.read_header_timeout
+    assert changed is not config
+
+
+def test_replace_validates_like_the_constructor() -> None:
+    with pytest.raises(ValueError, match=r"^linger_timeout must not be negative"):
+        Config().replace(linger_timeout=-1)
+    with pytest.raises(ValueError, match="max_connections"):
+        Config().replace(max_connections=0)
+
+
+def test_replace_with_an_unknown_name_raises_type_error() -> None:
+    with pytest.raises(TypeError):
+        Config().replace(idle_timout=1.0)
