@@ -315,7 +315,8 @@ class Master:
                 continue
             os.close(worker.ready_fd)
             if code == EXIT_FORCED or code < 0:
-                self._forced = self._forced or self._stopping or worker.retiring
+                # A worker that never served (an aborted reload's) forced nothing.
+                self._forced = self._forced or ((self._stopping or worker.retiring) and worker.ready)
             how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
             if self._stopping or worker.retiring:
                 log.info("worker %d exited with %s", pid, how)
