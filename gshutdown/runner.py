@@ -93,12 +93,18 @@ class Runner:
         # Only record: the runner greenlet decides what the signal means now.
         self._events.put_nowait(signum)
 
+    def _on_unsupported(self, signum: int) -> None:
+        log.warning("%s ignored: reload and upgrade need a master (--workers N)", _signame(signum))
+
     def run(self) -> int:
         """Serve until told to stop; return the process exit status."""
         handlers = []
         if self.install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
                 handlers.append(gevent.signal_handler(signum, self._on_signal, signum))
+            for signum in (signal.SIGHUP, signal.SIGUSR2):
+                # Their default action would end the process mid-request.
+                handlers.append(gevent.signal_handler(signum, self._on_unsupported, signum))
         trigger = None
         if self.shutdown_trigger is not None:
             trigger = gevent.spawn(self._wait_trigger)

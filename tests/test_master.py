@@ -220,3 +220,21 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_single_process_ignores_sighup_and_sigusr2_and_keeps_serving(tmp_path: Path) -> None:
+    port = free_port()
+    proc = GProcess(gshutdown_argv(PROBE, "-b", f"127.0.0.1:{port}"), tmp_path / "single.log")
+    with proc:
+        proc.wait_listening(timeout=20)
+        for signum, name in ((signal.SIGHUP, "SIGHUP"), (signal.SIGUSR2, "SIGUSR2")):
+            proc.send_signal(signum)
+            proc.wait_for_log(rf"{name} ignored: reload and upgrade need a master")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/")
+            assert conn.getresponse().read() == b"Hello, World!"
+        finally:
+            conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == 0
