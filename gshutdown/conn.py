@@ -263,7 +263,15 @@ class Connection:
             ClientDisconnected: the client is gone or stopped reading.
         """
         try:
-            self.sock.sendall(data)
+            # One direct send first: gevent's sendall asks the kernel for the
+            # send buffer size on every call, which costs more than the send
+            # itself for a small response. It takes over only for the rest.
+            try:
+                sent = self._raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(data):
+                self.sock.sendall(memoryview(data)[sent:])
         except OSError as exc:  # TimeoutError included: write_timeout passed
             raise ClientDisconnected(f"sending the response failed: {exc}") from exc
 
