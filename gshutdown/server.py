@@ -407,6 +407,12 @@ class Server(StreamServer):
         # What is left are greenlets lingering after FIN and hijack handlers
         # whose sockets were just closed: give them a moment, then end them.
         exempt = {conn.greenlet for conn in self._callers_in_handlers}
+        if not exempt and not self._overflow:
+            # The common case: one wait on the pool's own event, rather than
+            # a link per greenlet (it matters with thousands of them).
+            if not self.pool.join(timeout=self.config.idle_grace):
+                self.pool.kill(block=True, timeout=1.0)
+            return
         pending = [g for g in [*self.pool, *self._overflow] if g not in exempt]
         if pending:
             gevent.joinall(pending, timeout=self.config.idle_grace)
