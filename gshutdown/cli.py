@@ -8,12 +8,13 @@ a port already in use, with status 1.
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import os
 import sys
 from typing import Any, Callable, NoReturn, Optional, Sequence
+
+from gshutdown.addresses import bind_failure_reason, describe_listener
 
 EXIT_START_FAILED = 1
 EXIT_USAGE = 2
@@ -305,7 +306,7 @@ def serve(
             servers.append(server)
     except OSError as exc:
         print(
-            f"gshutdown: error: cannot listen on {describe_listener(listener)}: {_reason(exc)}",
+            f"gshutdown: error: cannot listen on {describe_listener(listener)}: {bind_failure_reason(exc)}",
             file=sys.stderr,
         )
         for server in servers:
@@ -327,16 +328,3 @@ def serve(
         on_ready=on_ready,
     )
     return runner.run()
-
-
-def describe_listener(listener: Any) -> str:
-    if isinstance(listener, str):
-        return listener
-    if isinstance(listener, tuple):
-        host = str(listener[0])
-        return f"[{host}]:{listener[1]}" if ":" in host else f"{host}:{listener[1]}"
-    return "inherited socket"
-
-
-def _reason(exc: OSError) -> str:
-    return "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))

@@ -184,7 +184,7 @@ class Connection:
         if data is None and self.server.shutdown_started:
             # The deadline and a request may have crossed: take what is
             # already here rather than close under it.
-            data = self._recv_nowait()
+            data = self._recv(0)
         if not data:
             if data is None and self.server.shutdown_started:
                 # Nothing of ours is unread on an idle connection: close now, so
@@ -362,14 +362,6 @@ class Connection:
             if not self._wait_readable(timeout):
                 return None
 
-    def _recv_nowait(self) -> Optional[bytes]:
-        try:
-            return self._raw.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except ConnectionError:
-            return b""
-
     def _wait_readable(self, timeout: Optional[float]) -> bool:
         """Block until readable (True) or the deadline timer fires (False)."""
         loop = self._hub.loop
@@ -410,7 +402,7 @@ class Connection:
         server = self.server
         self.response_started = True
         try:
-            self.sock.sendall(error_response(status, reason, date=server.http_date(), server=self.config.server_header))
+            self.send(error_response(status, reason, date=server.http_date(), server=self.config.server_header))
         except OSError:
             pass
 

@@ -31,7 +31,6 @@ Exit status: 0 when every worker drained cleanly, 3 when any was forced.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import select
@@ -43,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from gshutdown import pidfile, systemd
+from gshutdown.addresses import bind_failure_reason, describe_address, describe_listener
 
 log = logging.getLogger("gshutdown")
 
@@ -57,6 +57,8 @@ KILL_MARGIN = 5.0
 #: Restart back-off bounds, in seconds.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 10.0
+#: What the master handles; a forked worker resets them before it serves.
+_MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD)
 
 
 def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
@@ -79,7 +81,6 @@ def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
 
 
 def _bind(bind: Any, backlog: int) -> socket.socket:
-    from gshutdown.cli import describe_listener
     from gshutdown.server import bind_unix
 
     try:
@@ -97,8 +98,7 @@ def _bind(bind: Any, backlog: int) -> socket.socket:
             raise
         return sock
     except OSError as exc:
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
-        raise OSError(exc.errno, f"cannot listen on {describe_listener(bind)}: {reason}") from None
+        raise OSError(exc.errno, f"cannot listen on {describe_listener(bind)}: {bind_failure_reason(exc)}") from None
 
 
 @dataclass
@@ -149,14 +149,7 @@ class Master:
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self._wake_w)
-        for signum in (
-            signal.SIGTERM,
-            signal.SIGINT,
-            signal.SIGQUIT,
-            signal.SIGHUP,
-            signal.SIGUSR2,
-            signal.SIGCHLD,
-        ):
+        for signum in _MASTER_SIGNALS:
             signal.signal(signum, self._record)
 
     # -- main loop -------------------------------------------------------------
@@ -177,7 +170,7 @@ class Master:
                 return 2
         self._install_signals()
         for sock in self.listeners:
-            log.info("master %d listening on %s", os.getpid(), _describe(sock))
+            log.info("master %d listening on %s", os.getpid(), describe_address(sock.getsockname()))
         self._spawn_generation()
         try:
             while True:
@@ -241,9 +234,8 @@ class Master:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2):
+            for signum in _MASTER_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.close(self._wake_r)
             os.close(self._wake_w)
             for worker in self.workers.values():
@@ -493,11 +485,3 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
-
-
-def _describe(sock: socket.socket) -> str:
-    name = sock.getsockname()
-    if isinstance(name, tuple):
-        host = name[0]
-        return f"http://[{host}]:{name[1]}" if ":" in host else f"http://{host}:{name[1]}"
-    return f"unix:{name}"

@@ -24,6 +24,7 @@ import gevent
 from gevent.queue import Empty, Queue
 
 from gshutdown import pidfile, systemd
+from gshutdown.addresses import describe_address
 from gshutdown.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
 from gshutdown.middleware import AccessLog, Readiness
 from gshutdown.server import Listener, Server, ShutdownResult
@@ -114,7 +115,7 @@ class Runner:
                     server.start()
             pidfile.write(self.pidfile)
             for server in self.servers:
-                log.info("listening on %s", _describe(server.address))
+                log.info("listening on %s", describe_address(server.address))
             if self.on_ready is not None:
                 self.on_ready()
             else:
@@ -200,13 +201,6 @@ def _signame(signum: Any) -> str:
         return signal.Signals(signum).name
     except ValueError:
         return str(signum)
-
-
-def _describe(address: Any) -> str:
-    if isinstance(address, tuple):
-        host = address[0]
-        return f"http://[{host}]:{address[1]}" if ":" in host else f"http://{host}:{address[1]}"
-    return f"unix:{address}"
 
 
 def build_app(app: WSGIApp, *, readiness_path: Optional[str], access_log: bool) -> tuple[WSGIApp, Optional[Readiness]]:
