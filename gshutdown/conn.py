@@ -98,7 +98,6 @@ class Connection:
         self.state = ConnState.NEW
         self.observer = server.registry.observe
         self.created = time.monotonic()
-        self.request_line = ""
         self.requests = 0
         #: The greenlet serving this connection (set by the server at spawn).
         self.greenlet: Any = None
@@ -117,10 +116,20 @@ class Connection:
         self.body_received = 0
         self.expect_continue = False
         self.response_started = False
+        #: The WSGI adapter's environ entries for this connection (built on first use).
+        self.environ_base: Optional[dict[str, Any]] = None
         server.registry.register(self)
 
     def __repr__(self) -> str:
         return f"<Connection #{self.id} {self.peer!r} {self.state.name}>"
+
+    @property
+    def request_line(self) -> str:
+        """The current or last request line, e.g. ``"GET / HTTP/1.1"`` (``""`` before any)."""
+        request = self.request
+        if request is None:
+            return ""
+        return f"{request.method} {request.target} HTTP/{request.http_version}"
 
     @property
     def age(self) -> float:
@@ -149,6 +158,11 @@ class Connection:
         finally:
             if self.state is not ConnState.HIJACKED:
                 self._close_now()
+            elif self.sock.fileno() == -1:
+                # The handler is done and so is its socket: nothing is left
+                # for a shutdown to close, so stop tracking it.
+                self.server.registry.forget(self)
+            self._parser.close()
 
     def _serve_requests(self) -> None:
         server = self.server
@@ -156,9 +170,10 @@ class Connection:
         while True:
             if not parser.in_message and not parser.has_events:
                 # Between requests: nothing of the next one has arrived yet.
-                if self.state is ConnState.ACTIVE:
+                after_response = self.state is ConnState.ACTIVE
+                if after_response:
                     move(self, ConnState.IDLE)
-                if not self._await_next_request():
+                if not self._await_next_request(after_response):
                     return
             event = self._read_head()
             if event is None:
@@ -176,11 +191,16 @@ class Connection:
                 self._linger_close()
                 return
 
-    def _await_next_request(self) -> bool:
-        """Wait, NEW or IDLE, for the first byte of a request; False: close."""
+    def _await_next_request(self, after_response: bool) -> bool:
+        """Wait, NEW or IDLE, for the first byte of a request; False: close.
+
+        Right after a response, a client that waits for it has sent nothing
+        yet: wait for readability before reading rather than read, fail with
+        EAGAIN, and then wait anyway.
+        """
         grace = self.server.shutdown_started
         timeout = self.config.idle_grace if grace else self.config.idle_timeout
-        data = self._recv(timeout)
+        data = self._recv(timeout, wait_first=after_response)
         if data is None and self.server.shutdown_started:
             # The deadline and a request may have crossed: take what is
             # already here rather than close under it.
@@ -212,7 +232,6 @@ class Connection:
         self.requests += 1
         self.server.requests_total += 1
         self.request = request
-        self.request_line = f"{request.method} {request.target} HTTP/{request.http_version}"
         self.body_done = not request.has_body
         self.body_received = 0
         if self.body_done:
@@ -345,9 +364,11 @@ class Connection:
                 raise _ReadTimeout()
             parser.feed(data)
 
-    def _recv(self, timeout: Optional[float]) -> Optional[bytes]:
+    def _recv(self, timeout: Optional[float], wait_first: bool = False) -> Optional[bytes]:
         """Bytes from the socket; ``b""`` at EOF; None if ``timeout`` passed."""
         raw = self._raw
+        if wait_first and not self._wait_readable(timeout):
+            return None
         while True:
             try:
                 return raw.recv(RECV_SIZE)

@@ -51,19 +51,20 @@ class ConnRegistry:
 
     def observe(self, conn: Stateful, old: Optional[ConnState], new: ConnState) -> None:
         """Record a transition (called by ``state.move`` only), then run the hook."""
+        by_state = self._by_state
         if old is not None:
-            self._by_state[old].discard(conn)
-            if old in _SERVED:
-                self._served -= 1
+            by_state[old].discard(conn)
         if new is ConnState.CLOSED:
             self.closed_total += 1
         else:
-            self._by_state[new].add(conn)  # type: ignore[arg-type]
-            if new in _SERVED:
-                self._served += 1
-            else:
+            by_state[new].add(conn)  # type: ignore[arg-type]
+            if new is ConnState.HIJACKED:
                 self.hijacked_total += 1
-        self._update_drained()
+        # ACTIVE <-> IDLE, twice per request, leaves the served count alone.
+        served_change = (new in _SERVED) - (old in _SERVED)
+        if served_change:
+            self._served += served_change
+            self._update_drained()
         if self._hook is not None:
             try:
                 self._hook(conn, new)

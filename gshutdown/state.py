@@ -29,6 +29,11 @@ class ConnState(enum.Enum):
     HIJACKED = "hijacked"
     CLOSED = "closed"
 
+    # Members are singletons, so identity is equality: hash them as objects
+    # rather than through Enum.__hash__, a Python call on every dict and set
+    # lookup (the registry does several per request).
+    __hash__ = object.__hash__
+
     @property
     def terminal(self) -> bool:
         """True for HIJACKED and CLOSED: nothing follows them."""

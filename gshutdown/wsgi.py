@@ -72,6 +72,32 @@ def _unread_body_too_big(conn: Connection, request: Request) -> bool:
     return False
 
 
+# (status, headers) pairs that passed _validate(): an application sends the same
+# few again and again. Bounded like the writer's cache of prepared heads.
+_VALID_HEADS: set[tuple[Any, ...]] = set()
+_MAX_VALID_HEADS = 512
+
+
+def _validate(status: Any, headers: Any) -> None:
+    """Raise ValueError unless ``start_response`` got a status and fields fit for the wire."""
+    if type(status) is not str or not _STATUS.match(status):
+        raise ValueError(f"invalid status {status!r}")
+    has_length = False
+    for item in headers:
+        name, value = item
+        if type(name) is not str or not _TOKEN.match(name):
+            raise ValueError(f"invalid header name {name!r}")
+        if type(value) is not str or _BAD_VALUE.search(value):
+            raise ValueError(f"invalid value for header {name!r}: {value!r}")
+        lname = name.lower()
+        if lname == "content-length":
+            if has_length or not (value.isascii() and value.isdigit()):
+                raise ValueError(f"invalid or repeated Content-Length {value!r}")
+            has_length = True
+        if lname == "transfer-encoding":
+            raise ValueError("Transfer-Encoding is the server's to set (hop-by-hop)")
+
+
 class _ResponseTooLong(Exception):
     pass
 
@@ -176,22 +202,18 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        if type(status) is not str or not _STATUS.match(status):
-            raise ValueError(f"invalid status {status!r}")
-        has_length = False
-        for item in headers:
-            name, value = item
-            if type(name) is not str or not _TOKEN.match(name):
-                raise ValueError(f"invalid header name {name!r}")
-            if type(value) is not str or _BAD_VALUE.search(value):
-                raise ValueError(f"invalid value for header {name!r}: {value!r}")
-            lname = name.lower()
-            if lname == "content-length":
-                if has_length or not (value.isascii() and value.isdigit()):
-                    raise ValueError(f"invalid or repeated Content-Length {value!r}")
-                has_length = True
-            if lname == "transfer-encoding":
-                raise ValueError("Transfer-Encoding is the server's to set (hop-by-hop)")
+        key = (status, tuple(headers))
+        try:
+            known_good = key in _VALID_HEADS
+            hashable = True
+        except TypeError:  # e.g. [name, value] lists: validated every time
+            known_good = hashable = False
+        if not known_good:
+            _validate(status, headers)
+            if hashable:
+                if len(_VALID_HEADS) >= _MAX_VALID_HEADS:
+                    _VALID_HEADS.clear()
+                _VALID_HEADS.add(key)
         self.status = status
         self.headers = headers
         return self.write
@@ -295,7 +317,10 @@ class WSGIAdapter:
 
     def environ(self, conn: Connection, request: Request) -> dict[str, Any]:
         """The PEP 3333 environ for ``request``."""
-        env = self.base_environ.copy()
+        base = conn.environ_base
+        if base is None:
+            base = conn.environ_base = self._connection_environ(conn)
+        env = base.copy()
         target = request.target
         if target[:1] == "/":
             path, _, query = target.partition("?")
@@ -312,13 +337,7 @@ class WSGIAdapter:
         env["PATH_INFO"] = path
         env["QUERY_STRING"] = query
         env["RAW_URI"] = target
-        env["SERVER_PROTOCOL"] = "HTTP/" + request.http_version
-        peer = conn.peer
-        if isinstance(peer, tuple):
-            env["REMOTE_ADDR"] = peer[0]
-            env["REMOTE_PORT"] = str(peer[1])
-        else:
-            env["REMOTE_ADDR"] = ""
+        env["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == "1.1" else "HTTP/1.0"
         for name, value in request.headers:
             key = _environ_key(name)
             if key is None:
@@ -330,6 +349,19 @@ class WSGIAdapter:
         env["wsgi.input"] = Input(conn)
         env["gshutdown.hijack"] = conn.hijack
         env["gshutdown.connection"] = conn
+        return env
+
+    def _connection_environ(self, conn: Connection) -> dict[str, Any]:
+        """The part of the environ that is the same for every request of ``conn``."""
+        env = self.base_environ.copy()
+        peer = conn.peer
+        if isinstance(peer, tuple):
+            env["REMOTE_ADDR"] = peer[0]
+            env["REMOTE_PORT"] = str(peer[1])
+        else:
+            env["REMOTE_ADDR"] = ""
+        # Nothing that refers back to ``conn``: the connection holds this
+        # dict, and a cycle would leave every closed connection to the GC.
         return env
 
     def handle(self, conn: Connection, request: Request) -> bool:
@@ -371,7 +403,7 @@ class WSGIAdapter:
                 conn.send_error(500, "Internal Server Error")
             return False
         finally:
-            close = getattr(result, "close", None)
+            close = None if type(result) is list else getattr(result, "close", None)
             if close is not None:
                 try:
                     close()

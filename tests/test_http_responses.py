@@ -514,17 +514,36 @@ def test_invalid_status_or_header_gives_500_and_nothing_reaches_the_wire(
         start_response(status, headers)
         return [b"evil body"]
 
-    with Client(st) as client:
-        # Connection: close, so that a wrongly sent 200 does not wait out the idle timeout.
-        client.request(router.mount(app), extra="Connection: close\r\n")
-        code, fields, raw_head = client.read_head()
-        rest = client.read_until_closed()
-    assert code == 500
-    wire = raw_head + rest
-    assert b"evil" not in wire.lower()
-    assert b"set-cookie" not in wire.lower()
-    assert int(header(fields, "Content-Length") or -1) == len(rest)
+    path = router.mount(app)
+    # Twice: a head is validated once and then remembered; a bad one must
+    # never be remembered as good.
+    for _ in range(2):
+        with Client(st) as client:
+            # Connection: close, so that a wrongly sent 200 does not wait out the idle timeout.
+            client.request(path, extra="Connection: close\r\n")
+            code, fields, raw_head = client.read_head()
+            rest = client.read_until_closed()
+        assert code == 500
+        wire = raw_head + rest
+        assert b"evil" not in wire.lower()
+        assert b"set-cookie" not in wire.lower()
+        assert int(header(fields, "Content-Length") or -1) == len(rest)
     assert_still_serving(st)
+
+
+def test_header_pairs_given_as_lists_are_accepted(server: tuple[ServerThread, Router]) -> None:
+    st, router = server
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [["X-Pair", "list"], ["Content-Length", "2"]])  # type: ignore[list-item]
+        return [b"ok"]
+
+    path = router.mount(app)
+    with Client(st) as client:
+        for _ in range(2):
+            client.request(path)
+            code, fields, _ = client.read_head()
+            assert (code, header(fields, "X-Pair"), client.read_exact(2)) == (200, "list", b"ok")
 
 
 @pytest.mark.parametrize("value", ["chunked", "gzip, chunked", "identity"])

@@ -644,3 +644,35 @@ def test_arbitrary_bytes_never_raise_out_of_feed(prefix: bytes, pieces: list[byt
             assert open_request
             if type(event) is EndOfMessage:
                 open_request = False
+
+
+# -- end of a connection's parser ------------------------------------------------
+
+
+def test_http09_line_after_a_body_without_a_final_lf_is_rejected_at_once() -> None:
+    parser = RequestParser()
+    parser.feed(b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 3\r\n\r\nabc")
+    assert kinds(drain(parser)) == ["Request", "Data", "EndOfMessage"]
+    parser.feed(b"GET /x\r\n")
+    assert drain(parser) == [ProtocolError(400, "Unsupported HTTP Version")]
+
+
+def test_close_ends_parsing_and_drops_the_reference_cycle_with_llhttp() -> None:
+    import gc
+    import weakref
+
+    parser = RequestParser()
+    parser.feed(b"GET / HTTP/1.1\r\n" + HOST + b"\r\n")
+    drain(parser)
+    parser.close()
+    assert parser.finished
+    parser.feed(b"GET / HTTP/1.1\r\n" + HOST + b"\r\n")  # ignored, no error
+    parser.feed(b"")
+    assert drain(parser) == []
+    ref = weakref.ref(parser)
+    gc.disable()
+    try:
+        del parser
+        assert ref() is None, "freed by reference counting alone"
+    finally:
+        gc.enable()

@@ -6,7 +6,7 @@ from typing import Optional
 
 import pytest
 
-from gshutdown.protocol import LAST_CHUNK, ResponseHead, chunk, encode_head, error_response
+from gshutdown.protocol import LAST_CHUNK, ResponseHead, chunk, encode_head, error_response, writer
 
 DATE = "Sun, 06 Nov 1994 08:49:37 GMT"
 
@@ -255,3 +255,39 @@ def test_error_response_without_server_value_has_no_server_field() -> None:
     _, fields = split_head(data.partition(b"\r\n\r\n")[0] + b"\r\n\r\n")
     assert values(fields, "Server") == []
     assert data.endswith(b"\r\n\r\n400 Bad Request\n")
+
+
+# -- the cache of prepared heads -------------------------------------------------
+
+
+def test_a_repeated_head_is_encoded_the_same_and_follows_each_calls_framing() -> None:
+    fields = [("Content-Type", "text/plain"), ("Content-Length", "5")]
+    first = head(headers=list(fields))
+    again = head(headers=list(fields))
+    closing = head(headers=list(fields), keep_alive=False)
+    http10 = head(headers=list(fields), http_version="1.0")
+    later = head(headers=list(fields), date="Mon, 07 Nov 1994 08:49:37 GMT")
+    assert first == again
+    assert values(split_head(closing.data)[1], "Connection") == ["close"]
+    assert not closing.keep_alive
+    assert values(split_head(http10.data)[1], "Connection") == ["keep-alive"]
+    assert values(split_head(later.data)[1], "Date") == ["Mon, 07 Nov 1994 08:49:37 GMT"]
+
+
+def test_the_server_value_is_part_of_what_is_remembered() -> None:
+    fields = [("Content-Length", "0")]
+    assert values(split_head(head(headers=fields, server="a").data)[1], "Server") == ["a"]
+    assert values(split_head(head(headers=fields, server="b").data)[1], "Server") == ["b"]
+    assert values(split_head(head(headers=fields, server="").data)[1], "Server") == []
+
+
+def test_unhashable_fields_are_encoded_without_the_cache() -> None:
+    fields = [["X-Pair", "list"]]
+    data = head(headers=fields, body_length_hint=0).data  # type: ignore[arg-type]
+    assert values(split_head(data)[1], "X-Pair") == ["list"]
+
+
+def test_the_cache_stays_bounded_with_per_response_values() -> None:
+    for n in range(writer._MAX_PREPARED * 2):
+        head(headers=[("ETag", f'"{n}"'), ("Content-Length", "0")])
+        assert len(writer._PREPARED) <= writer._MAX_PREPARED

@@ -37,6 +37,9 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 #: Most header fields accepted in one request (gunicorn ``limit_request_fields``).
 DEFAULT_MAX_HEADER_COUNT = 100
 
+# Events without fields are immutable: one instance serves every request.
+_END_OF_MESSAGE = EndOfMessage()
+
 
 class _Rejected(Exception):
     """Raised inside a callback to stop llhttp; carries the answer to send."""
@@ -122,11 +125,17 @@ class RequestParser:
                 self._fail(400, "Bad Request")
         except httptools.HttpParserError as exc:
             self._fail(400, str(exc) or "Bad Request")
+        if self._finished:
+            return
+        if not self.in_message:
+            # Every request in ``data`` is complete (the usual case): nothing
+            # partial to check, and the next request line starts afresh.
+            self._line_tail = b""
+            self._raw_head_bytes = 0
+            return
         last_lf = data.rfind(b"\n")
         keep = self._max_request_line + 64
         self._line_tail = data[last_lf + 1 :][-keep:] if last_lf >= 0 else (line_tail + data[-keep:])[-keep:]
-        if self._finished:
-            return
         if self.in_message and self._in_head and last_lf >= 0 and self._url_parts:
             # llhttp takes a request line with no version for HTTP/0.9 and
             # waits for fields such a client never sends: reject it at once.
@@ -152,7 +161,7 @@ class RequestParser:
             self._events.append(Data(body))
             self._upgrade_body_left = left = left - len(body)
             if not left:
-                self._events.append(EndOfMessage())
+                self._events.append(_END_OF_MESSAGE)
                 self.in_message = False
         self.tunnel_bytes += data
 
@@ -161,6 +170,15 @@ class RequestParser:
         if self._events:
             return self._events.popleft()
         return None
+
+    def close(self) -> None:
+        """Stop parsing for good and let go of llhttp.
+
+        llhttp holds this parser's callbacks and this parser holds llhttp:
+        without this, every finished connection is left to the cycle collector.
+        """
+        self._finished = True
+        self._parser = None  # type: ignore[assignment]
 
     @property
     def has_events(self) -> bool:
@@ -250,6 +268,6 @@ class RequestParser:
         self._progress += 1
         if self._upgrade_body_left:
             return  # httptools skips an upgrade request's body: _tunnel() delivers it
-        self._events.append(EndOfMessage())
+        self._events.append(_END_OF_MESSAGE)
         self.in_message = False
         self._reset_message()

@@ -8,7 +8,7 @@ shutdown begins carries ``Connection: close``.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 #: Ends a chunked body (no trailers).
 LAST_CHUNK = b"0\r\n\r\n"
@@ -28,6 +28,56 @@ class ResponseHead(NamedTuple):
     keep_alive: bool
     #: False for HEAD, 1xx, 204 and 304: whatever the application yields is dropped.
     send_body: bool
+
+
+class _Prepared(NamedTuple):
+    """What a head needs from the application's status and headers, worked out once."""
+
+    #: The status line and the application's fields, minus Connection.
+    block: bytes
+    code: int
+    content_length: Optional[int]
+    has_date: bool
+    #: The ``Server`` field to add (empty when the application set one).
+    server_line: bytes
+    #: The application sent ``Connection: close``.
+    close: bool
+
+
+# Most applications answer with a handful of distinct status + header lists:
+# preparing each once saves the per-field work on every response. Bounded,
+# and cleared when full, so per-response values (cookies, ETags) cannot grow it.
+_PREPARED: dict[tuple[Any, ...], _Prepared] = {}
+_MAX_PREPARED = 512
+_date_value = ""
+_date_field = b""
+
+
+def _prepare(status: str, headers: Sequence[tuple[str, str]], server: str) -> _Prepared:
+    content_length: Optional[int] = None
+    has_date = has_server = close = False
+    lines = ["HTTP/1.1 ", status, "\r\n"]
+    for name, value in headers:
+        lname = name.lower()
+        if lname == "content-length":
+            content_length = int(value)
+        elif lname == "connection":
+            close = close or "close" in value.lower()
+            continue  # ours to write
+        elif lname == "date":
+            has_date = True
+        elif lname == "server":
+            has_server = True
+        lines += (name, ": ", value, "\r\n")
+    server_line = f"Server: {server}\r\n".encode("latin-1") if server and not has_server else b""
+    return _Prepared("".join(lines).encode("latin-1"), int(status[:3]), content_length, has_date, server_line, close)
+
+
+def _date_line(date: str) -> bytes:
+    global _date_value, _date_field
+    if date != _date_value:  # a new second
+        _date_value, _date_field = date, f"Date: {date}\r\n".encode("latin-1")
+    return _date_field
 
 
 def encode_head(
@@ -56,45 +106,44 @@ def encode_head(
         server: the ``Server`` value to add unless the application set one
             (empty: none).
     """
-    code = int(status[:3])
+    key = (status, tuple(headers), server)
+    try:
+        prepared = _PREPARED.get(key)
+        cacheable = True
+    except TypeError:  # an unhashable field: prepare it every time
+        prepared = None
+        cacheable = False
+    if prepared is None:
+        prepared = _prepare(status, headers, server)
+        if cacheable:
+            if len(_PREPARED) >= _MAX_PREPARED:
+                _PREPARED.clear()
+            _PREPARED[key] = prepared
+    code = prepared.code
     send_body = not (method == "HEAD" or code < 200 or code in _NO_BODY_STATUSES)
-    content_length: Optional[int] = None
-    has_date = has_server = False
-    lines = ["HTTP/1.1 ", status, "\r\n"]
-    for name, value in headers:
-        lname = name.lower()
-        if lname == "content-length":
-            content_length = int(value)
-        elif lname == "connection":
-            if "close" in value.lower():
-                keep_alive = False
-            continue  # ours to write, below
-        elif lname == "date":
-            has_date = True
-        elif lname == "server":
-            has_server = True
-        lines += (name, ": ", value, "\r\n")
+    content_length = prepared.content_length
+    keep_alive = keep_alive and not prepared.close
+    parts = [prepared.block]
     chunked = False
     if content_length is None and send_body:
         if body_length_hint is not None:
             content_length = body_length_hint
-            lines += ("Content-Length: ", str(body_length_hint), "\r\n")
+            parts.append(b"Content-Length: %d\r\n" % body_length_hint)
         elif http_version == "1.1":
             chunked = True
-            lines.append("Transfer-Encoding: chunked\r\n")
+            parts.append(b"Transfer-Encoding: chunked\r\n")
         else:
             keep_alive = False  # HTTP/1.0: the body ends when the connection does
-    if not has_date:
-        lines += ("Date: ", date, "\r\n")
-    if server and not has_server:
-        lines += ("Server: ", server, "\r\n")
+    if not prepared.has_date:
+        parts.append(_date_line(date))
+    parts.append(prepared.server_line)
     if http_version == "1.1":
         if not keep_alive:
-            lines.append("Connection: close\r\n")
+            parts.append(b"Connection: close\r\n")
     elif keep_alive:
-        lines.append("Connection: keep-alive\r\n")
-    lines.append("\r\n")
-    return ResponseHead("".join(lines).encode("latin-1"), chunked, content_length, keep_alive, send_body)
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    return ResponseHead(b"".join(parts), chunked, content_length, keep_alive, send_body)
 
 
 def chunk(data: bytes) -> bytes:
