@@ -206,11 +206,10 @@ class Connection:
             # already here rather than close under it.
             data = self._recv(0)
         if not data:
-            if data is None and self.server.shutdown_started:
-                # Nothing of ours is unread on an idle connection: close now, so
-                # a client that keeps its end open cannot hold up the shutdown.
-                self._close_now()
-            elif data is None:
+            # At EOF, or on an idle connection at shutdown (nothing of ours is
+            # unread), serve() closes at once: a client that keeps its end
+            # open cannot hold up the shutdown. An idle timeout lingers.
+            if data is None and not self.server.shutdown_started:
                 self._linger_close()
             return False
         move(self, ConnState.ACTIVE)
