@@ -34,6 +34,20 @@ def _env(name: str, default: Any = None) -> Any:
     return os.environ.get(f"GSHUTDOWN_{name}", default)
 
 
+_YES = ("1", "true", "yes", "on")
+_NO = ("", "0", "false", "no", "off")
+
+
+def _env_flag(name: str) -> bool:
+    """A yes/no ``GSHUTDOWN_<NAME>``: 1/true/yes/on or 0/false/no/off (or unset)."""
+    value = _env(name, "").strip().lower()
+    if value in _YES:
+        return True
+    if value in _NO:
+        return False
+    raise argparse.ArgumentTypeError(f"GSHUTDOWN_{name}: want 1/true/yes/on or 0/false/no/off, not {value!r}")
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -134,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-monkey-patch",
         action="store_true",
-        default=_env("NO_MONKEY_PATCH", "") not in ("", "0", "false"),
+        default=False,
         help="do not call gevent.monkey.patch_all() before importing the app",
     )
     p.add_argument("--pid", default=_env("PID"), metavar="FILE", help="write the process id to FILE")
@@ -149,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preload",
         action="store_true",
-        default=_env("PRELOAD", "") not in ("", "0", "false"),
+        default=False,
         help="with --workers: import the app in the master before forking",
     )
     p.add_argument(
@@ -165,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        args.no_monkey_patch = args.no_monkey_patch or _env_flag("NO_MONKEY_PATCH")
+        args.preload = args.preload or _env_flag("PRELOAD")
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
     if not args.bind:
         env_bind = _env("BIND")
         try:

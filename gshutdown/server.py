@@ -269,6 +269,10 @@ class Server(StreamServer):
 
     def close(self) -> None:
         """Close the listener and every connection now (Go's ``Close``)."""
+        if self._shutdown_result is None:
+            self.phase = ShutdownPhase.STOPPED
+        elif self.phase is ShutdownPhase.DRAINING:
+            self.phase = ShutdownPhase.FORCING  # the running shutdown moves on from here
         self.shutdown_started = True
         self.shutting_down.set()
         self.keep_alives_enabled = False
@@ -284,6 +288,21 @@ class Server(StreamServer):
         return None
 
     def _run_shutdown(self, timeout: Optional[float], out: AsyncResult) -> None:
+        try:
+            result = self._shutdown_steps(timeout)
+        except BaseException as exc:
+            # A bug must not leave every caller of shutdown() waiting forever,
+            # nor connections open: close what is left, and tell the callers.
+            log.exception("shutdown: failed; closing every connection now")
+            self.close()
+            self.phase = ShutdownPhase.STOPPED
+            out.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            out.set(result)
+
+    def _shutdown_steps(self, timeout: Optional[float]) -> ShutdownResult:
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         self.phase = ShutdownPhase.DRAINING
@@ -319,7 +338,7 @@ class Server(StreamServer):
             idle_closed,
             hijacked_closed,
         )
-        out.set(result)
+        return result
 
     def _begin_shutdown(self) -> None:
         # Steps 1 and 2. No yield happens here, so no connection can observe

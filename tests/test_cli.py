@@ -93,6 +93,21 @@ def test_invalid_env_graceful_timeout_is_one_line_and_exit_2() -> None:
     assert "forever" in assert_one_line_error(result, 2)
 
 
+def test_invalid_env_flag_is_one_line_and_exit_2() -> None:
+    result = run_cli(PROBE, env={"GSHUTDOWN_NO_MONKEY_PATCH": "maybe"})
+    assert "GSHUTDOWN_NO_MONKEY_PATCH" in assert_one_line_error(result, 2)
+
+
+@pytest.mark.parametrize(
+    ("value", "patched"), [("no", True), ("off", True), ("0", True), ("yes", False), ("TRUE", False)]
+)
+def test_env_no_monkey_patch_reads_yes_and_no(monkeypatch: pytest.MonkeyPatch, value: str, patched: bool) -> None:
+    from gshutdown.cli import parse_args
+
+    monkeypatch.setenv("GSHUTDOWN_NO_MONKEY_PATCH", value)
+    assert parse_args([PROBE]).no_monkey_patch is not patched
+
+
 def test_port_in_use_is_one_line_and_exit_1() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

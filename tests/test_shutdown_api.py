@@ -166,6 +166,27 @@ def test_close_closes_the_listener_and_every_connection_at_once(serve):
     wait_until(lambda: len(st.server.registry) == 0, timeout=2)
     for cid in st.conn_ids():
         assert st.states_of(cid)[-1] is ConnState.CLOSED
+    assert server_stats(st)["phase"] == "stopped"
+
+
+def test_a_shutdown_that_fails_raises_in_every_caller_and_closes_what_is_left(serve):
+    """An internal error in a shutdown step must not leave callers waiting forever."""
+    st = serve(hello_app)
+    socks = keep_alive_connections(st, 2)
+
+    def broken_step():
+        raise RuntimeError("a bug in a shutdown step")
+
+    st.server._close_idle = broken_step
+    try:
+        first, second = st.shutdown_async(5), st.shutdown_async(5)
+        for future in (first, second):
+            error = future.exception(timeout=5)
+            assert isinstance(error, RuntimeError) and "a bug" in str(error)
+        assert [recv_all(sock, timeout=5)[0] for sock in socks] == [b"", b""]
+    finally:
+        close_all(socks)
+    assert server_stats(st)["phase"] == "stopped"
 
 
 def test_set_keep_alives_enabled_false_closes_idle_and_answers_close_true_restores(serve):

@@ -136,7 +136,7 @@ class RequestParser:
         last_lf = data.rfind(b"\n")
         keep = self._max_request_line + 64
         self._line_tail = data[last_lf + 1 :][-keep:] if last_lf >= 0 else (line_tail + data[-keep:])[-keep:]
-        if self.in_message and self._in_head and last_lf >= 0 and self._url_parts:
+        if self._in_head and last_lf >= 0 and self._url_parts:
             # llhttp takes a request line with no version for HTTP/0.9 and
             # waits for fields such a client never sends: reject it at once.
             start = data.rfind(b"\n", 0, last_lf)
