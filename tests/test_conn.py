@@ -47,9 +47,7 @@ def cyclic_garbage_from_gshutdown() -> list[str]:
     try:
         gc.collect()
         return sorted(
-            type(obj).__qualname__
-            for obj in gc.garbage
-            if type(obj).__module__.startswith(("gshutdown", "httptools"))
+            type(obj).__qualname__ for obj in gc.garbage if type(obj).__module__.startswith(("gshutdown", "httptools"))
         )
     finally:
         gc.set_debug(0)
@@ -78,4 +76,3 @@ def test_hijacked_connection_is_freed_once_its_handler_is_done(serve: Callable[.
         assert cyclic_garbage_from_gshutdown() == []
     finally:
         gc.enable()
-
