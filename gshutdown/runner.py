@@ -192,6 +192,12 @@ class Runner:
         for server in self.servers:
             server.close()
             server.jobs.stop(time.monotonic())
+        # No drain, but still the cleanup: with the deadline already past,
+        # each "stopped" hook gets STOPPED_HOOK_MINIMUM seconds at most.
+        now = time.monotonic()
+        for server in self.servers:
+            self.hook_outcomes += server.hooks.run(HookPhase.STOPPED, now)
+        self.hook_outcomes += self.hooks.run(HookPhase.STOPPED, now)
         log.info("exit: closed %d connections", live)
         return EXIT_FORCED if live else EXIT_OK
 

@@ -82,6 +82,10 @@ def _validate(status: Any, headers: Any) -> None:
     """Raise ValueError unless ``start_response`` got a status and fields fit for the wire."""
     if type(status) is not str or not _STATUS.match(status):
         raise ValueError(f"invalid status {status!r}")
+    if status[0] == "1":
+        # Informational responses are the server's (100 Continue) or need the
+        # socket (101: hijack it); sent as final, they would break framing.
+        raise ValueError(f"a 1xx status cannot be a final response: {status!r}")
     has_length = False
     for item in headers:
         name, value = item

@@ -240,6 +240,21 @@ def test_resources_example_hooks_close_the_pool_and_flush_the_journal_after_drai
     assert drained < index(f"journal flushed: {journal}") < exited
 
 
+def test_resources_example_hooks_still_run_on_sigquit(tmp_path: Path) -> None:
+    journal = tmp_path / "journal.log"
+    server, port = serve_example(tmp_path, "examples.resources:app", env={"JOURNAL_PATH": str(journal)})
+    with server:
+        assert get(port, "/item/0")[2] == b"request 1 journaled\n"
+        assert journal.read_text() == ""
+        server.send_signal(signal.SIGQUIT)
+        assert server.wait() == 0  # nothing was open to be forced
+    assert journal.read_text().splitlines() == ["request 1 /item/0 via conn-0"]
+    log = server.log()
+    assert "SIGQUIT: closing every connection now" in log
+    assert "pool closed (4 connections)" in log
+    assert f"journal flushed: {journal}" in log
+
+
 # -- kubernetes ----------------------------------------------------------------------------------
 
 

@@ -500,6 +500,8 @@ BAD_RESPONSES = {
     "status-four-digits": ("2000 Evil", []),
     "status-leading-zero": ("099 Evil", []),
     "status-bytes": (b"200 OK", [("X-Evil", "1")]),
+    "status-1xx": ("103 Early Hints", [("X-Evil", "1")]),
+    "status-101-without-hijack": ("101 Switching Protocols", [("Upgrade", "evil")]),
 }
 
 
