@@ -49,8 +49,9 @@ class _Prepared(NamedTuple):
 # and cleared when full, so per-response values (cookies, ETags) cannot grow it.
 _PREPARED: dict[tuple[Any, ...], _Prepared] = {}
 _MAX_PREPARED = 512
-_date_value = ""
-_date_field = b""
+# (Date value, its encoded field): one tuple, so that a reader never pairs a
+# new value with an old field (servers may run in several threads' hubs).
+_date_cache: tuple[str, bytes] = ("", b"")
 
 
 def _prepare(status: str, headers: Sequence[tuple[str, str]], server: str) -> _Prepared:
@@ -74,10 +75,11 @@ def _prepare(status: str, headers: Sequence[tuple[str, str]], server: str) -> _P
 
 
 def _date_line(date: str) -> bytes:
-    global _date_value, _date_field
-    if date != _date_value:  # a new second
-        _date_value, _date_field = date, f"Date: {date}\r\n".encode("latin-1")
-    return _date_field
+    global _date_cache
+    cached = _date_cache
+    if cached[0] != date:  # a new second
+        cached = _date_cache = (date, f"Date: {date}\r\n".encode("latin-1"))
+    return cached[1]
 
 
 def encode_head(
