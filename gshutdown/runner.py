@@ -6,7 +6,7 @@ Signals (the handlers only record the signal; the runner's greenlet acts):
 SIGTERM    graceful: readiness turns 503, wait ``drain_delay``, then
 SIGINT     ``shutdown(graceful_timeout)`` on every server
 second     a second SIGTERM/SIGINT during the drain: close everything now
-SIGQUIT    close everything now
+SIGQUIT    close everything now; "stopped" hooks still run (briefly)
 =========  ==============================================================
 
 Exit status: 0 after a clean drain; ``EXIT_FORCED`` (3) when connections or
