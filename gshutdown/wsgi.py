@@ -183,12 +183,11 @@ class Input:
 class Response:
     """The response to one request: ``start_response``, ``write`` and framing."""
 
-    __slots__ = ("_adapter", "_conn", "_request", "_sent", "head", "headers", "status")
+    __slots__ = ("_conn", "_request", "_sent", "head", "headers", "status")
 
-    def __init__(self, conn: Connection, request: Request, adapter: WSGIAdapter) -> None:
+    def __init__(self, conn: Connection, request: Request) -> None:
         self._conn = conn
         self._request = request
-        self._adapter = adapter
         self.status: Optional[str] = None
         self.headers: list[tuple[str, str]] = []
         self.head: Optional[ResponseHead] = None
@@ -370,7 +369,7 @@ class WSGIAdapter:
 
     def handle(self, conn: Connection, request: Request) -> bool:
         """Run the application for one request; True to keep the connection."""
-        response = Response(conn, request, self)
+        response = Response(conn, request)
         result: Any = None
         try:
             result = self.app(self.environ(conn, request), response.start_response)
