@@ -181,10 +181,13 @@ def read_response(sock: socket.socket, timeout: float = 5.0) -> tuple[int, dict[
     sock.settimeout(timeout)
     # http.client can parse a response from a socket-like file.
     response = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
-    response.begin()
-    body = response.read()
-    headers = {k.lower(): v for k, v in response.getheaders()}
-    return response.status, headers, body
+    try:
+        response.begin()
+        body = response.read()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        return response.status, headers, body
+    finally:
+        response.close()
 
 
 def recv_until_closed(sock: socket.socket, timeout: float = 5.0) -> bytes:

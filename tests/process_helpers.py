@@ -9,7 +9,6 @@ sockets with timeouts: the test process is not monkey-patched.
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import signal
@@ -20,11 +19,15 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
+from tests import helpers
+
 #: The repository root: children run here so ``examples.*`` and ``tests.apps.*`` import.
 ROOT = Path(__file__).resolve().parents[1]
 #: Generous: two cores shared with other test runs.
 STARTUP_TIMEOUT = 20.0
 EXIT_TIMEOUT = 20.0
+#: Reads from and waits on a child process get twice the in-process helpers' 5 s.
+PROCESS_IO_TIMEOUT = 10.0
 
 PROBE = "tests.apps.probe:app"
 
@@ -195,17 +198,9 @@ def request_bytes(path: str = "/", *, host: str = "localhost", close: bool = Fal
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode()
 
 
-def read_response(sock: socket.socket, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+def read_response(sock: socket.socket, timeout: float = PROCESS_IO_TIMEOUT) -> tuple[int, dict[str, str], bytes]:
     """One complete response from ``sock``: status, lower-cased headers, body."""
-    sock.settimeout(timeout)
-    response = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
-    try:
-        response.begin()
-        body = response.read()
-        headers = {name.lower(): value for name, value in response.getheaders()}
-        return response.status, headers, body
-    finally:
-        response.close()
+    return helpers.read_response(sock, timeout)
 
 
 def get(
@@ -217,15 +212,9 @@ def get(
         return read_response(sock, timeout)
 
 
-def recv_eof(sock: socket.socket, timeout: float = 10.0) -> bytes:
+def recv_eof(sock: socket.socket, timeout: float = PROCESS_IO_TIMEOUT) -> bytes:
     """Read until the server closes; everything received. Raises on timeout."""
-    sock.settimeout(timeout)
-    chunks = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
+    return helpers.recv_until_closed(sock, timeout)
 
 
 def refused(port: int, host: str = "127.0.0.1") -> bool:
@@ -237,13 +226,6 @@ def refused(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def wait_until(predicate: Any, timeout: float = 10.0, interval: float = 0.01) -> Any:
+def wait_until(predicate: Any, timeout: float = PROCESS_IO_TIMEOUT, interval: float = 0.01) -> Any:
     """Poll ``predicate`` until it returns a true value; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        time.sleep(interval)
+    return helpers.wait_until(predicate, timeout, interval)

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.process_helpers import PROBE, GProcess, free_port, gshutdown_argv, wait_until
+from tests.process_helpers import PROBE, GProcess, free_port, get, gshutdown_argv, wait_until
 
 READY = r"master (\d+): (\d+) worker\(s\) ready"
 
@@ -143,12 +143,7 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         master.wait_for_log(rf"worker {victim} died with signal SIGKILL; restarting")
         mark = master.wait_for_log(r"restarting").end()
         master.wait_for_log(r"worker \d+ ready", start=mark)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            conn.request("GET", "/")
-            assert conn.getresponse().read() == b"Hello, World!"
-        finally:
-            conn.close()
+        assert get(port, "/")[2] == b"Hello, World!"
         master.send_signal(signal.SIGTERM)
         assert master.wait() == 0
 
@@ -230,11 +225,6 @@ def test_single_process_ignores_sighup_and_sigusr2_and_keeps_serving(tmp_path: P
         for signum, name in ((signal.SIGHUP, "SIGHUP"), (signal.SIGUSR2, "SIGUSR2")):
             proc.send_signal(signum)
             proc.wait_for_log(rf"{name} ignored: reload and upgrade need a master")
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        try:
-            conn.request("GET", "/")
-            assert conn.getresponse().read() == b"Hello, World!"
-        finally:
-            conn.close()
+        assert get(port, "/")[2] == b"Hello, World!"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait() == 0
