@@ -189,7 +189,8 @@ class Response:
         self._conn = conn
         self._request = request
         self.status: Optional[str] = None
-        self.headers: list[tuple[str, str]] = []
+        #: The fields as validated: a snapshot, so the head sent is the head checked.
+        self.headers: tuple[tuple[str, str], ...] = ()
         self.head: Optional[ResponseHead] = None
         self._sent = 0
 
@@ -205,20 +206,22 @@ class Response:
                 exc_info = None
         elif self.status is not None:
             raise AssertionError("start_response called a second time without exc_info")
-        key = (status, tuple(headers))
+        fields = tuple(headers)
+        key = (status, fields)
         try:
             known_good = key in _VALID_HEADS
             hashable = True
         except TypeError:  # e.g. [name, value] lists: validated every time
             known_good = hashable = False
         if not known_good:
-            _validate(status, headers)
+            _validate(status, fields)
             if hashable:
                 if len(_VALID_HEADS) >= _MAX_VALID_HEADS:
                     _VALID_HEADS.clear()
                 _VALID_HEADS.add(key)
         self.status = status
-        self.headers = headers
+        # The writer's cache keys on tuple(headers): of a tuple, that is itself.
+        self.headers = fields
         return self.write
 
     def _start(self, length_hint: Optional[int]) -> ResponseHead:
