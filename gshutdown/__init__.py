@@ -1,15 +1,16 @@
 """gshutdown: an HTTP/1.1 WSGI server on gevent that shuts down gracefully."""
 
+from gshutdown.addresses import bind_unix
 from gshutdown.config import Config
 from gshutdown.conn import BadRequestBody, ClientDisconnected, Connection
 from gshutdown.hooks import HookOutcome, HookPhase, on_shutdown
 from gshutdown.jobs import every
+from gshutdown.runner import Runner, run
 from gshutdown.server import (
     ForcedConnection,
     Server,
     ShutdownPhase,
     ShutdownResult,
-    bind_unix,
 )
 from gshutdown.state import TRANSITIONS, ConnState, IllegalTransition
 
@@ -26,6 +27,7 @@ __all__ = [
     "HookOutcome",
     "HookPhase",
     "IllegalTransition",
+    "Runner",
     "Server",
     "ShutdownPhase",
     "ShutdownResult",
@@ -33,4 +35,5 @@ __all__ = [
     "bind_unix",
     "every",
     "on_shutdown",
+    "run",
 ]

@@ -1,12 +1,15 @@
-"""Listen addresses in words, for log lines and one-line errors.
+"""Listen addresses: binding unix sockets, and naming addresses in log lines and errors.
 
-Shared by the CLI, the runner and the pre-fork master so that all three
-name a listener the same way.
+Shared by the CLI, the runner, the server and the pre-fork master so that all
+of them bind and name a listener the same way.
 """
 
 from __future__ import annotations
 
 import errno
+import os
+import socket
+import stat
 from typing import Any
 
 
@@ -31,3 +34,24 @@ def describe_listener(listener: Any) -> str:
 def bind_failure_reason(exc: OSError) -> str:
     """Why binding failed, in words for a one-line error."""
     return "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+
+
+def bind_unix(path: str, backlog: int = 2048) -> socket.socket:
+    """A listening unix socket at ``path`` (a stale socket file is replaced)."""
+    if os.path.exists(path):
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # nobody listens: a leftover from a dead process
+        else:
+            raise OSError(f"{path} is in use by a running server")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock

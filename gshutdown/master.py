@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from gshutdown import pidfile, systemd
-from gshutdown.addresses import bind_failure_reason, describe_address, describe_listener
+from gshutdown.addresses import bind_failure_reason, bind_unix, describe_address, describe_listener
 
 log = logging.getLogger("gshutdown")
 
@@ -81,8 +81,6 @@ def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
 
 
 def _bind(bind: Any, backlog: int) -> socket.socket:
-    from gshutdown.server import bind_unix
-
     try:
         if isinstance(bind, str):
             return bind_unix(bind[len("unix:") :], backlog)

@@ -23,11 +23,9 @@ Shutdown timeline (``Server.shutdown(timeout)``), each step a private method:
 from __future__ import annotations
 
 import enum
-import errno
 import logging
 import os
 import socket
-import stat
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -39,6 +37,7 @@ from gevent.event import AsyncResult, Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from gshutdown.addresses import bind_unix
 from gshutdown.config import Config
 from gshutdown.conn import Connection
 from gshutdown.hooks import HookList, HookOutcome, HookPhase, join_drain_hooks
@@ -454,23 +453,3 @@ class Server(StreamServer):
                 left,
             )
 
-
-def bind_unix(path: str, backlog: int = 2048) -> socket.socket:
-    """A listening unix socket at ``path`` (a stale socket file is replaced)."""
-    if os.path.exists(path):
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
-            raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # nobody listens: a leftover from a dead process
-        else:
-            raise OSError(f"{path} is in use by a running server")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return sock

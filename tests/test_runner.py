@@ -224,7 +224,7 @@ def test_runner_shuts_every_server_down_and_calls_on_ready_once() -> None:
 EMBEDDED = textwrap.dedent(
     """
     import logging, socket, sys
-    from gshutdown.runner import run
+    import gshutdown
     from tests.apps.probe import app
 
     logging.basicConfig(level=logging.INFO)
@@ -235,7 +235,7 @@ EMBEDDED = textwrap.dedent(
         bind.listen(128)
     else:
         bind = ("127.0.0.1", port)
-    raise SystemExit(run(app, bind, graceful_timeout=graceful_timeout))
+    raise SystemExit(gshutdown.run(app, bind, graceful_timeout=graceful_timeout))  # as the README shows
     """
 )
 
