@@ -58,6 +58,10 @@ class Config:
     keep_alive: bool = True
     #: ``Server`` header value; empty to send none.
     server_header: str = "gshutdown"
+    #: Pin glibc's malloc thresholds when the server starts (process-wide;
+    #: see ``gshutdown.allocator``): without it, large request bodies can
+    #: cost a page fault per 4 KiB received.
+    tune_malloc: bool = True
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -248,8 +248,11 @@ class Connection:
 
     # -- what the WSGI layer calls -------------------------------------------
 
-    def read_body(self) -> bytes:
+    def read_body(self, size: int = BODY_RECV_SIZE) -> bytes:
         """The next piece of request body; ``b""`` once it is complete.
+
+        A piece read from the socket is at most ``size`` bytes; one the parser
+        already holds (received with the head, or de-chunked) may be longer.
 
         Raises:
             ClientDisconnected: the client closed mid-body or timed out.
@@ -262,6 +265,18 @@ class Connection:
             if not self.response_started:
                 self.send(_CONTINUE)
         timeout = self.config.read_body_timeout
+        parser = self._parser
+        left = parser.body_remaining
+        if left:
+            # A Content-Length body: straight from the socket to the caller.
+            data = self._recv(timeout, size=min(size, left))
+            if data is None:
+                raise ClientDisconnected("timed out reading the request body")
+            if data:
+                parser.skip_body(len(data))
+                self.body_received += len(data)
+                return data
+            parser.feed(b"")
         try:
             event = self._next_event(None if timeout is None else time.monotonic() + timeout, BODY_RECV_SIZE)
         except _ReadTimeout:

@@ -37,6 +37,7 @@ from gevent.event import AsyncResult, Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
+from gshutdown import allocator
 from gshutdown.addresses import bind_unix
 from gshutdown.config import Config
 from gshutdown.conn import Connection
@@ -150,6 +151,8 @@ class Server(StreamServer):
 
     def start(self) -> None:
         """Bind (if needed), start accepting, and start the periodic jobs."""
+        if self.config.tune_malloc:
+            allocator.fix_thresholds()
         super().start()
         self.jobs.start()
 

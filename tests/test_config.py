@@ -37,6 +37,7 @@ def test_defaults_are_present_and_documented_values() -> None:
         "backlog": 2048,
         "keep_alive": True,
         "server_header": "gshutdown",
+        "tune_malloc": True,
     }
     assert DEFAULT_MAX_HEADER_BYTES == 64 * 1024
 

@@ -71,6 +71,8 @@ class RequestParser:
         self._max_header_count = max_header_count
         self._parser = httptools.HttpRequestParser(self)
         self._events: deque[Event] = deque()
+        # Content-Length body bytes not yet seen (by llhttp or by skip_body()).
+        self._body_left = 0
         self._finished = False  # after an error, close or upgrade: no more parsing
         #: Bytes received after an upgrade request's head (the tunnelled protocol's).
         self.tunnel_bytes = b""
@@ -153,6 +155,37 @@ class RequestParser:
             self._raw_head_bytes += len(data)
             if self._raw_head_bytes > 2 * (self._max_header_bytes + self._max_request_line):
                 self._fail(431, "Request Header Fields Too Large")
+
+    @property
+    def body_remaining(self) -> int:
+        """Bytes of a Content-Length body the caller may read from the stream itself.
+
+        Non-zero only inside such a body with no event waiting. The caller
+        reads at most this many bytes and reports them with ``skip_body()``:
+        they never pass through llhttp, which would copy every piece once
+        more (and scan it) on its way to the application.
+        """
+        if self._events or self._finished:
+            return 0
+        return self._body_left
+
+    def skip_body(self, count: int) -> None:
+        """Account for ``count`` body bytes (at most ``body_remaining``) the caller read itself.
+
+        Once the body is complete, ``EndOfMessage`` is queued as if llhttp had
+        seen it, and a fresh llhttp (which still waits for those bytes) parses
+        the next request.
+        """
+        self._body_left -= count
+        if self._body_left:
+            return
+        self._progress += 1
+        self._parser = httptools.HttpRequestParser(self)
+        self._line_tail = b""
+        self._raw_head_bytes = 0
+        self._events.append(_END_OF_MESSAGE)
+        self.in_message = False
+        self._reset_message()
 
     def _tunnel(self, data: bytes) -> None:
         left = self._upgrade_body_left
@@ -242,6 +275,8 @@ class RequestParser:
             if te is not None:
                 raise _Rejected(400, "Upgrade With A Chunked Body")
             self._upgrade_body_left = self._content_length
+        elif te is None and not upgrade:
+            self._body_left = self._content_length
         self._in_head = False
         # Trailer fields get a budget of their own.
         self._header_bytes = self._url_len = self._field_count = 0
@@ -262,6 +297,8 @@ class RequestParser:
 
     def on_body(self, body: bytes) -> None:
         self._progress += 1
+        if self._body_left:
+            self._body_left -= len(body)
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
