@@ -4,9 +4,13 @@ Paths:
     ``/``     13-byte ``Hello, World!`` (any method); a request body, if any,
               is read to the end first, so a POST costs what reading it costs.
     ``/64k``  a 64 KiB body, Content-Length set.
+    ``/pid``  ``Hello, World!`` with ``X-Worker: PID``, the process that
+              answered (the workers phase counts requests per worker).
 
 The bodies are built once at import: the benchmark measures servers, not the app.
 """
+
+import os
 
 HELLO = b"Hello, World!"
 BIG = b"x" * (64 * 1024)
@@ -29,8 +33,13 @@ def _drain(environ):
 
 def app(environ, start_response):
     _drain(environ)
-    if environ["PATH_INFO"] == "/64k":
+    path = environ["PATH_INFO"]
+    if path == "/64k":
         start_response("200 OK", list(_BIG_HEADERS))
         return [BIG]
+    if path == "/pid":
+        # Looked up per request: a worker forked after import has its own pid.
+        start_response("200 OK", [*_HELLO_HEADERS, ("X-Worker", str(os.getpid()))])
+        return [HELLO]
     start_response("200 OK", list(_HELLO_HEADERS))
     return [HELLO]

@@ -21,7 +21,9 @@ MODULES = {
     "pywsgi": "pywsgi_plain",
     "pywsgi-nodelay": "pywsgi_nodelay",
     "gunicorn-gevent": "gunicorn_gevent",
+    "uwsgi-gevent": "uwsgi_gevent",
     "waitress": "waitress_threads",
+    "granian": "granian_wsgi",
     "bjoern": "bjoern_libev",
     "raw-gevent": "raw_gevent",
 }
@@ -40,6 +42,10 @@ class Options:
     body_size: int = 13
     #: raw-gevent only: answer with ``Connection: close`` and close.
     close: bool = False
+    #: Worker processes (the workers phase); 1: the single-process launchers' default.
+    workers: int = 1
+    #: gshutdown only: more command-line options (e.g. ``("--reuse-port",)``).
+    extra_args: tuple[str, ...] = ()
 
 
 def load(name: str) -> ModuleType:

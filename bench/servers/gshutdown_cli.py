@@ -1,4 +1,4 @@
-"""gshutdown through its own command line, one process, no monkey-patching."""
+"""gshutdown through its own command line, no monkey-patching (one process unless ``opts.workers``)."""
 
 from __future__ import annotations
 
@@ -33,4 +33,6 @@ def command(opts) -> list[str]:
     ]
     if opts.idle:
         argv += ["--idle-timeout", "600"]
-    return [*argv, "app:app"]
+    if opts.workers > 1:
+        argv += ["--workers", str(opts.workers)]
+    return [*argv, *opts.extra_args, "app:app"]

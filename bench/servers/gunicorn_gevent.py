@@ -1,4 +1,4 @@
-"""``gunicorn -k gevent -w 1`` (gunicorn's gevent worker monkey-patches itself)."""
+"""``gunicorn -k gevent -w 1`` (``-w N`` with ``opts.workers``; its gevent worker monkey-patches itself)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def command(opts) -> list[str]:
         "-k",
         "gevent",
         "-w",
-        "1",
+        str(opts.workers),
         "-b",
         f"127.0.0.1:{opts.port}",
         "--log-level",
