@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
 
+import gevent
 import requests
 
 from gshutdown import ConnState
@@ -207,3 +209,35 @@ def test_many_small_multi_write_responses_do_not_stall_on_nagle(serve):
         conn.close()
     assert len(st.conn_ids()) == 1
     assert elapsed < 1.0, f"50 requests took {elapsed:.2f} s"
+
+
+BIG = b"x" * (256 * 1024)
+
+
+def test_client_close_request_with_bytes_behind_it_lingers_so_the_response_is_not_reset(serve):
+    # Bytes the client sent after its Connection: close request sit unread in
+    # the kernel while the app runs: closing over them would send a reset and
+    # could destroy the response, so the server still reads until our FIN.
+    extra_sent = threading.Event()
+
+    def app(environ, start_response):
+        extra_sent.wait(10)
+        gevent.sleep(0.05)  # let the extra bytes reach the server's receive queue
+        start_response("200 OK", [("Content-Length", str(len(BIG)))])
+        return [BIG]
+
+    st = serve(app, linger_timeout=30)
+    with st.connect() as sock:
+        sock.sendall(get("/", "Connection: close"))
+        wait_until(lambda: st.conn_ids() and st.states_of(st.conn_ids()[0])[-1] is ACTIVE)
+        sock.sendall(b"GET /ignored HTTP/1.1\r\nHost: x\r\n\r\n")
+        extra_sent.set()
+        # The server has closed its side but still drains ours: a greenlet lingers.
+        wait_until(lambda: st.states_of(st.conn_ids()[0])[-1] is CLOSED)
+        assert st.call(lambda: len(st.server.pool)) == 1
+        reader = ResponseReader(sock)
+        response = reader.read()
+        assert response.status == 200 and response.body == BIG
+        assert reader.at_eof()
+    wait_until(lambda: st.call(lambda: len(st.server.pool)) == 0, timeout=10)
+
