@@ -205,6 +205,14 @@ def open_fds(pid: int) -> int:
         return -1
 
 
+_STARTED = time.monotonic()
+
+
+def elapsed() -> str:
+    """Time since the script started, for the phase headers (``--quick`` must stay under 5 minutes)."""
+    return f"{time.monotonic() - _STARTED:.0f} s"
+
+
 def wait_quiet(pids: list[int], limit: float = 5.0) -> None:
     """Poll until ``pids`` use no CPU for 0.1 s (the last run's tail is done), at most ``limit`` s."""
     deadline = time.monotonic() + limit
@@ -484,6 +492,9 @@ def measure(args: argparse.Namespace, variants: list[Variant], workload: Workloa
         live = [v.label for v in variants if v.label not in results]
         all_pids = [pid for n in live for pid in started[n].pids()]
         for name in live:
+            runs[name] = []
+            if not args.warmup:
+                continue
             wait_quiet(all_pids)
             try:
                 warm = run_wrk(started[name].opts.port, workload, args.warmup, tmp)
@@ -491,9 +502,9 @@ def measure(args: argparse.Namespace, variants: list[Variant], workload: Workloa
             except (BenchError, subprocess.TimeoutExpired) as exc:
                 print(f"  {name}: warm-up FAILED: {exc}", flush=True)
                 results[name] = {"error": str(exc)}
+                del runs[name]
                 continue
             print(f"  {name:22s} warm-up  {warm['rps']:10.0f} req/s", flush=True)
-            runs[name] = []
         for round_no in range(args.runs):
             order = [n for n in live if n in runs]
             order = order[round_no % len(order) :] + order[: round_no % len(order)] if order else []
@@ -532,7 +543,7 @@ def load_phase(args: argparse.Namespace, servers: list[str], tmp: Path) -> dict[
     out: dict[str, Any] = {}
     for wname in args.workloads:
         workload = WORKLOADS[wname]
-        print(f"\n== {wname}: {workload.title} ==", flush=True)
+        print(f"\n== {wname}: {workload.title} == [{elapsed()}]", flush=True)
         out[wname] = measure(args, [Variant(name, name, {}) for name in servers], workload, tmp)
     return out
 
@@ -554,7 +565,7 @@ def workers_phase(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     variants = workers_variants(args)
     for wname in args.workers_workloads:
         workload = WORKLOADS[wname]
-        print(f"\n== workers, {wname}: {workload.title} ==", flush=True)
+        print(f"\n== workers, {wname}: {workload.title} == [{elapsed()}]", flush=True)
         out[wname] = measure(args, variants, workload, tmp)
     return out
 
@@ -702,7 +713,7 @@ def server_log_timeline(server: ServerProcess) -> dict[str, float]:
 def idle_phase(args: argparse.Namespace, servers: list[str], tmp: Path) -> dict[str, Any]:
     print(
         f"\n== idle: {args.idle_conns} idle keep-alive connections, RSS and SIGTERM -> exit"
-        f" ({args.idle_runs} run(s) each) ==",
+        f" ({args.idle_runs} run(s) each) == [{elapsed()}]",
         flush=True,
     )
     out = {}
@@ -764,7 +775,7 @@ def profile_one(args: argparse.Namespace, pyspy: str, workload: Workload, stamp:
     result: dict[str, Any] = {}
     try:
         wait_ready(server, workload.path, workload.body_size)
-        result["rps_without_sampling"] = round(run_wrk(opts.port, workload, args.warmup, tmp)["rps"], 1)
+        result["rps_without_sampling"] = round(run_wrk(opts.port, workload, args.warmup or 2, tmp)["rps"], 1)
         for fmt, path in outputs.items():
             # Blocking sampling (py-spy pauses the process for each sample):
             # it costs some throughput, but non-blocking sampling of a
@@ -875,8 +886,9 @@ def print_load(
     load_results: dict[str, Any], servers: list[str], args: argparse.Namespace, absent: dict[str, str]
 ) -> None:
     print(
-        f"\nRESULTS: req/s median of {args.runs} runs of {args.duration} s (after one {args.warmup} s"
-        " warm-up); spread = min-max; p99 = median of the runs' p99; errors = wrk socket errors"
+        f"\nRESULTS: req/s median of {args.runs} runs of {args.duration} s"
+        + (f" (after one {args.warmup} s warm-up)" if args.warmup else " (no warm-up run)")
+        + "; spread = min-max; p99 = median of the runs' p99; errors = wrk socket errors"
         " (connect/read/write/timeout); 'gshutdown /' = gshutdown's median over this server's."
     )
     for wname, results in load_results.items():
@@ -1143,7 +1155,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help=f"smoke run under 5 minutes: 3 runs of 2 s, 1 s warm-up, 1 redo; servers {','.join(QUICK_SERVERS)};"
+        help=f"smoke run under 5 minutes: 3 runs of 2 s, no warm-up, no redos; servers {','.join(QUICK_SERVERS)};"
         f" idle: {','.join(QUICK_IDLE_SERVERS)}",
     )
     p.add_argument("--servers", help="comma-separated (default: all; quick: the README table's)")
@@ -1151,7 +1163,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--phases", default="load,workers,idle", help="comma-separated from load,workers,idle,profile")
     p.add_argument("--runs", type=int, help="counted runs per server and workload (default 5; quick 3)")
     p.add_argument("--duration", type=int, help="seconds per counted run (default 10; quick 2)")
-    p.add_argument("--warmup", type=int, help="seconds of the warm-up run (default 5; quick 1)")
+    p.add_argument("--warmup", type=int, help="seconds of the warm-up run (default 5; quick 0: none)")
     p.add_argument(
         "--workers-args",
         default="",
@@ -1168,7 +1180,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         default=15.0,
         help="redo a run when other processes took more than this %% of CPU 0 or CPU 1 (default 15)",
     )
-    p.add_argument("--retries", type=int, help="redos per disturbed run (default 2; quick 1; 0: never)")
+    p.add_argument("--retries", type=int, help="redos per disturbed run (default 2; quick 0: never)")
     p.add_argument("--idle-conns", type=int, default=10000, help="idle connections (default 10000)")
     p.add_argument(
         "--idle-servers",
@@ -1190,8 +1202,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     quick = args.quick
     args.runs = args.runs or (3 if quick else 5)
     args.duration = args.duration or (2 if quick else 10)
-    args.warmup = args.warmup or (1 if quick else 5)
-    args.retries = args.retries if args.retries is not None else (1 if quick else 2)
+    # Quick: no warm-up run (the median of three drops a slow first run) and
+    # no redos, or a busy machine would double the time.
+    args.warmup = args.warmup if args.warmup is not None else (0 if quick else 5)
+    args.retries = args.retries if args.retries is not None else (0 if quick else 2)
     args.servers = args.servers or ",".join(QUICK_SERVERS if quick else MODULES)
     args.idle_servers = args.idle_servers or ",".join(QUICK_IDLE_SERVERS if quick else IDLE_SERVERS)
     args.profile_seconds = args.profile_seconds or (5 if quick else 15)
@@ -1300,6 +1314,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     targets = evaluate_targets(load_results, idle, workers, variants)
     report["targets"] = targets
     print_targets(targets)
+    print(f"\ntotal time: {elapsed()}")
     json_path = args.results_dir / f"bench-{stamp}.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults: {json_path}")
