@@ -4,6 +4,13 @@
 the classic home of monkey-patched legacy apps. The ``pyuwsgi`` wheel ships the
 ``uwsgi`` command with the gevent plugin built in (no compiler needed).
 ``--die-on-term`` makes SIGTERM stop it (uWSGI's default is to reload).
+
+Keep-alive does not happen: with ``--http-socket`` under the gevent engine
+uWSGI 2.0.30 closes (with a reset) every connection after its response,
+``--http-keepalive`` notwithstanding, so wrk reconnects and counts a read
+error per request; ``--http11-socket`` left the second request on a
+connection unanswered. The command is the one users run (and the one issue
+11's figures came from); its keep-alive figures are really per-connection ones.
 """
 
 from __future__ import annotations
