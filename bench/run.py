@@ -985,12 +985,14 @@ def evaluate_targets(
         found = (load_results if results is None else results).get(workload, {}).get(server)
         return found if found and "median_rps" in found else None
 
-    def ratio_check(workload: str, peer: str, need: float, text: str) -> dict[str, str]:
-        ours, theirs = row(workload, "gshutdown"), row(workload, peer)
+    def rows_ratio(ours: Optional[dict[str, Any]], theirs: Optional[dict[str, Any]], need: float, text: str) -> dict[str, str]:
         if not ours or not theirs:
             return {"target": text, "value": "not measured", "status": "N/A"}
         value = ours["median_rps"] / theirs["median_rps"]
         return {"target": text, "value": f"{value:.2f}x", "status": "PASS" if value >= need else "MISS"}
+
+    def ratio_check(workload: str, peer: str, need: float, text: str) -> dict[str, str]:
+        return rows_ratio(row(workload, "gshutdown"), row(workload, peer), need, text)
 
     def p99_check(workload: str, text: str) -> dict[str, str]:
         ours = row(workload, "gshutdown")
@@ -1044,18 +1046,8 @@ def evaluate_targets(
     for wname in ("workers-keepalive-50", "workers-close"):
         short = wname.removeprefix("workers-")
         a, b, c = (row(wname, label, workers) for label in (one, multi, gunicorn))
-        text = f"{multi}, {short}: >= 1.7x one process"
-        if a and b:
-            value = b["median_rps"] / a["median_rps"]
-            out.append({"target": text, "value": f"{value:.2f}x", "status": "PASS" if value >= 1.7 else "MISS"})
-        else:
-            out.append({"target": text, "value": "not measured", "status": "N/A"})
-        text = f"{multi}, {short}: >= 4x gunicorn-gevent -w 2"
-        if b and c:
-            value = b["median_rps"] / c["median_rps"]
-            out.append({"target": text, "value": f"{value:.2f}x", "status": "PASS" if value >= 4 else "MISS"})
-        else:
-            out.append({"target": text, "value": "not measured", "status": "N/A"})
+        out.append(rows_ratio(b, a, 1.7, f"{multi}, {short}: >= 1.7x one process"))
+        out.append(rows_ratio(b, c, 4.0, f"{multi}, {short}: >= 4x gunicorn-gevent -w 2"))
         text = f"{multi}, {short}: busiest worker <= 60% of requests"
         split = (b or {}).get("workers")
         if split and len(split["requests_by_rank"]) >= 2:
