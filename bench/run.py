@@ -985,7 +985,9 @@ def evaluate_targets(
         found = (load_results if results is None else results).get(workload, {}).get(server)
         return found if found and "median_rps" in found else None
 
-    def rows_ratio(ours: Optional[dict[str, Any]], theirs: Optional[dict[str, Any]], need: float, text: str) -> dict[str, str]:
+    def rows_ratio(
+        ours: Optional[dict[str, Any]], theirs: Optional[dict[str, Any]], need: float, text: str
+    ) -> dict[str, str]:
         if not ours or not theirs:
             return {"target": text, "value": "not measured", "status": "N/A"}
         value = ours["median_rps"] / theirs["median_rps"]
