@@ -36,6 +36,11 @@ def bind_failure_reason(exc: OSError) -> str:
     return "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
 
 
+def cannot_listen(listener: Any, exc: OSError) -> str:
+    """The one-line error for a listener that could not be bound."""
+    return f"cannot listen on {describe_listener(listener)}: {bind_failure_reason(exc)}"
+
+
 def bind_unix(path: str, backlog: int = 2048) -> socket.socket:
     """A listening unix socket at ``path`` (a stale socket file is replaced)."""
     if os.path.exists(path):

@@ -1,33 +1,24 @@
-"""``gshutdown [options] APP``: parse options, load the app, hand over to the runner.
+"""``gshutdown [options] APP``: parse the options, then hand over.
 
-Every option also reads a ``GSHUTDOWN_<NAME>`` environment variable (the
-command line wins). Bad input ends with one line on stderr and exit status 2;
-a port already in use, with status 1.
+Without ``--workers`` the runner serves in this process (``runner.serve``);
+with it, the master supervises worker processes (``master.main``). Every
+option also reads a ``GSHUTDOWN_<NAME>`` environment variable (the command
+line wins). Bad input ends with one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import logging
 import os
-import sys
-from typing import Any, Callable, NoReturn, Optional, Sequence
+from typing import Any, NoReturn, Optional, Sequence
 
-from gshutdown.addresses import bind_failure_reason, describe_listener
-
-EXIT_START_FAILED = 1
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line, exit status 2."""
+from gshutdown.exit_status import ExitStatus
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, no usage dump: the brief for every bad input.
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(ExitStatus.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _env(name: str, default: Any = None) -> Any:
@@ -58,14 +49,27 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _count(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
     return value
+
+
+def _count(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _count_or_zero(text: str) -> int:
+    return _whole_number(text, 0)
+
+
+def _milliseconds(text: str) -> float:
+    """Milliseconds on the command line, seconds inside."""
+    return _seconds(text) / 1000
 
 
 def parse_bind(text: str) -> Any:
@@ -140,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--access-log", default=_env("ACCESS_LOG"), metavar="FILE", help="access log file, '-' for stderr")
     p.add_argument(
+        "--error-log",
+        default=_env("ERROR_LOG"),
+        metavar="FILE",
+        help="server log file (default '-': stderr); SIGUSR1 reopens both logs",
+    )
+    p.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error", "critical"],
@@ -172,6 +182,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("READY_TIMEOUT", "30"),
         help="with --workers: seconds new workers or a new master get to become ready (default 30)",
     )
+    p.add_argument(
+        "--max-requests",
+        type=_count_or_zero,
+        default=_env("MAX_REQUESTS", "0"),
+        help="with --workers: replace a worker after it has served this many requests (default 0: never)",
+    )
+    p.add_argument(
+        "--max-requests-jitter",
+        type=_count_or_zero,
+        default=_env("MAX_REQUESTS_JITTER", "0"),
+        help="with --max-requests: add 0 to this many requests per worker, so they do not restart together",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=_env("TIMEOUT", "0"),
+        help="with --workers: replace a worker whose event loop is blocked this many seconds, "
+        "logging its stack (default 0: off)",
+    )
+    p.add_argument(
+        "--max-blocking-time",
+        type=_milliseconds,
+        default=_env("MAX_BLOCKING_TIME", "0"),
+        metavar="MS",
+        help="log, with its stack, every greenlet that blocks the event loop over MS milliseconds (default 0: off)",
+    )
     p.add_argument("--version", action="version", version=f"gshutdown {__version__}")
     return p
 
@@ -190,160 +226,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             args.bind = [parse_bind(item) for item in env_bind.split(",")] if env_bind else [("127.0.0.1", 8000)]
         except argparse.ArgumentTypeError as exc:
             parser.error(f"GSHUTDOWN_BIND: {exc}")
+    if not args.workers:
+        for name in ("max_requests", "timeout"):
+            if getattr(args, name):
+                parser.error(f"--{name.replace('_', '-')} needs --workers (a master to start the replacement)")
     return args
-
-
-def load_app(spec: str) -> Any:
-    """Import ``MODULE:NAME``, ``MODULE`` or ``FILE.py[:NAME]`` and return the app.
-
-    ``NAME`` may end in ``()`` to call a factory with no arguments.
-
-    Raises:
-        UsageError: it cannot be imported or is not callable.
-    """
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    target, _, name = spec.partition(":")
-    if target.endswith(".py"):
-        if not os.path.isfile(target):
-            raise UsageError(f"no such file: {target}")
-        directory, filename = os.path.split(os.path.abspath(target))
-        sys.path.insert(0, directory)
-        target = filename[:-3]
-    try:
-        module = importlib.import_module(target)
-    except ImportError as exc:
-        if getattr(exc, "name", None) and target.startswith(exc.name or "\0"):
-            raise UsageError(f"cannot import {target!r}: {exc}") from None
-        raise UsageError(f"importing {target!r} failed: {exc}") from None
-    except Exception as exc:
-        raise UsageError(f"importing {target!r} failed: {type(exc).__name__}: {exc}") from None
-    names = [name] if name else ["app", "application"]
-    for candidate in names:
-        call = candidate.endswith("()")
-        attr = candidate[:-2] if call else candidate
-        obj = getattr(module, attr, None)
-        if obj is None:
-            continue
-        if call:
-            try:
-                obj = obj()
-            except Exception as exc:
-                raise UsageError(f"{target}:{candidate} failed: {type(exc).__name__}: {exc}") from None
-        if not callable(obj):
-            raise UsageError(f"{target}:{attr} is not a WSGI application (not callable)")
-        return obj
-    raise UsageError(f"no {' or '.join(names)} in module {target!r}")
-
-
-def _configure_logging(level: str, access_log: Optional[str]) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s [%(process)d] [%(levelname)s] %(message)s",
-        stream=sys.stderr,
-    )
-    access = logging.getLogger("gshutdown.access")
-    access.propagate = False
-    if access_log:
-        handler: logging.Handler = (
-            logging.StreamHandler(sys.stderr) if access_log == "-" else logging.FileHandler(access_log)
-        )
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
-        access.setLevel(logging.INFO)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The console script; returns the exit status."""
     args = parse_args(argv)
     if args.workers:
-        _configure_logging(args.log_level, args.access_log)
-        from gshutdown.master import Master, bind_listeners
+        from gshutdown import master
 
-        try:
-            listeners = bind_listeners(args.bind, args.backlog)
-        except OSError as exc:
-            print(f"gshutdown: error: {exc}", file=sys.stderr)
-            return EXIT_START_FAILED
-        return Master(args, listeners).run()
-    return serve(args)
+        return master.main(args)
+    from gshutdown import runner
 
-
-def serve(
-    args: argparse.Namespace,
-    listeners: Optional[Sequence[Any]] = None,
-    *,
-    on_ready: Optional[Callable[[], Any]] = None,
-) -> int:
-    """Serve ``args.app`` in this process until a signal; return the exit status.
-
-    Args:
-        args: parsed options.
-        listeners: sockets to serve on instead of binding ``args.bind``
-            (a worker gets its master's).
-        on_ready: called once listening (a worker tells its master);
-            by default systemd is notified.
-    """
-    if not args.no_monkey_patch:
-        # Before the app is imported: legacy apps rely on patched sockets,
-        # and modules that bind socket/threading names early must see them.
-        from gevent import monkey
-
-        monkey.patch_all()
-    _configure_logging(args.log_level, args.access_log)
-    log = logging.getLogger("gshutdown")
-    from gshutdown import jobs, systemd
-    from gshutdown.runner import KUBERNETES_GRACE, Runner, adopt_app_hooks, build_app
-    from gshutdown.server import Server
-
-    try:
-        app = load_app(args.app)
-    except UsageError as exc:
-        print(f"gshutdown: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.drain_delay + args.graceful_timeout > KUBERNETES_GRACE and listeners is None:
-        log.warning(
-            "drain delay + graceful timeout = %g s, over Kubernetes' default %g s grace: "
-            "raise terminationGracePeriodSeconds to match",
-            args.drain_delay + args.graceful_timeout,
-            KUBERNETES_GRACE,
-        )
-    wrapped, readiness = build_app(app, readiness_path=args.readiness_path or None, access_log=bool(args.access_log))
-    if listeners is None:
-        listeners = systemd.listen_fds() or args.bind
-    options = dict(
-        idle_timeout=args.idle_timeout or None,
-        read_header_timeout=args.read_header_timeout or None,
-        max_connections=args.max_connections,
-        backlog=args.backlog,
-    )
-    servers = []
-    try:
-        for listener in listeners:
-            server = Server(listener, wrapped, **options)
-            server.init_socket()  # bind now, to report a busy port before anything else
-            servers.append(server)
-    except OSError as exc:
-        print(
-            f"gshutdown: error: cannot listen on {describe_listener(listener)}: {bind_failure_reason(exc)}",
-            file=sys.stderr,
-        )
-        for server in servers:
-            server.close()
-        return EXIT_START_FAILED
-    # Only now: a usage or bind error must stay the one line on stderr.
-    log.info(
-        "gevent monkey-patching %s",
-        "disabled (--no-monkey-patch)" if args.no_monkey_patch else "applied before importing the app",
-    )
-    servers[0].jobs.adopt(jobs.app_jobs)
-    runner = Runner(
-        servers,
-        graceful_timeout=args.graceful_timeout,
-        drain_delay=args.drain_delay,
-        readiness=readiness,
-        pidfile=None if on_ready else args.pid,
-        hooks=adopt_app_hooks(),
-        on_ready=on_ready,
-    )
-    return runner.run()
+    return runner.serve(args)

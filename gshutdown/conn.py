@@ -232,7 +232,10 @@ class Connection:
 
     def _serve_request(self, request: Request) -> bool:
         self.requests += 1
-        self.server.requests_total += 1
+        server = self.server
+        server.requests_total += 1
+        if server.requests_total >= server.request_limit:
+            server.request_limit_reached()
         self.request = request
         self.body_done = not request.has_body
         self.body_received = 0

@@ -1,18 +1,24 @@
-"""The master: worker processes, reload (SIGHUP) and upgrade (SIGUSR2).
+"""The master: worker processes, their supervision, reload and upgrade.
 
 The master binds the listeners, forks ``--workers`` processes that each run
-the gevent server on the inherited sockets (``cli.serve``), and supervises
-them. It never imports the application unless ``--preload`` says so, so a
-reload picks up new code. It runs no gevent hub of its own: a plain loop over
-``select`` on a self-pipe (signal wake-ups) and the workers' readiness pipes.
+the runner on the inherited sockets (``runner.serve`` in the worker role), and
+supervises them. It never imports the application unless ``--preload`` says
+so, so a reload picks up new code. It runs no gevent hub of its own: a plain
+loop over ``select`` on a self-pipe (signal wake-ups) and the workers' status
+pipes (``worker_link``).
 
-Signals (handlers only record; the loop acts):
+Signals (handlers only record; the loop acts). A signal sent to the whole
+process group reaches the workers too; they treat a repeated SIGTERM/SIGINT as
+nothing, so the group and the master alone mean the same.
 
 =============  ============================================================
-SIGTERM/INT    forward SIGTERM to every worker (each drains gracefully),
-               wait for them, SIGKILL stragglers at the deadline
-second one     forward SIGQUIT: workers close everything now
-SIGQUIT        forward SIGQUIT
+SIGTERM/INT    stop: SIGTERM to every worker (each drains gracefully), and
+               close the master's copies of the listeners, so that once the
+               workers have accepted their backlog new connects are refused
+               rather than accepted by a socket nobody serves; SIGKILL
+               stragglers at the deadline
+second one     SIGQUIT to every worker: close everything now
+SIGQUIT        SIGQUIT to every worker
 SIGHUP         reload: fork a new generation; once every new worker reports
                ready, retire the old generation gracefully. If the new one
                fails or is not ready in ``--ready-timeout``, it is stopped
@@ -22,8 +28,15 @@ SIGUSR2        upgrade: re-exec this command line as a new master that
                once it reports ready over a pipe, this master drains and
                exits. A new master that fails or times out is killed and
                this one keeps serving. One upgrade at a time.
+SIGUSR1        reopen the log files, here and in every worker
+SIGTTIN/TTOU   one worker more / one fewer (the one removed drains)
 SIGCHLD        a worker that dies is replaced, with back-off
 =============  ============================================================
+
+Workers are also replaced when they ask (``--max-requests``: the replacement
+starts first, and only once it is ready does the old worker drain) and when
+their heartbeat stops (``--timeout``: the event loop is blocked; its stack is
+dumped to the log, then it is killed).
 
 Exit status: 0 when every worker drained cleanly, 3 when any was forced.
 """
@@ -33,7 +46,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import select
 import signal
 import socket
 import sys
@@ -41,13 +53,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from gshutdown import pidfile, systemd
-from gshutdown.addresses import bind_failure_reason, bind_unix, describe_address, describe_listener
+from gshutdown import logs, pidfile, runner, systemd, worker_link
+from gshutdown.addresses import bind_unix, cannot_listen, describe_address
+from gshutdown.app_loader import AppNotLoadable, load_app
+from gshutdown.exit_status import ExitStatus, fail
+from gshutdown.worker_link import MessageKind, WorkerLink
 
 log = logging.getLogger("gshutdown")
 
-EXIT_OK = 0
-EXIT_FORCED = 3
 #: Environment variable naming inherited listening descriptors ("3,4").
 LISTEN_FDS_ENV = "GSHUTDOWN_LISTEN_FDS"
 #: Environment variable naming the pipe a new master reports readiness on.
@@ -57,8 +70,37 @@ KILL_MARGIN = 5.0
 #: Restart back-off bounds, in seconds.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 10.0
+#: Seconds between the stack-dump signal to a stuck worker and its SIGKILL.
+STACK_DUMP_GRACE = 0.5
+#: Asks a worker to write its stacks to the log (``logs.install_stack_dump``).
+#: A real-time signal: nothing else sends it, and its default action (if it
+#: lands before the worker registered it) only ends a worker being killed anyway.
+STACK_DUMP_SIGNAL = getattr(signal, "SIGRTMIN", signal.SIGVTALRM) + 1
 #: What the master handles; a forked worker resets them before it serves.
-_MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD)
+_MASTER_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
+#: Of those, the ones a booting worker leaves to their default action.
+_WORKER_DEFAULTS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
+
+
+def main(args: argparse.Namespace) -> ExitStatus:
+    """Bind the listeners and supervise ``args.workers`` workers; the exit status."""
+    logs.configure(args.log_level, access_log_path=args.access_log, error_log_path=args.error_log)
+    runner.warn_if_over_kubernetes_grace(args)
+    try:
+        listeners = bind_listeners(args.bind, args.backlog)
+    except OSError as exc:
+        return fail(str(exc), ExitStatus.START_FAILED)
+    return Master(args, listeners).run()
 
 
 def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
@@ -96,17 +138,41 @@ def _bind(bind: Any, backlog: int) -> socket.socket:
             raise
         return sock
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {describe_listener(bind)}: {bind_failure_reason(exc)}") from None
+        raise OSError(exc.errno, cannot_listen(bind, exc)) from None
+
+
+def signame(signum: int) -> str:
+    """``SIGTERM``, ``SIGRTMIN+3``, or the number: any signal a process can get."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        rtmin = getattr(signal, "SIGRTMIN", None)
+        if rtmin is not None and rtmin < signum <= getattr(signal, "SIGRTMAX", rtmin):
+            return f"SIGRTMIN+{signum - rtmin}"
+        return f"signal {signum}"
 
 
 @dataclass
 class Worker:
     pid: int
     generation: int
-    ready_fd: int
+    #: The read end of this worker's status pipe.
+    status_fd: int
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     retiring: bool = False
+    #: It asked to be replaced (``--max-requests``); it serves until its replacement is ready.
+    recycle_pending: bool = False
+    #: When its last heartbeat (or any message) arrived.
+    last_beat: float = field(default_factory=time.monotonic)
+    #: Live connections at its last heartbeat.
+    connections: int = 0
+    #: Its heartbeat stopped (``--timeout``): it gets SIGKILL at ``kill_at``.
+    stuck: bool = False
+    kill_at: Optional[float] = None
+    #: The status pipe is still open (its EOF comes just before the exit).
+    status_open: bool = True
+    buffer: bytes = b""
 
 
 @dataclass
@@ -125,8 +191,11 @@ class Master:
         self.count: int = args.workers
         self.workers: dict[int, Worker] = {}
         self.generation = 0
+        self.recycles = 0
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
+        # Only the master ever holds the write end: workers see EOF when it dies.
+        self._liveness_r, self._liveness_w = os.pipe()
         self._reload_deadline: Optional[float] = None
         self._upgrade: Optional[_Upgrade] = None
         self._stopping = False
@@ -136,7 +205,8 @@ class Master:
         self._restart_at: Optional[float] = None
         self._announced_ready = False
         self._stop_deadline: Optional[float] = None
-        self._exit_status: Optional[int] = None
+        self._exit_status: Optional[ExitStatus] = None
+        self._select = _unpatched_select()
 
     # -- signals ---------------------------------------------------------------
 
@@ -152,20 +222,14 @@ class Master:
 
     # -- main loop -------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self) -> ExitStatus:
         """Supervise until shut down; return the exit status."""
         if self.args.preload:
-            from gshutdown.cli import UsageError, load_app
-
-            if not self.args.no_monkey_patch:
-                from gevent import monkey
-
-                monkey.patch_all()
+            runner.monkey_patch(self.args)
             try:
                 load_app(self.args.app)
-            except UsageError as exc:
-                print(f"gshutdown: error: {exc}", file=sys.stderr)
-                return 2
+            except AppNotLoadable as exc:
+                return fail(str(exc), ExitStatus.USAGE)
         self._install_signals()
         for sock in self.listeners:
             log.info("master %d listening on %s", os.getpid(), describe_address(sock.getsockname()))
@@ -182,34 +246,36 @@ class Master:
             self._cleanup()
         if self._exit_status is not None:
             return self._exit_status
-        return EXIT_FORCED if self._forced else EXIT_OK
+        return ExitStatus.FORCED if self._forced else ExitStatus.OK
 
     def _next_timeout(self) -> Optional[float]:
         now = time.monotonic()
         deadlines = [d for d in (self._reload_deadline, self._restart_at, self._stop_deadline) if d]
-        if self._upgrade is not None:
+        if self._upgrade is not None and self._upgrade.deadline != float("inf"):
             deadlines.append(self._upgrade.deadline)
+        for worker in self.workers.values():
+            if worker.kill_at is not None:
+                deadlines.append(worker.kill_at)
+            elif self.args.timeout and worker.ready and not worker.stuck:
+                deadlines.append(worker.last_beat + self.args.timeout)
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def _wait(self, timeout: Optional[float]) -> None:
-        fds = [self._wake_r] + [w.ready_fd for w in self.workers.values() if not w.ready]
+        by_fd = {w.status_fd: w for w in self.workers.values() if w.status_open}
+        fds = [self._wake_r, *by_fd]
         if self._upgrade is not None:
             fds.append(self._upgrade.ready_fd)
         try:
-            readable, _, _ = select.select(fds, [], [], timeout)
+            readable, _, _ = self._select(fds, [], [], timeout)
         except InterruptedError:
             return
         for fd in readable:
             if fd == self._wake_r:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
+                _drain_pipe(self._wake_r)
             elif self._upgrade is not None and fd == self._upgrade.ready_fd:
                 self._upgrade_ready()
             else:
-                self._worker_ready(fd)
+                self._read_status(by_fd[fd])
 
     # -- workers ----------------------------------------------------------------
 
@@ -225,28 +291,28 @@ class Master:
             os.close(read_fd)
             self._become_worker(write_fd)
         os.close(write_fd)
+        os.set_blocking(read_fd, False)
         self.workers[pid] = Worker(pid, self.generation, read_fd)
         log.info("worker %d started (generation %d)", pid, self.generation)
 
-    def _become_worker(self, ready_fd: int) -> None:
+    def _become_worker(self, status_fd: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
             for signum in _MASTER_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+                # Until the runner handles them: what the master acts on is
+                # nothing to a worker, and SIGTTIN/SIGTTOU would suspend it.
+                signal.signal(signum, signal.SIG_DFL if signum in _WORKER_DEFAULTS else signal.SIG_IGN)
+            for fd in (self._wake_r, self._wake_w, self._liveness_w):
+                os.close(fd)
             for worker in self.workers.values():
-                os.close(worker.ready_fd)
+                os.close(worker.status_fd)
             if self._upgrade is not None:
                 os.close(self._upgrade.ready_fd)
-            from gshutdown.cli import serve
-
-            def report_ready() -> None:
-                os.write(ready_fd, b"R")
-                os.close(ready_fd)
-
-            code = serve(self.args, self.listeners, on_ready=report_ready)
+            logs.install_stack_dump(STACK_DUMP_SIGNAL)
+            heartbeat = min(self.args.timeout / 4, 1.0) if self.args.timeout else None
+            link = WorkerLink(status_fd, self._liveness_r, heartbeat=heartbeat)
+            code = runner.serve(self.args, self.listeners, link=link)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -255,20 +321,32 @@ class Master:
             logging.shutdown()
             os._exit(code)
 
-    def _worker_ready(self, fd: int) -> None:
-        worker = next((w for w in self.workers.values() if w.ready_fd == fd), None)
-        if worker is None:
-            return
+    def _read_status(self, worker: Worker) -> None:
         try:
-            data = os.read(fd, 1)
+            data = os.read(worker.status_fd, 4096)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:
-            return  # the worker died before ready; _reap handles it
+            worker.status_open = False  # it is exiting; _reap deals with it
+            return
+        messages, worker.buffer = worker_link.parse(worker.buffer + data)
+        worker.last_beat = time.monotonic()
+        for message in messages:
+            if message.kind is MessageKind.READY:
+                self._worker_ready(worker)
+            elif message.kind is MessageKind.BEAT:
+                worker.connections = message.connections
+            elif message.kind is MessageKind.RECYCLE:
+                self._recycle(worker)
+
+    def _worker_ready(self, worker: Worker) -> None:
         worker.ready = True
         self._backoff = BACKOFF_MIN
         log.info("worker %d ready (generation %d)", worker.pid, worker.generation)
         self._maybe_finish_reload()
+        self._retire_recycled()
         if not self._announced_ready and all(w.ready for w in self.workers.values()):
             self._announced_ready = True
             self._announce_ready()
@@ -285,6 +363,37 @@ class Master:
                 pass
         systemd.notify(f"READY=1\nMAINPID={os.getpid()}")
         log.info("master %d: %d worker(s) ready", os.getpid(), len(self.workers))
+
+    def _serving(self) -> list[Worker]:
+        """Workers of the current generation that are meant to go on serving."""
+        return [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
+
+    def _retire(self, worker: Worker, why: str) -> None:
+        worker.retiring = True
+        log.info("worker %d: %s; it drains", worker.pid, why)
+        _kill(worker.pid, signal.SIGTERM)
+
+    def _recycle(self, worker: Worker) -> None:
+        if self._stopping or worker.retiring or worker.recycle_pending:
+            return
+        if self._reload_deadline is not None:
+            log.info("worker %d reached --max-requests during a reload, which replaces it anyway", worker.pid)
+            return
+        worker.recycle_pending = True
+        self.recycles += 1
+        log.info("worker %d reached --max-requests: starting its replacement", worker.pid)
+        self._spawn_worker()
+
+    def _retire_recycled(self) -> None:
+        # A replacement is ready: the worker it replaces drains only now, so
+        # the listeners always have as many ready workers as --workers says.
+        while True:
+            serving = self._serving()
+            ready = sum(1 for w in serving if w.ready and not w.recycle_pending)
+            pending = sorted((w for w in serving if w.recycle_pending), key=lambda w: w.started)
+            if not pending or ready + len(pending) <= self.count:
+                return
+            self._retire(pending[0], "replaced after --max-requests")
 
     def _reap(self) -> None:
         while True:
@@ -303,18 +412,18 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
-            os.close(worker.ready_fd)
-            if code == EXIT_FORCED or code < 0:
+            os.close(worker.status_fd)
+            if code == ExitStatus.FORCED or code < 0:
                 # A worker that never served (an aborted reload's) forced nothing.
                 self._forced = self._forced or ((self._stopping or worker.retiring) and worker.ready)
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+            how = f"signal {signame(-code)}" if code < 0 else f"status {code}"
             if self._stopping or worker.retiring:
                 log.info("worker %d exited with %s", pid, how)
-            elif not self._announced_ready and not worker.ready and code in (1, 2):
+            elif not self._announced_ready and not worker.ready and code in (ExitStatus.START_FAILED, ExitStatus.USAGE):
                 # The first generation cannot start (bad app, port): restarting
                 # would only repeat it. Report it as the single-process CLI would.
                 log.error("worker %d could not start (%s); stopping", pid, how)
-                self._exit_status = code
+                self._exit_status = ExitStatus(code)
                 self._stop(signal.SIGTERM)
             elif worker.generation == self.generation and self._reload_deadline is not None:
                 log.error("reload failed: new worker %d exited with %s before ready", pid, how)
@@ -328,9 +437,7 @@ class Master:
         now = time.monotonic()
         if self._restart_at is not None and now >= self._restart_at and not self._stopping:
             self._restart_at = None
-            missing = self.count - sum(
-                1 for w in self.workers.values() if not w.retiring and w.generation == self.generation
-            )
+            missing = self.count - sum(1 for w in self._serving() if not w.recycle_pending)
             for _ in range(missing):
                 self._spawn_worker()
         if self._reload_deadline is not None and now >= self._reload_deadline:
@@ -348,12 +455,37 @@ class Master:
             _kill(self._upgrade.pid, signal.SIGKILL)
             # reaped (and forgotten) by _reap
             self._upgrade.deadline = float("inf")
+        self._check_heartbeats(now)
         if self._stop_deadline is not None and now >= self._stop_deadline:
             for worker in self.workers.values():
                 log.error("worker %d still running at the deadline: SIGKILL", worker.pid)
                 _kill(worker.pid, signal.SIGKILL)
             self._forced = True
             self._stop_deadline = None
+
+    def _check_heartbeats(self, now: float) -> None:
+        timeout = self.args.timeout
+        for worker in list(self.workers.values()):
+            if worker.kill_at is not None:
+                if now >= worker.kill_at:
+                    worker.kill_at = None  # once; _reap forgets it
+                    _kill(worker.pid, signal.SIGKILL)
+            elif timeout and worker.ready and not worker.stuck and now - worker.last_beat > timeout:
+                log.error(
+                    "worker %d: no heartbeat for %.1f s (--timeout %g): its event loop is blocked; "
+                    "its stack follows; killing it (%d connection(s) forced)",
+                    worker.pid,
+                    now - worker.last_beat,
+                    timeout,
+                    worker.connections,
+                )
+                _kill(worker.pid, STACK_DUMP_SIGNAL)
+                worker.stuck = True
+                worker.kill_at = now + STACK_DUMP_GRACE
+                was_serving = not worker.retiring
+                worker.retiring = True
+                if was_serving and not self._stopping:
+                    self._spawn_worker()
 
     # -- signals acted on --------------------------------------------------------
 
@@ -364,7 +496,7 @@ class Master:
                 continue  # _reap ran already
             if signum in (signal.SIGTERM, signal.SIGINT):
                 if self._stopping:
-                    log.info("%s again: workers close everything now", signal.Signals(signum).name)
+                    log.info("%s again: workers close everything now", signame(signum))
                     self._signal_workers(signal.SIGQUIT)
                     self._forced = True
                 else:
@@ -372,13 +504,35 @@ class Master:
             elif signum == signal.SIGQUIT:
                 self._forced = self._forced or bool(self.workers)
                 self._stop(signal.SIGQUIT)
-            elif signum == signal.SIGHUP and not self._stopping:
+            elif signum == signal.SIGUSR1:
+                log.info("SIGUSR1: reopened %d log file(s); telling the workers", logs.reopen())
+                self._signal_workers(signal.SIGUSR1)
+            elif self._stopping:
+                log.info("%s ignored: stopping", signame(signum))
+            elif signum == signal.SIGHUP:
                 self._reload()
-            elif signum == signal.SIGUSR2 and not self._stopping:
+            elif signum == signal.SIGUSR2:
                 self._start_upgrade()
+            elif signum == signal.SIGTTIN:
+                self.count += 1
+                log.info("SIGTTIN: %d worker(s) now", self.count)
+                self._spawn_worker()
+            elif signum == signal.SIGTTOU:
+                self._remove_worker()
+
+    def _remove_worker(self) -> None:
+        if self.count <= 1:
+            log.warning("SIGTTOU ignored: one worker is the minimum")
+            return
+        self.count -= 1
+        log.info("SIGTTOU: %d worker(s) now", self.count)
+        serving = self._serving()
+        if len(serving) > self.count:
+            # The oldest goes: it has had its share of requests (and leaks).
+            self._retire(min(serving, key=lambda w: w.started), "removed by SIGTTOU")
 
     def _stop(self, how: int) -> None:
-        log.info("master %d: %s, stopping %d worker(s)", os.getpid(), signal.Signals(how).name, len(self.workers))
+        log.info("master %d: %s, stopping %d worker(s)", os.getpid(), signame(how), len(self.workers))
         systemd.notify("STOPPING=1")
         self._stopping = True
         self._restart_at = None
@@ -386,6 +540,9 @@ class Master:
         if self._upgrade is not None:
             _kill(self._upgrade.pid, signal.SIGTERM)
         self._signal_workers(how)
+        # The workers have their order; the master's copies of the listeners
+        # would only keep the port completing handshakes nobody will serve.
+        self._close_listeners()
         self._stop_deadline = time.monotonic() + self.args.graceful_timeout + self.args.drain_delay + KILL_MARGIN
 
     def _signal_workers(self, signum: int) -> None:
@@ -408,7 +565,7 @@ class Master:
         if len(new) < self.count or not all(w.ready for w in new):
             return
         self._reload_deadline = None
-        retiring = [w for w in self.workers.values() if w.generation < self.generation]
+        retiring = [w for w in self.workers.values() if w.generation < self.generation and not w.retiring]
         for worker in retiring:
             worker.retiring = True
             _kill(worker.pid, signal.SIGTERM)
@@ -422,7 +579,7 @@ class Master:
                 _kill(worker.pid, signal.SIGTERM)
         self.generation -= 1  # the old generation stays the current one
         # Replace old-generation workers that may have died meanwhile.
-        if sum(1 for w in self.workers.values() if not w.retiring) < self.count:
+        if len(self._serving()) < self.count:
             self._restart_at = time.monotonic() + self._backoff
 
     def _start_upgrade(self) -> None:
@@ -464,18 +621,40 @@ class Master:
         log.info("upgrade: new master %d is serving; this master drains and exits", upgrade.pid)
         self._stop(signal.SIGTERM)
 
-    def _cleanup(self) -> None:
-        signal.set_wakeup_fd(-1)
+    def _close_listeners(self) -> None:
         for sock in self.listeners:
+            if sock.fileno() == -1:
+                continue
             if not self._handed_over and sock.family == socket.AF_UNIX:
                 try:
                     os.unlink(sock.getsockname())
                 except OSError:
                     pass
             sock.close()
+
+    def _cleanup(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._close_listeners()
+        os.close(self._liveness_w)
         if not self._handed_over:
             pidfile.remove(self.args.pid)
         log.info("master %d: exit%s", os.getpid(), " (forced)" if self._forced else "")
+
+
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _unpatched_select() -> Any:
+    # With --preload the master may be monkey-patched; its loop must not run
+    # on a gevent hub (signals wake it through the self-pipe, not libev).
+    from gevent import monkey
+
+    return monkey.get_original("select", "select")
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -50,6 +50,8 @@ log = logging.getLogger("gshutdown")
 
 Listener = Union[tuple, str, socket.socket]
 
+_NO_LIMIT = float("inf")
+
 
 class ShutdownPhase(enum.Enum):
     """Where the server is in its life."""
@@ -102,6 +104,8 @@ class Server(StreamServer):
             connection state change, synchronously; must not block. An
             exception in it is logged and otherwise ignored.
         config: a ``Config``; keyword ``options`` override its fields.
+        multiprocess: other processes serve the same listeners (a master's
+            workers): PEP 3333's ``wsgi.multiprocess``.
     """
 
     def __init__(
@@ -111,6 +115,7 @@ class Server(StreamServer):
         *,
         conn_state: Optional[ConnStateHook] = None,
         config: Optional[Config] = None,
+        multiprocess: bool = False,
         **options: Any,
     ) -> None:
         self.config = (config or Config()).replace(**options) if options else (config or Config())
@@ -123,6 +128,7 @@ class Server(StreamServer):
             # blocking listener would hang the hub on the second call.
             listener.setblocking(False)
         self.application = application
+        self.multiprocess = multiprocess
         self.registry = ConnRegistry(conn_state)
         #: Set when a shutdown starts; handlers may wait on it
         #: (``environ['gshutdown.shutting_down']``).
@@ -140,6 +146,9 @@ class Server(StreamServer):
         self._overflow: list[gevent.Greenlet] = []
         #: Requests read so far, on all connections.
         self.requests_total = 0
+        #: ``requests_total`` at which ``_on_request_limit`` runs (see ``notify_after_requests``).
+        self.request_limit = _NO_LIMIT
+        self._on_request_limit: Optional[Callable[[], Any]] = None
         #: Periodic jobs; they start with the server and stop with its shutdown.
         self.jobs = Scheduler()
         # gevent takes a backlog only for listeners it binds itself.
@@ -207,6 +216,22 @@ class Server(StreamServer):
             "requests": self.requests_total,
             "phase": self.phase.value,
         }
+
+    def notify_after_requests(self, count: int, fn: Callable[[], Any]) -> None:
+        """Call ``fn()`` once, when ``requests_total`` reaches ``count``.
+
+        It runs in the greenlet of the connection that read that request, so
+        it must not block. (A worker's ``--max-requests`` uses it.)
+        """
+        self.request_limit = count
+        self._on_request_limit = fn
+
+    def request_limit_reached(self) -> None:
+        """Called by the connection that read request number ``request_limit``."""
+        fn, self._on_request_limit = self._on_request_limit, None
+        self.request_limit = _NO_LIMIT
+        if fn is not None:
+            fn()
 
     # -- keep-alive, hooks ----------------------------------------------------------
 

@@ -315,7 +315,7 @@ class WSGIAdapter:
             "wsgi.url_scheme": "http",
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": False,
-            "wsgi.multiprocess": False,
+            "wsgi.multiprocess": server.multiprocess,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,
             "gshutdown.shutting_down": server.shutting_down,

@@ -224,7 +224,7 @@ def test_single_process_ignores_sighup_and_sigusr2_and_keeps_serving(tmp_path: P
         proc.wait_listening(timeout=20)
         for signum, name in ((signal.SIGHUP, "SIGHUP"), (signal.SIGUSR2, "SIGUSR2")):
             proc.send_signal(signum)
-            proc.wait_for_log(rf"{name} ignored: reload and upgrade need a master")
+            proc.wait_for_log(rf"{name} ignored: reload, upgrade and worker counts need a master")
         assert get(port, "/")[2] == b"Hello, World!"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait() == 0
