@@ -8,15 +8,15 @@ loop over ``select`` on a self-pipe (signal wake-ups) and the workers' status
 pipes (``worker_link``).
 
 Signals (handlers only record; the loop acts). A signal sent to the whole
-process group reaches the workers too; they treat a repeated SIGTERM/SIGINT as
-nothing, so the group and the master alone mean the same.
+process group reaches the workers too; they wait for the master's order
+(``worker_link``), so the group and the master alone mean the same.
 
 =============  ============================================================
-SIGTERM/INT    stop: SIGTERM to every worker (each drains gracefully), and
-               close the master's copies of the listeners, so that once the
-               workers have accepted their backlog new connects are refused
-               rather than accepted by a socket nobody serves; SIGKILL
-               stragglers at the deadline
+SIGTERM/INT    stop: close the master's copies of the listeners, then order
+               every worker to drain (each accepts what is queued, closes
+               its listeners and finishes its requests), so new connects
+               are refused rather than accepted by a socket nobody serves;
+               SIGKILL stragglers at the deadline
 second one     SIGQUIT to every worker: close everything now
 SIGQUIT        SIGQUIT to every worker
 SIGHUP         reload: fork a new generation; once every new worker reports
@@ -57,7 +57,7 @@ from gshutdown import logs, pidfile, runner, systemd, worker_link
 from gshutdown.addresses import bind_unix, cannot_listen, describe_address
 from gshutdown.app_loader import AppNotLoadable, load_app
 from gshutdown.exit_status import ExitStatus, fail
-from gshutdown.worker_link import MessageKind, WorkerLink
+from gshutdown.worker_link import DRAIN_SIGNAL, STACK_DUMP_SIGNAL, MessageKind, WorkerLink
 
 log = logging.getLogger("gshutdown")
 
@@ -72,10 +72,6 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 10.0
 #: Seconds between the stack-dump signal to a stuck worker and its SIGKILL.
 STACK_DUMP_GRACE = 0.5
-#: Asks a worker to write its stacks to the log (``logs.install_stack_dump``).
-#: A real-time signal: nothing else sends it, and its default action (if it
-#: lands before the worker registered it) only ends a worker being killed anyway.
-STACK_DUMP_SIGNAL = getattr(signal, "SIGRTMIN", signal.SIGVTALRM) + 1
 #: What the master handles; a forked worker resets them before it serves.
 _MASTER_SIGNALS = (
     signal.SIGTERM,
@@ -237,8 +233,10 @@ class Master:
         try:
             while True:
                 self._wait(self._next_timeout())
-                self._reap()
+                # Signals first: a worker that exits because the process group
+                # got SIGTERM is not a worker that died, if the master got it too.
                 self._handle_signals()
+                self._reap()
                 self._check_timers()
                 if self._stopping and not self.workers:
                     break
@@ -371,7 +369,7 @@ class Master:
     def _retire(self, worker: Worker, why: str) -> None:
         worker.retiring = True
         log.info("worker %d: %s; it drains", worker.pid, why)
-        _kill(worker.pid, signal.SIGTERM)
+        _kill(worker.pid, DRAIN_SIGNAL)
 
     def _recycle(self, worker: Worker) -> None:
         if self._stopping or worker.retiring or worker.recycle_pending:
@@ -424,7 +422,7 @@ class Master:
                 # would only repeat it. Report it as the single-process CLI would.
                 log.error("worker %d could not start (%s); stopping", pid, how)
                 self._exit_status = ExitStatus(code)
-                self._stop(signal.SIGTERM)
+                self._stop(DRAIN_SIGNAL, "the first workers cannot start")
             elif worker.generation == self.generation and self._reload_deadline is not None:
                 log.error("reload failed: new worker %d exited with %s before ready", pid, how)
                 self._abort_reload()
@@ -493,17 +491,17 @@ class Master:
         while self._signals:
             signum = self._signals.pop(0)
             if signum == signal.SIGCHLD:
-                continue  # _reap ran already
+                continue  # _reap runs next
             if signum in (signal.SIGTERM, signal.SIGINT):
                 if self._stopping:
                     log.info("%s again: workers close everything now", signame(signum))
                     self._signal_workers(signal.SIGQUIT)
                     self._forced = True
                 else:
-                    self._stop(signal.SIGTERM)
+                    self._stop(DRAIN_SIGNAL, signame(signum))
             elif signum == signal.SIGQUIT:
                 self._forced = self._forced or bool(self.workers)
-                self._stop(signal.SIGQUIT)
+                self._stop(signal.SIGQUIT, "SIGQUIT")
             elif signum == signal.SIGUSR1:
                 log.info("SIGUSR1: reopened %d log file(s); telling the workers", logs.reopen())
                 self._signal_workers(signal.SIGUSR1)
@@ -531,18 +529,20 @@ class Master:
             # The oldest goes: it has had its share of requests (and leaks).
             self._retire(min(serving, key=lambda w: w.started), "removed by SIGTTOU")
 
-    def _stop(self, how: int) -> None:
-        log.info("master %d: %s, stopping %d worker(s)", os.getpid(), signame(how), len(self.workers))
+    def _stop(self, order: int, why: str) -> None:
+        """Stop every worker: ``order`` is ``DRAIN_SIGNAL`` (gracefully) or ``SIGQUIT`` (now)."""
+        log.info("master %d: %s: stopping %d worker(s)", os.getpid(), why, len(self.workers))
         systemd.notify("STOPPING=1")
         self._stopping = True
         self._restart_at = None
         self._reload_deadline = None
         if self._upgrade is not None:
             _kill(self._upgrade.pid, signal.SIGTERM)
-        self._signal_workers(how)
-        # The workers have their order; the master's copies of the listeners
-        # would only keep the port completing handshakes nobody will serve.
+        # First the master's copies of the listeners, then the order: a worker
+        # drains only once nobody but the workers holds a listener, so the last
+        # to close one accepts what is queued on it first (see worker_link).
         self._close_listeners()
+        self._signal_workers(order)
         self._stop_deadline = time.monotonic() + self.args.graceful_timeout + self.args.drain_delay + KILL_MARGIN
 
     def _signal_workers(self, signum: int) -> None:
@@ -568,7 +568,7 @@ class Master:
         retiring = [w for w in self.workers.values() if w.generation < self.generation and not w.retiring]
         for worker in retiring:
             worker.retiring = True
-            _kill(worker.pid, signal.SIGTERM)
+            _kill(worker.pid, DRAIN_SIGNAL)
         log.info("reload done: generation %d serving; %d old worker(s) draining", self.generation, len(retiring))
 
     def _abort_reload(self) -> None:
@@ -576,7 +576,7 @@ class Master:
         for worker in list(self.workers.values()):
             if worker.generation == self.generation:
                 worker.retiring = True
-                _kill(worker.pid, signal.SIGTERM)
+                _kill(worker.pid, DRAIN_SIGNAL)
         self.generation -= 1  # the old generation stays the current one
         # Replace old-generation workers that may have died meanwhile.
         if len(self._serving()) < self.count:
@@ -619,7 +619,7 @@ class Master:
         self._upgrade = None
         self._handed_over = True
         log.info("upgrade: new master %d is serving; this master drains and exits", upgrade.pid)
-        self._stop(signal.SIGTERM)
+        self._stop(DRAIN_SIGNAL, "upgrade handed over")
 
     def _close_listeners(self) -> None:
         for sock in self.listeners:

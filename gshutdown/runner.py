@@ -4,27 +4,29 @@ One code path serves both roles a process can have: the single process (no
 ``--workers``) and a worker forked by the master. They differ only in what a
 signal means, which is data (``SIGNAL_ACTIONS``), and in who they report to.
 
-=========  ===========================  ======================================
-signal     single process               worker
-=========  ===========================  ======================================
-SIGTERM    graceful: readiness 503,     the same; more SIGTERM/SIGINT during
-SIGINT     ``drain_delay``, then        the drain change nothing: forcing is
-           ``shutdown(graceful)``;      the master's decision (it sends
-           a second one: close now      SIGQUIT), so a signal to the whole
-                                        process group means what a signal to
-                                        the master alone means
-SIGQUIT    close everything now; "stopped" hooks still run (briefly)
-SIGUSR1    reopen the log files
-SIGHUP     logged, ignored (reload      ignored: the master's
-SIGUSR2    and upgrade, worker count:
-SIGTTIN    a master's)
+===========  ===========================  ====================================
+signal       single process               worker
+===========  ===========================  ====================================
+SIGTERM      graceful: readiness 503,     readiness 503 at once; the drain
+SIGINT       ``drain_delay``, then        starts on the master's order
+             ``shutdown(graceful)``;      (``worker_link``), or on its own
+             a second one: close now      ``MASTER_ORDER_WAIT`` later; more
+                                          SIGTERM/SIGINT change nothing:
+                                          forcing is the master's decision
+drain order  (not handled)                graceful, as SIGTERM alone
+SIGQUIT      close everything now; "stopped" hooks still run (briefly)
+SIGUSR1      reopen the log files
+SIGHUP       logged, ignored (reload,     ignored: the master's
+SIGUSR2      upgrade and the worker
+SIGTTIN      count are a master's)
 SIGTTOU
-=========  ===========================  ======================================
+===========  ===========================  ====================================
 
-A worker also drains gracefully when its master dies (``worker_link``), sends
-heartbeats for ``--timeout``, and asks to be replaced after ``--max-requests``.
-Signal handlers only record; the runner's greenlet decides what the signal
-means at that moment.
+So a signal to the whole process group (systemd, ``tini -g``, Ctrl-C) means
+to a worker exactly what the same signal to its master alone means. A worker
+also drains when its master dies, sends heartbeats for ``--timeout``, and asks
+to be replaced after ``--max-requests``. Signal handlers only record; the
+runner's greenlet decides what a signal means at that moment.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from gshutdown.exit_status import ExitStatus, fail
 from gshutdown.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
 from gshutdown.middleware import AccessLog, Readiness
 from gshutdown.server import Listener, Server, ShutdownResult
-from gshutdown.worker_link import WorkerLink
+from gshutdown.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
 from gshutdown.wsgi import WSGIApp
 
 log = logging.getLogger("gshutdown")
@@ -68,6 +70,8 @@ class SignalAction(enum.Enum):
     """What a signal asks of a serving process."""
 
     GRACEFUL = "graceful shutdown"
+    #: Turn unready, and drain on the master's order (or on its own, later).
+    AWAIT_MASTER = "graceful shutdown on the master's order"
     CLOSE_NOW = "close now"
     REOPEN_LOGS = "reopen logs"
     #: Reload, upgrade and the worker count need a master: say so, ignore it.
@@ -85,17 +89,27 @@ class Trigger(enum.Enum):
 
 _MASTER_ONLY = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
 _COMMON: Mapping[int, SignalAction] = {
-    signal.SIGTERM: SignalAction.GRACEFUL,
-    signal.SIGINT: SignalAction.GRACEFUL,
     signal.SIGQUIT: SignalAction.CLOSE_NOW,
     signal.SIGUSR1: SignalAction.REOPEN_LOGS,
 }
 #: What each signal means while serving. The default action of every one of
 #: them would end (or, for SIGTTIN/SIGTTOU, stop) the process mid-request.
 SIGNAL_ACTIONS: Mapping[Role, Mapping[int, SignalAction]] = {
-    Role.SINGLE: {**_COMMON, **{signum: SignalAction.NEEDS_MASTER for signum in _MASTER_ONLY}},
-    Role.WORKER: {**_COMMON, **{signum: SignalAction.IGNORE for signum in _MASTER_ONLY}},
+    Role.SINGLE: {
+        signal.SIGTERM: SignalAction.GRACEFUL,
+        signal.SIGINT: SignalAction.GRACEFUL,
+        **_COMMON,
+        **{signum: SignalAction.NEEDS_MASTER for signum in _MASTER_ONLY},
+    },
+    Role.WORKER: {
+        signal.SIGTERM: SignalAction.AWAIT_MASTER,
+        signal.SIGINT: SignalAction.AWAIT_MASTER,
+        DRAIN_SIGNAL: SignalAction.GRACEFUL,
+        **_COMMON,
+        **{signum: SignalAction.IGNORE for signum in _MASTER_ONLY},
+    },
 }
+_STOPS = (SignalAction.GRACEFUL, SignalAction.AWAIT_MASTER, SignalAction.CLOSE_NOW)
 
 StopRequest = Union[int, Trigger]
 
@@ -103,7 +117,7 @@ StopRequest = Union[int, Trigger]
 def action_for(role: Role, request: StopRequest, draining: bool) -> SignalAction:
     """What ``request`` means to a process of ``role``, before or during its drain."""
     action = SignalAction.GRACEFUL if isinstance(request, Trigger) else SIGNAL_ACTIONS[role][request]
-    if action is SignalAction.GRACEFUL and draining:
+    if action in (SignalAction.GRACEFUL, SignalAction.AWAIT_MASTER) and draining:
         # Only a single process decides to force on its own; a worker waits
         # for its master's SIGQUIT. A trigger never forces.
         forces = role is Role.SINGLE and not isinstance(request, Trigger)
@@ -115,6 +129,8 @@ def describe(request: StopRequest) -> str:
     """A signal's name (``SIGTERM``; the number if it has none), or a trigger's."""
     if isinstance(request, Trigger):
         return request.value
+    if request == DRAIN_SIGNAL:
+        return "the master's drain order"
     try:
         return signal.Signals(request).name
     except ValueError:
@@ -252,7 +268,19 @@ class Runner:
     def _serve_until_stopped(self) -> ExitStatus:
         first = self._next_request(draining=False, timeout=None)
         assert first is not None
-        if action_for(self.role, first, draining=False) is SignalAction.CLOSE_NOW:
+        action = action_for(self.role, first, draining=False)
+        if action is SignalAction.AWAIT_MASTER:
+            if self.readiness is not None:
+                self.readiness.set_draining()
+            log.info("%s: unready; draining on the master's order", describe(first))
+            order = self._next_request(draining=False, timeout=MASTER_ORDER_WAIT, skip=SignalAction.AWAIT_MASTER)
+            if order is None:
+                log.info("no order from the master within %g s: draining on my own", MASTER_ORDER_WAIT)
+                action = SignalAction.GRACEFUL
+            else:
+                first = order
+                action = action_for(self.role, order, draining=False)
+        if action is SignalAction.CLOSE_NOW:
             log.info("%s: closing every connection now", describe(first))
             return self._close_now()
         if self.role is Role.SINGLE:
@@ -268,11 +296,13 @@ class Runner:
                 return self._close_now()
         return self._drain()
 
-    def _next_request(self, *, draining: bool, timeout: Optional[float]) -> Optional[StopRequest]:
+    def _next_request(
+        self, *, draining: bool, timeout: Optional[float], skip: Optional[SignalAction] = None
+    ) -> Optional[StopRequest]:
         """The next request to stop (or, draining, to force); None after ``timeout`` seconds.
 
-        Requests that stop nothing (reopen the logs, a master's signal) are
-        dealt with here, whenever they come.
+        Requests that stop nothing (reopen the logs, a master's signal, and
+        ``skip``) are dealt with here, whenever they come.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -282,7 +312,7 @@ class Runner:
             except Empty:
                 return None
             action = action_for(self.role, request, draining)
-            if action in (SignalAction.GRACEFUL, SignalAction.CLOSE_NOW):
+            if action in _STOPS and action is not skip:
                 return request
             if action is SignalAction.REOPEN_LOGS:
                 log.info("%s: reopened %d log file(s)", describe(request), logs.reopen())
@@ -291,8 +321,8 @@ class Runner:
                     "%s ignored: reload, upgrade and worker counts need a master (--workers N)",
                     describe(request),
                 )
-            elif draining:
-                log.info("%s ignored: already draining", describe(request))
+            elif draining or action is skip:
+                log.info("%s ignored: already stopping", describe(request))
 
     def _drain(self) -> ExitStatus:
         started = time.monotonic()

@@ -477,4 +477,3 @@ class Server(StreamServer):
                 counts["hijacked"],
                 left,
             )
-

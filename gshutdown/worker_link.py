@@ -1,4 +1,4 @@
-"""What a worker and its master tell each other, over two pipes.
+"""What a worker and its master tell each other: two pipes and three signals.
 
 - The status pipe (worker -> master, one per worker) carries short lines:
   ``ready`` once serving, ``beat N`` as a heartbeat with N live connections
@@ -8,14 +8,36 @@
   end and never writes. When the master dies, however it dies (``kill -9``,
   the OOM killer), the kernel closes that end and every worker reads EOF at
   once: no polling of ``getppid()``, and no orphan keeps serving unsupervised.
+
+The master orders a worker with signals of its own, which nobody else sends:
+``DRAIN_SIGNAL`` (drain gracefully now), ``SIGQUIT`` (close everything now)
+and ``STACK_DUMP_SIGNAL``. A worker never takes SIGTERM or SIGINT as an order,
+because those also reach it from outside: systemd (``KillMode=control-group``),
+``tini -g`` and Ctrl-C signal the whole process group, master included. On
+SIGTERM a worker turns unready and waits (``MASTER_ORDER_WAIT``) for the
+master's drain order, which the master sends only after closing its own copies
+of the listeners: closed in that order, the last process to let go of a
+listener is a worker that first accepts what is queued on it, so a connect is
+either served or refused, never accepted by the kernel and then reset.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import signal
 from dataclasses import dataclass
 from typing import Optional
+
+_RTMIN = getattr(signal, "SIGRTMIN", None)
+#: The master's order to drain gracefully now (real-time: nothing else sends it).
+DRAIN_SIGNAL = _RTMIN + 2 if _RTMIN is not None else signal.SIGPROF
+#: The master's order to write every stack to the log (``logs.install_stack_dump``).
+STACK_DUMP_SIGNAL = _RTMIN + 1 if _RTMIN is not None else signal.SIGVTALRM
+#: Seconds a worker told SIGTERM from outside waits for the master's drain
+#: order before it drains on its own (the master is then gone or not told:
+#: someone signalled this worker alone).
+MASTER_ORDER_WAIT = 1.0
 
 READY = b"ready\n"
 RECYCLE = b"recycle\n"

@@ -9,15 +9,17 @@ sockets with timeouts: the test process is not monkey-patched.
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from tests import helpers
 
@@ -139,10 +141,18 @@ class GProcess:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    def send_signal(self, signum: int) -> float:
-        """Signal the child (only while it runs); returns ``time.monotonic()`` of the send."""
+    def send_signal(self, signum: int, *, group: bool = False) -> float:
+        """Signal the child (only while it runs); returns ``time.monotonic()`` of the send.
+
+        With ``group``, signal its whole process group (it leads one: it was
+        started in a new session), as systemd's ``KillMode=control-group``,
+        ``tini -g`` and Ctrl-C in a terminal do: its workers get it too.
+        """
         assert self.proc.poll() is None, f"process already exited ({self.proc.returncode}):\n{self.log()}"
-        os.kill(self.pid, signum)
+        if group:
+            os.killpg(self.pid, signum)
+        else:
+            os.kill(self.pid, signum)
         return time.monotonic()
 
     def wait(self, timeout: float = EXIT_TIMEOUT) -> int:
@@ -229,3 +239,148 @@ def refused(port: int, host: str = "127.0.0.1") -> bool:
 def wait_until(predicate: Any, timeout: float = PROCESS_IO_TIMEOUT, interval: float = 0.01) -> Any:
     """Poll ``predicate`` until it returns a true value; fail after ``timeout`` seconds."""
     return helpers.wait_until(predicate, timeout, interval)
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie nobody reaped yet counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+class LoadClients:
+    """``count`` threads looping keep-alive requests until stopped; bounded by ``limit`` seconds.
+
+    Each thread follows the retry policy of a careful HTTP client (urllib3's,
+    for idempotent requests): a request on a *reused* keep-alive connection that
+    is closed or reset before any response byte is retried once on a new
+    connection; anything else is a failure. With ``stop_on_refused``, a thread
+    stops when a new connection is refused or closed before any response byte
+    (the server is going away); a reset on a new connection is still a failure.
+
+    Args:
+        path: the request target for thread ``tid``'s request ``n``.
+    """
+
+    def __init__(
+        self,
+        port: int,
+        count: int = 4,
+        limit: float = 30.0,
+        *,
+        path: Callable[[int, int], str] = lambda tid, n: "/pid",
+        stop_on_refused: bool = False,
+    ) -> None:
+        self.port = port
+        self.limit = limit
+        self.path = path
+        self.stop_on_refused = stop_on_refused
+        self.ok = 0
+        self.retries = 0
+        self.closing_responses = 0
+        self.failures: list[str] = []
+        #: Bodies of the successful responses, in order.
+        self.bodies: list[bytes] = []
+        #: Targets whose response arrived whole.
+        self.completed: set[str] = set()
+        #: How each thread stopped: "refused", "closed fresh", "stopped" or "limit".
+        self.stops: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, args=(tid,), daemon=True) for tid in range(count)]
+
+    def __enter__(self) -> LoadClients:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self._stop.set()
+        self.join(timeout)
+
+    def join(self, timeout: float = 20.0) -> None:
+        """Wait for every thread to stop on its own (``stop_on_refused``); fail after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = sum(thread.is_alive() for thread in self._threads)
+        assert not alive, f"{alive} load client(s) still running after {timeout} s"
+
+    def _fail(self, what: str) -> None:
+        with self._lock:
+            self.failures.append(what)
+
+    def _loop(self, tid: int) -> None:
+        deadline = time.monotonic() + self.limit
+        conn: Optional[http.client.HTTPConnection] = None
+        reused = False
+        n = 0
+        stop = "stopped"
+        while True:
+            if self._stop.is_set():
+                break
+            if time.monotonic() > deadline:
+                stop = "limit"
+                break
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                reused = False
+            target = self.path(tid, n)
+            try:
+                conn.request("GET", target)
+                response = conn.getresponse()
+                body = response.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                conn = None
+                if reused:
+                    with self._lock:
+                        self.retries += 1
+                    continue  # retry once on a fresh connection
+                if self.stop_on_refused and isinstance(exc, http.client.RemoteDisconnected):
+                    stop = "closed fresh"
+                    break
+                self._fail(f"{target}: fresh connection: {exc!r}")
+                if self.stop_on_refused:
+                    break
+                continue
+            except ConnectionRefusedError as exc:
+                conn.close()
+                conn = None
+                if self.stop_on_refused:
+                    stop = "refused"
+                    break
+                self._fail(f"{target}: {exc!r}")
+                continue
+            except OSError as exc:
+                conn.close()
+                conn = None
+                self._fail(f"{target}: {exc!r}")
+                continue
+            n += 1
+            with self._lock:
+                if response.status == 200:
+                    self.ok += 1
+                    self.bodies.append(body)
+                    self.completed.add(target)
+                else:
+                    self.failures.append(f"{target}: status {response.status}")
+            reused = True
+            if response.getheader("Connection", "").lower() == "close":
+                with self._lock:
+                    self.closing_responses += 1
+                conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+        with self._lock:
+            self.stops.append(stop)
+
+    def served_since(self, mark: int) -> list[bytes]:
+        with self._lock:
+            return self.bodies[mark:]

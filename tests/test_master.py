@@ -13,83 +13,11 @@ import http.client
 import os
 import re
 import signal
-import threading
-import time
 from pathlib import Path
 
-from tests.process_helpers import PROBE, GProcess, free_port, get, gshutdown_argv, wait_until
+from tests.process_helpers import PROBE, GProcess, LoadClients, free_port, get, gone, gshutdown_argv, wait_until
 
 READY = r"master (\d+): (\d+) worker\(s\) ready"
-
-
-class LoadClients:
-    """``count`` threads looping keep-alive GETs until stopped; bounded by ``limit`` seconds."""
-
-    def __init__(self, port: int, count: int = 4, limit: float = 30.0) -> None:
-        self.port = port
-        self.limit = limit
-        self.ok = 0
-        self.retries = 0
-        self.failures: list[str] = []
-        self.pids: list[bytes] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(count)]
-
-    def __enter__(self) -> LoadClients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-    def _loop(self) -> None:
-        deadline = time.monotonic() + self.limit
-        conn: http.client.HTTPConnection | None = None
-        reused = False
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                reused = False
-            try:
-                conn.request("GET", "/pid")
-                response = conn.getresponse()
-                body = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                conn.close()
-                conn = None
-                if reused:
-                    with self._lock:
-                        self.retries += 1
-                    continue  # retry once on a fresh connection
-                with self._lock:
-                    self.failures.append(f"fresh connection: {exc!r}")
-                continue
-            except OSError as exc:
-                conn.close()
-                conn = None
-                with self._lock:
-                    self.failures.append(repr(exc))
-                continue
-            with self._lock:
-                if response.status == 200:
-                    self.ok += 1
-                    self.pids.append(body)
-                else:
-                    self.failures.append(f"status {response.status}")
-            reused = True
-            if response.getheader("Connection", "").lower() == "close":
-                conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
-
-    def served_since(self, mark: int) -> list[bytes]:
-        with self._lock:
-            return self.pids[mark:]
 
 
 def _app_file(tmp_path: Path, body: str = "v1") -> Path:
@@ -157,7 +85,7 @@ def test_sighup_reload_under_load_loses_no_request(tmp_path: Path) -> None:
             app.write_text(app.read_text().replace("'v1 '", "'v2 '"))
             master.send_signal(signal.SIGHUP)
             master.wait_for_log(r"reload done: generation 2 serving")
-            mark = len(load.pids)
+            mark = len(load.bodies)
             wait_until(lambda: any(pid.startswith(b"v2") for pid in load.served_since(mark)))
             wait_until(lambda: len(re.findall(r"exited with status 0", master.log())) == 2)
             wait_until(lambda: len(load.served_since(mark)) > 100)
@@ -165,7 +93,7 @@ def test_sighup_reload_under_load_loses_no_request(tmp_path: Path) -> None:
         assert master.wait() == 0
     assert load.failures == []
     assert load.ok > 150
-    assert all(pid.startswith(b"v2") for pid in load.pids[-20:]), load.pids[-20:]
+    assert all(pid.startswith(b"v2") for pid in load.bodies[-20:]), load.bodies[-20:]
 
 
 def test_reload_with_a_broken_app_keeps_the_old_workers(tmp_path: Path) -> None:
@@ -199,22 +127,15 @@ def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Pa
                 match = master.wait_for_log(r"upgrade: new master (\d+) is serving", timeout=20)
                 new_pid = int(match.group(1))
                 assert master.wait() == 0  # the old master drained and left
-                mark = len(load.pids)
+                mark = len(load.bodies)
                 wait_until(lambda: len(load.served_since(mark)) > 100)
             assert load.failures == []
             assert pidfile.read_text().strip() == str(new_pid)
         finally:
             if new_pid:
                 os.kill(new_pid, signal.SIGTERM)  # started by our master's upgrade
-                wait_until(lambda: not Path(f"/proc/{new_pid}").exists() or _zombie(new_pid), timeout=20)
+                wait_until(lambda: gone(new_pid), timeout=20)
     assert not pidfile.exists()
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_single_process_ignores_sighup_and_sigusr2_and_keeps_serving(tmp_path: Path) -> None:

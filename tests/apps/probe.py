@@ -1,14 +1,22 @@
-"""A test application for the CLI and signal tests.
+"""A test application for the CLI, signal and master tests.
 
-``GET /``            hello (13 bytes)
-``GET /patched``     whether ``gevent.monkey`` patched ``socket``: ``True``/``False``
-``GET /slow?s=N``    logs "slow request started", sleeps N seconds, answers ``slept N``
+``GET /``               hello (13 bytes)
+``GET /patched``        whether ``gevent.monkey`` patched ``socket``: ``True``/``False``
+``GET /slow?s=N``       logs "slow request started", sleeps N seconds, answers ``slept N``
+``GET /pid``            the serving process's pid
+``GET /multiprocess``   ``wsgi.multiprocess``: ``True``/``False``
+``GET /echo/ID``        logs "echo ID", answers ``ID``: a request the log shows reached the app
+``GET /stream?n=N&s=S`` logs "stream started", then N chunks ``chunk K\\n``, S seconds apart
+``POST /upload``        logs "upload started" at the first body bytes, reads the rest, answers the byte count
+``GET /spin?s=N``       logs "spin started", then keeps the CPU (and the event loop) busy for N seconds
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+import os
+import time
+from typing import Any, Callable, Iterator
 from urllib.parse import parse_qs
 
 import gevent
@@ -20,16 +28,60 @@ log = logging.getLogger("tests.apps.probe")
 NOT_CALLABLE = "a string"
 
 
-def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+def _query(environ: dict[str, Any], name: str, default: str) -> float:
+    return float(parse_qs(environ["QUERY_STRING"]).get(name, [default])[0])
+
+
+def _stream(count: int, pause: float) -> Iterator[bytes]:
+    log.info("stream started")
+    for index in range(count):
+        if index:
+            gevent.sleep(pause)
+        yield f"chunk {index}\n".encode()
+
+
+def spin_the_cpu(seconds: float) -> None:
+    """Busy for ``seconds`` without yielding: what a CPU-bound legacy handler does to the hub."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
     path = environ["PATH_INFO"]
+    headers = [("Content-Type", "text/plain")]
+    if path == "/stream":
+        start_response("200 OK", headers)
+        return _stream(int(_query(environ, "n", "5")), _query(environ, "s", "0.2"))
     if path == "/patched":
         body = str(gevent.monkey.is_module_patched("socket")).encode()
     elif path == "/slow":
-        seconds = float(parse_qs(environ["QUERY_STRING"]).get("s", ["1"])[0])
+        seconds = _query(environ, "s", "1")
         log.info("slow request started (%g s)", seconds)
         gevent.sleep(seconds)
         body = f"slept {seconds:g}".encode()
+    elif path == "/pid":
+        body = str(os.getpid()).encode()
+    elif path == "/multiprocess":
+        body = str(environ["wsgi.multiprocess"]).encode()
+    elif path.startswith("/echo/"):
+        log.info("echo %s", path[6:])
+        body = path[6:].encode()
+    elif path == "/upload":
+        stream = environ["wsgi.input"]
+        total = len(stream.read(65536))
+        log.info("upload started")
+        while True:
+            data = stream.read(65536)
+            if not data:
+                break
+            total += len(data)
+        body = str(total).encode()
+    elif path == "/spin":
+        log.info("spin started")
+        spin_the_cpu(_query(environ, "s", "1"))
+        body = b"spun"
     else:
         body = b"Hello, World!"
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    start_response("200 OK", [*headers, ("Content-Length", str(len(body)))])
     return [body]
