@@ -471,7 +471,7 @@ class Master:
             elif timeout and worker.ready and not worker.stuck and now - worker.last_beat > timeout:
                 log.error(
                     "worker %d: no heartbeat for %.1f s (--timeout %g): its event loop is blocked; "
-                    "its stack follows; killing it (%d connection(s) forced)",
+                    "its stack follows; killing it and forcing its connections (%d at its last heartbeat)",
                     worker.pid,
                     now - worker.last_beat,
                     timeout,

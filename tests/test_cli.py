@@ -83,6 +83,12 @@ def test_app_that_cannot_be_loaded_is_one_line_and_exit_2(spec: str, message: st
     assert message in line
 
 
+@pytest.mark.parametrize("option", ["--max-requests", "--timeout"])
+def test_worker_options_without_workers_are_one_line_and_exit_2(option: str) -> None:
+    result = run_cli(option, "10", PROBE)
+    assert f"{option} needs --workers" in assert_one_line_error(result, 2)
+
+
 def test_invalid_env_bind_is_one_line_and_exit_2() -> None:
     result = run_cli(PROBE, env={"GSHUTDOWN_BIND": "not-an-address"})
     assert "GSHUTDOWN_BIND" in assert_one_line_error(result, 2)

@@ -138,14 +138,33 @@ def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Pa
     assert not pidfile.exists()
 
 
-def test_single_process_ignores_sighup_and_sigusr2_and_keeps_serving(tmp_path: Path) -> None:
+def test_single_process_ignores_the_master_signals_and_keeps_serving(tmp_path: Path) -> None:
     port = free_port()
     proc = GProcess(gshutdown_argv(PROBE, "-b", f"127.0.0.1:{port}"), tmp_path / "single.log")
     with proc:
         proc.wait_listening(timeout=20)
-        for signum, name in ((signal.SIGHUP, "SIGHUP"), (signal.SIGUSR2, "SIGUSR2")):
+        for signum in (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU):
             proc.send_signal(signum)
-            proc.wait_for_log(rf"{name} ignored: reload, upgrade and worker counts need a master")
+            proc.wait_for_log(rf"{signum.name} ignored: reload, upgrade and worker counts need a master")
         assert get(port, "/")[2] == b"Hello, World!"
+        assert get(port, "/multiprocess")[2] == b"False"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait() == 0
+
+
+def test_single_process_sigusr1_reopens_the_access_log(tmp_path: Path) -> None:
+    port = free_port()
+    access = tmp_path / "access.log"
+    proc = GProcess(gshutdown_argv(PROBE, "-b", f"127.0.0.1:{port}", "--access-log", str(access)), tmp_path / "log")
+    with proc:
+        proc.wait_listening(timeout=20)
+        get(port, "/first")
+        wait_until(lambda: access.exists() and "/first" in access.read_text())
+        access.rename(tmp_path / "access.log.1")
+        proc.send_signal(signal.SIGUSR1)
+        proc.wait_for_log(r"SIGUSR1: reopened 1 log file\(s\)")
+        get(port, "/second")
+        wait_until(lambda: access.exists() and "/second" in access.read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == 0
+    assert "/second" not in (tmp_path / "access.log.1").read_text()
