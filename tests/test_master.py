@@ -15,9 +15,15 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.process_helpers import PROBE, GProcess, LoadClients, free_port, get, gone, gshutdown_argv, wait_until
 
 READY = r"master (\d+): (\d+) worker\(s\) ready"
+
+#: Each master test runs twice: signals to the master's pid, and to its whole
+#: process group (systemd's KillMode=control-group, tini -g, Ctrl-C).
+by_pid_and_group = pytest.mark.parametrize("group", [False, True], ids=["pid", "group"])
 
 
 def _app_file(tmp_path: Path, body: str = "v1") -> Path:
@@ -45,14 +51,15 @@ def _start(tmp_path: Path, app: str, port: int, *extra: str) -> GProcess:
     return proc
 
 
-def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path: Path) -> None:
+@by_pid_and_group
+def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path: Path, group: bool) -> None:
     port = free_port()
     with _start(tmp_path, PROBE, port) as master:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
             conn.request("GET", "/slow?s=0.5")
             master.wait_for_log("slow request started")
-            master.send_signal(signal.SIGTERM)
+            master.send_signal(signal.SIGTERM, group=group)
             response = conn.getresponse()
             assert response.status == 200
             assert response.read() == b"slept 0.5"
@@ -63,7 +70,8 @@ def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path: Path) -> N
         assert len(re.findall(r"worker \d+ exited with status 0", master.log())) == 2
 
 
-def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
+@by_pid_and_group
+def test_a_killed_worker_is_replaced(tmp_path: Path, group: bool) -> None:
     port = free_port()
     with _start(tmp_path, PROBE, port) as master:
         victim = int(re.findall(r"worker (\d+) ready", master.log())[0])
@@ -72,36 +80,38 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         mark = master.wait_for_log(r"restarting").end()
         master.wait_for_log(r"worker \d+ ready", start=mark)
         assert get(port, "/")[2] == b"Hello, World!"
-        master.send_signal(signal.SIGTERM)
+        master.send_signal(signal.SIGTERM, group=group)
         assert master.wait() == 0
 
 
-def test_sighup_reload_under_load_loses_no_request(tmp_path: Path) -> None:
+@by_pid_and_group
+def test_sighup_reload_under_load_loses_no_request(tmp_path: Path, group: bool) -> None:
     app = _app_file(tmp_path, "v1")
     port = free_port()
     with _start(tmp_path, str(app), port) as master:
         with LoadClients(port) as load:
             wait_until(lambda: load.ok > 50)
             app.write_text(app.read_text().replace("'v1 '", "'v2 '"))
-            master.send_signal(signal.SIGHUP)
+            master.send_signal(signal.SIGHUP, group=group)
             master.wait_for_log(r"reload done: generation 2 serving")
             mark = len(load.bodies)
             wait_until(lambda: any(pid.startswith(b"v2") for pid in load.served_since(mark)))
             wait_until(lambda: len(re.findall(r"exited with status 0", master.log())) == 2)
             wait_until(lambda: len(load.served_since(mark)) > 100)
-        master.send_signal(signal.SIGTERM)
+        master.send_signal(signal.SIGTERM, group=group)
         assert master.wait() == 0
     assert load.failures == []
     assert load.ok > 150
     assert all(pid.startswith(b"v2") for pid in load.bodies[-20:]), load.bodies[-20:]
 
 
-def test_reload_with_a_broken_app_keeps_the_old_workers(tmp_path: Path) -> None:
+@by_pid_and_group
+def test_reload_with_a_broken_app_keeps_the_old_workers(tmp_path: Path, group: bool) -> None:
     app = _app_file(tmp_path, "v1")
     port = free_port()
     with _start(tmp_path, str(app), port) as master:
         app.write_text("raise RuntimeError('broken deploy')\n")
-        master.send_signal(signal.SIGHUP)
+        master.send_signal(signal.SIGHUP, group=group)
         master.wait_for_log(r"reload failed")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
@@ -110,11 +120,12 @@ def test_reload_with_a_broken_app_keeps_the_old_workers(tmp_path: Path) -> None:
                 assert conn.getresponse().read().startswith(b"v1 ")
         finally:
             conn.close()
-        master.send_signal(signal.SIGTERM)
+        master.send_signal(signal.SIGTERM, group=group)
         assert master.wait() == 0
 
 
-def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Path) -> None:
+@by_pid_and_group
+def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Path, group: bool) -> None:
     port = free_port()
     pidfile = tmp_path / "gshutdown.pid"
     with _start(tmp_path, PROBE, port, "--pid", str(pidfile)) as master:
@@ -123,7 +134,7 @@ def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Pa
         try:
             with LoadClients(port) as load:
                 wait_until(lambda: load.ok > 50)
-                master.send_signal(signal.SIGUSR2)
+                master.send_signal(signal.SIGUSR2, group=group)
                 match = master.wait_for_log(r"upgrade: new master (\d+) is serving", timeout=20)
                 new_pid = int(match.group(1))
                 assert master.wait() == 0  # the old master drained and left
