@@ -183,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --workers: seconds new workers or a new master get to become ready (default 30)",
     )
     p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        default=False,
+        help="with --workers: each worker listens on its own SO_REUSEPORT socket, and the kernel spreads "
+        "connections over them (default: one shared accept queue)",
+    )
+    p.add_argument(
         "--max-requests",
         type=_count_or_zero,
         default=_env("MAX_REQUESTS", "0"),
@@ -218,6 +225,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     try:
         args.no_monkey_patch = args.no_monkey_patch or _env_flag("NO_MONKEY_PATCH")
         args.preload = args.preload or _env_flag("PRELOAD")
+        args.reuse_port = args.reuse_port or _env_flag("REUSE_PORT")
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     if not args.bind:
@@ -227,9 +235,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         except argparse.ArgumentTypeError as exc:
             parser.error(f"GSHUTDOWN_BIND: {exc}")
     if not args.workers:
-        for name in ("max_requests", "timeout"):
+        for name in ("max_requests", "timeout", "reuse_port"):
             if getattr(args, name):
-                parser.error(f"--{name.replace('_', '-')} needs --workers (a master to start the replacement)")
+                parser.error(f"--{name.replace('_', '-')} needs --workers")
     return args
 
 

@@ -93,14 +93,19 @@ def main(args: argparse.Namespace) -> ExitStatus:
     logs.configure(args.log_level, access_log_path=args.access_log, error_log_path=args.error_log)
     runner.warn_if_over_kubernetes_grace(args)
     try:
-        listeners = bind_listeners(args.bind, args.backlog)
+        listeners = bind_listeners(args.bind, args.backlog, reuse_port=args.reuse_port)
     except OSError as exc:
         return fail(str(exc), ExitStatus.START_FAILED)
     return Master(args, listeners).run()
 
 
-def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
-    """Listening sockets: inherited from an old master, from systemd, or bound now."""
+def bind_listeners(binds: Sequence[Any], backlog: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Listening sockets: inherited from an old master, from systemd, or bound now.
+
+    With ``reuse_port``, TCP sockets are bound with ``SO_REUSEPORT`` but not
+    listened on: each worker listens on one of its own (``own_listener``),
+    and the master's only holds the address (and tells a busy port at once).
+    """
     inherited = os.environ.pop(LISTEN_FDS_ENV, "")
     if inherited:
         return [socket.socket(fileno=int(fd)) for fd in inherited.split(",")]
@@ -110,7 +115,7 @@ def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
     sockets = []
     try:
         for bind in binds:
-            sockets.append(_bind(bind, backlog))
+            sockets.append(_bind(bind, backlog, reuse_port))
     except OSError:
         for sock in sockets:
             sock.close()
@@ -118,23 +123,44 @@ def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
     return sockets
 
 
-def _bind(bind: Any, backlog: int) -> socket.socket:
+def _bind(bind: Any, backlog: int, reuse_port: bool) -> socket.socket:
     try:
         if isinstance(bind, str):
             return bind_unix(bind[len("unix:") :], backlog)
         host, port = bind
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(backlog)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return _tcp_listener(family, (host, port), None if reuse_port else backlog, reuse_port)
     except OSError as exc:
         raise OSError(exc.errno, cannot_listen(bind, exc)) from None
+
+
+def _tcp_listener(family: int, address: Any, backlog: Optional[int], reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if backlog is not None:
+            sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def own_listener(shared: socket.socket, backlog: int) -> socket.socket:
+    """A worker's own listener on ``shared``'s address (``--reuse-port``).
+
+    The kernel spreads new connections over every ``SO_REUSEPORT`` listener of
+    a port by a hash of the peer's address, instead of letting the workers
+    race for one accept queue. Unix sockets cannot: they stay shared.
+    """
+    if shared.family == socket.AF_UNIX:
+        return shared
+    own = _tcp_listener(shared.family, shared.getsockname(), backlog, reuse_port=True)
+    shared.close()
+    return own
 
 
 def signame(signum: int) -> str:
@@ -310,7 +336,10 @@ class Master:
             logs.install_stack_dump(STACK_DUMP_SIGNAL)
             heartbeat = min(self.args.timeout / 4, 1.0) if self.args.timeout else None
             link = WorkerLink(status_fd, self._liveness_r, heartbeat=heartbeat)
-            code = runner.serve(self.args, self.listeners, link=link)
+            listeners = self.listeners
+            if self.args.reuse_port:
+                listeners = [own_listener(sock, self.args.backlog) for sock in listeners]
+            code = runner.serve(self.args, listeners, link=link)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:

@@ -83,9 +83,10 @@ def test_app_that_cannot_be_loaded_is_one_line_and_exit_2(spec: str, message: st
     assert message in line
 
 
-@pytest.mark.parametrize("option", ["--max-requests", "--timeout"])
+@pytest.mark.parametrize("option", ["--max-requests=10", "--timeout=10", "--reuse-port"])
 def test_worker_options_without_workers_are_one_line_and_exit_2(option: str) -> None:
-    result = run_cli(option, "10", PROBE)
+    result = run_cli(option, PROBE)
+    option = option.partition("=")[0]
     assert f"{option} needs --workers" in assert_one_line_error(result, 2)
 
 

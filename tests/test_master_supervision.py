@@ -251,3 +251,31 @@ def test_max_blocking_time_logs_the_greenlet_that_blocks_the_hub(tmp_path: Path)
         assert get(port, "/")[0] == 200  # logged, not killed
         proc.send_signal(signal.SIGTERM)
         assert proc.wait() == ExitStatus.OK
+
+
+def _listening_sockets(port: int) -> int:
+    """LISTEN entries for ``port`` in the kernel's IPv4 TCP table."""
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[1].endswith(f":{port:04X}") and row.split()[3] == "0A")
+
+
+def test_reuse_port_gives_each_worker_its_own_listener_and_the_kernel_spreads_connections(tmp_path: Path) -> None:
+    port = free_port()
+    with _master(tmp_path, port, "--reuse-port") as master:
+        assert _listening_sockets(port) == 2
+        pids = [get(port, "/pid")[2] for _ in range(60)]
+        assert len(set(pids)) == 2
+        master.send_signal(signal.SIGTTIN)
+        master.wait_for_log(r"SIGTTIN: 3 worker\(s\) now")
+        wait_until(lambda: _listening_sockets(port) == 3)
+        master.send_signal(signal.SIGTERM)
+        assert master.wait() == ExitStatus.OK
+    assert _listening_sockets(port) == 0
+
+
+def test_shared_listener_by_default(tmp_path: Path) -> None:
+    port = free_port()
+    with _master(tmp_path, port) as master:
+        assert _listening_sockets(port) == 1
+        master.send_signal(signal.SIGTERM)
+        assert master.wait() == ExitStatus.OK

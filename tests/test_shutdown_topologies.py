@@ -7,6 +7,7 @@ Each scenario runs against:
 - ``workers-group``: the same, signalled as a process group (systemd's default
   ``KillMode=control-group``, ``tini -g``, Ctrl-C in a terminal): master and
   workers get every signal at once;
+- ``reuseport-pid``: two workers with ``--reuse-port`` (a listener each), by pid;
 - ``single-group``: one process, signalled as a group (Ctrl-C).
 
 A signal to the group must mean exactly what a signal to the master alone
@@ -43,7 +44,7 @@ from tests.process_helpers import (
 )
 from tests.shutdown_helpers import EOF, read_raw
 
-TOPOLOGIES = ["workers-pid", "workers-group", "single-group"]
+TOPOLOGIES = ["workers-pid", "workers-group", "reuseport-pid", "single-group"]
 
 
 @dataclass
@@ -60,9 +61,12 @@ class Deployment:
 
 @pytest.fixture(params=TOPOLOGIES)
 def deploy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deployment]:
-    workers = 2 if request.param.startswith("workers") else 0
+    workers = 0 if request.param.startswith("single") else 2
     port = free_port()
-    argv = gshutdown_argv(PROBE, "-b", f"127.0.0.1:{port}", *(["-w", str(workers)] if workers else []))
+    extra = ["-w", str(workers)] if workers else []
+    if request.param.startswith("reuseport"):
+        extra.append("--reuse-port")
+    argv = gshutdown_argv(PROBE, "-b", f"127.0.0.1:{port}", *extra)
     proc = GProcess(argv, tmp_path / "server.log")
     with proc:
         if workers:
