@@ -10,11 +10,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from gshutdown.forwarded import TrustedProxies
 from gshutdown.protocol.parser import (
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_HEADER_COUNT,
     DEFAULT_MAX_REQUEST_LINE,
 )
+
+#: Values of ``cert_reqs``.
+CERT_REQS = ("none", "optional", "required")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,36 @@ class Config:
     #: ``Server`` header value; empty to send none.
     server_header: str = "gshutdown"
 
+    # -- behind a proxy (see ``gshutdown.forwarded``) --
+    #: Peers whose ``X-Forwarded-For``/``X-Forwarded-Proto``/``Forwarded``
+    #: headers and PROXY protocol addresses are believed: comma-separated IP
+    #: addresses and CIDR networks, ``"*"`` for every peer; unix-socket peers
+    #: always are (gunicorn ``forwarded_allow_ips="127.0.0.1,::1"``).
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    #: Take ``REMOTE_ADDR``/``REMOTE_PORT`` and ``wsgi.url_scheme`` from a
+    #: trusted peer's forwarding headers (uvicorn ``proxy_headers=True``).
+    proxy_headers: bool = True
+    #: Every connection begins with a PROXY protocol v1 or v2 header (HAProxy
+    #: ``send-proxy``, nginx ``proxy_protocol``, AWS NLB); one that does not
+    #: gets 400 and is closed. Read within ``read_header_timeout`` of the
+    #: accept (gunicorn ``proxy_protocol=False``).
+    proxy_protocol: bool = False
+
+    # -- TLS (see ``gshutdown.tls``) --
+    #: PEM certificate chain; setting it serves HTTPS (gunicorn ``certfile``).
+    certfile: Optional[str] = None
+    #: PEM private key; None: it is in ``certfile`` (gunicorn ``keyfile``).
+    keyfile: Optional[str] = None
+    #: PEM CA bundle to verify client certificates with (gunicorn ``ca_certs``).
+    ca_certs: Optional[str] = None
+    #: Client certificates: ``"none"``, ``"optional"`` or ``"required"``;
+    #: None: ``"required"`` with ``ca_certs``, else ``"none"`` (gunicorn
+    #: ``cert_reqs``, uvicorn ``ssl_cert_reqs``, whose default is none).
+    cert_reqs: Optional[str] = None
+    #: OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's own);
+    #: None: Python's defaults (gunicorn ``ciphers``).
+    ciphers: Optional[str] = None
+
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
@@ -66,6 +100,15 @@ class Config:
                 raise ValueError(f"{field.name} must not be negative, got {value!r}")
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        TrustedProxies(self.forwarded_allow_ips)  # raises ValueError naming the bad entry
+        if self.certfile is None:
+            for name in ("keyfile", "ca_certs", "cert_reqs", "ciphers"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} needs certfile (TLS is off without it)")
+        if self.cert_reqs not in (None, *CERT_REQS):
+            raise ValueError(f"cert_reqs must be one of {', '.join(CERT_REQS)}, not {self.cert_reqs!r}")
+        if self.cert_reqs in ("optional", "required") and self.ca_certs is None:
+            raise ValueError(f"cert_reqs={self.cert_reqs!r} needs ca_certs to verify client certificates with")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (unknown names raise TypeError)."""

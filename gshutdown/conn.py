@@ -10,6 +10,10 @@ timer the server may shorten from outside (``shorten_wait()``), which is how a
 shutdown gives an idle connection a short read deadline without throwing an
 exception into a greenlet that may, by the time it lands, be serving a request.
 
+Before the first request comes the prelude (``_prepare()``): the PROXY
+protocol header when configured, and in ``gshutdown.tls`` the TLS handshake,
+all within ``read_header_timeout`` of the accept, the connection NEW all along.
+
 States move only through ``state.move()``: NEW on accept, ACTIVE on the first
 byte of a request (or when a pipelined one is already buffered), IDLE after a
 response when nothing of the next request has arrived, and CLOSED or HIJACKED
@@ -34,6 +38,7 @@ from gshutdown.protocol import (
     Request,
     RequestParser,
 )
+from gshutdown.protocol.proxy_protocol import V1_MAX_LENGTH, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from gshutdown.protocol.writer import error_response
 from gshutdown.state import ConnState, move
 
@@ -84,9 +89,15 @@ class Connection:
         created: ``time.monotonic()`` at accept, in seconds.
         request_line: the current or last request line, e.g. ``"GET / HTTP/1.1"``.
         requests: how many requests have been read on this connection.
+        proxy_header: the PROXY protocol header it began with (with
+            ``Config.proxy_protocol``), a ``ProxyHeader``; else None.
     """
 
     _next_id = 0
+    # Class-level defaults: set per connection only when in use.
+    proxy_header: Optional[ProxyHeader] = None
+    #: Whether this connection's forwarding headers are believed (set by the WSGI adapter).
+    forwarded_trusted = False
 
     def __init__(self, server: Server, sock: socket.socket, peer: Any) -> None:
         Connection._next_id += 1
@@ -149,7 +160,8 @@ class Connection:
                 # plus the client's delayed ACK.
                 self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sock.settimeout(self.config.write_timeout)
-            self._serve_requests()
+            if self._prepare():
+                self._serve_requests()
         except GreenletExit:
             pass  # forced close by the server: nothing to report per request
         except _CLIENT_GONE:
@@ -166,6 +178,73 @@ class Connection:
                 # for a shutdown to close, so stop tracking it.
                 self.server.registry.forget(self)
             self._parser.close()
+
+    def _prepare(self) -> bool:
+        """What comes before the first request (the PROXY header); False: close."""
+        if self.config.proxy_protocol:
+            return self._read_proxy_header()
+        return True
+
+    def _prelude_timeout(self, deadline: Optional[float]) -> Optional[float]:
+        """Seconds the next wait before the first request may take.
+
+        The whole prelude (PROXY header, TLS handshake) must end by
+        ``deadline`` (``read_header_timeout`` after the accept). The
+        connection is NEW all along, so once a shutdown has started each wait
+        gets ``idle_grace`` at most, as a NEW connection waiting for its
+        first byte does.
+        """
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if self.server.shutdown_started and (timeout is None or timeout > self.config.idle_grace):
+            timeout = self.config.idle_grace
+        return timeout
+
+    def _prelude_deadline(self) -> Optional[float]:
+        """``time.monotonic()`` by which the prelude must be over (None: no limit)."""
+        timeout = self.config.read_header_timeout
+        return None if timeout is None else self.created + timeout
+
+    def _read_proxy_header(self) -> bool:
+        """Read exactly the PROXY header (the next byte may be TLS's); False: close.
+
+        Bytes are peeked, and only those known to be header are taken, so a
+        client's first bytes stay in the socket for whoever reads next. A
+        malformed header gets 400 and the connection closes: nothing reaches
+        the application.
+        """
+        raw = self._raw
+        deadline = self._prelude_deadline()
+        received = b""
+        wanted = V1_MAX_LENGTH
+        while True:
+            try:
+                peeked = raw.recv(wanted - len(received), socket.MSG_PEEK)
+            except BlockingIOError:
+                peeked = None
+            except InterruptedError:
+                continue
+            except ConnectionError:
+                return False
+            if peeked is not None:
+                if not peeked:
+                    return False
+                try:
+                    header, length = parse_proxy_header(received + peeked)
+                except ProxyProtocolError as exc:
+                    log.info("connection from %s refused: %s", self.peer, exc)
+                    self.send_error(400, "Bad Request (invalid PROXY protocol header)")
+                    self._linger_close()
+                    return False
+                # Peeked bytes are in the socket already: these reads take
+                # them without waiting. Incomplete, every byte peeked is header.
+                taken = raw.recv(len(peeked) if header is None else length - len(received))
+                received += taken
+                if header is not None:
+                    self.proxy_header = header
+                    return True
+                wanted = length
+            if not self._wait_readable(self._prelude_timeout(deadline)):
+                return False
 
     def _serve_requests(self) -> None:
         server = self.server

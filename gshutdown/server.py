@@ -40,10 +40,12 @@ from gevent.server import StreamServer
 from gshutdown.addresses import bind_unix
 from gshutdown.config import Config
 from gshutdown.conn import Connection
+from gshutdown.forwarded import TrustedProxies
 from gshutdown.hooks import HookList, HookOutcome, HookPhase, join_drain_hooks
 from gshutdown.jobs import JobFn, PeriodicJob, Scheduler
 from gshutdown.registry import ConnRegistry, ConnStateHook
 from gshutdown.state import ConnState
+from gshutdown.tls import TLSConnection, server_context
 from gshutdown.wsgi import WSGIAdapter, WSGIApp
 
 log = logging.getLogger("gshutdown")
@@ -106,6 +108,10 @@ class Server(StreamServer):
         config: a ``Config``; keyword ``options`` override its fields.
         multiprocess: other processes serve the same listeners (a master's
             workers): PEP 3333's ``wsgi.multiprocess``.
+
+    Raises:
+        ValueError: an option is invalid; ``gshutdown.tls.TLSConfigError``
+            (a ValueError) when a TLS file cannot be used.
     """
 
     def __init__(
@@ -119,6 +125,11 @@ class Server(StreamServer):
         **options: Any,
     ) -> None:
         self.config = (config or Config()).replace(**options) if options else (config or Config())
+        #: Peers whose forwarding headers and PROXY addresses are believed.
+        self.trusted_proxies = TrustedProxies(self.config.forwarded_allow_ips)
+        #: The TLS context when ``config.certfile`` is set (HTTPS), else None.
+        self.ssl_context = server_context(self.config) if self.config.certfile else None
+        self.connection_class: type[Connection] = TLSConnection if self.ssl_context else Connection
         self._owns_unix_path = False
         if isinstance(listener, str) and listener.startswith("unix:"):
             listener = bind_unix(listener[5:], self.config.backlog)
@@ -172,14 +183,14 @@ class Server(StreamServer):
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         """Serve one accepted socket in the calling greenlet."""
-        conn = Connection(self, sock, address)
+        conn = self.connection_class(self, sock, address)
         conn.greenlet = getcurrent()
         conn.serve()
 
     def do_handle(self, sock: socket.socket, address: Any) -> None:
         # Registered here, in the accept path, rather than when the greenlet
         # first runs: a connection accepted is a connection shutdown waits for.
-        conn = Connection(self, sock, address)
+        conn = self.connection_class(self, sock, address)
         conn.greenlet = self._spawn(conn.serve)
 
     def do_close(self, *args: Any) -> None:
@@ -190,7 +201,7 @@ class Server(StreamServer):
         address = self.address
         if isinstance(address, tuple):
             return str(address[0]), str(address[1])
-        return str(address), "80"
+        return str(address), "443" if self.ssl_context else "80"
 
     def http_date(self) -> str:
         """The current time as an HTTP date, formatted once a second."""
@@ -388,7 +399,7 @@ class Server(StreamServer):
             if self.full():
                 # Past max_connections: serve it anyway, rather than let the
                 # listener's close reset it; joined with the pool's greenlets.
-                conn = Connection(self, *accepted)
+                conn = self.connection_class(self, *accepted)
                 conn.greenlet = gevent.spawn(conn.serve)
                 self._overflow.append(conn.greenlet)
             else:

@@ -37,6 +37,14 @@ def test_defaults_are_present_and_documented_values() -> None:
         "backlog": 2048,
         "keep_alive": True,
         "server_header": "gshutdown",
+        "forwarded_allow_ips": "127.0.0.1,::1",
+        "proxy_headers": True,
+        "proxy_protocol": False,
+        "certfile": None,
+        "keyfile": None,
+        "ca_certs": None,
+        "cert_reqs": None,
+        "ciphers": None,
     }
     assert DEFAULT_MAX_HEADER_BYTES == 64 * 1024
 
@@ -115,3 +123,28 @@ def test_replace_validates_like_the_constructor() -> None:
 def test_replace_with_an_unknown_name_raises_type_error() -> None:
     with pytest.raises(TypeError):
         Config().replace(idle_timout=1.0)
+
+
+@pytest.mark.parametrize("spec", ["*", "", "10.0.0.0/8,::1", "192.0.2.1"])
+def test_forwarded_allow_ips_accepts_addresses_networks_and_star(spec: str) -> None:
+    assert Config(forwarded_allow_ips=spec).forwarded_allow_ips == spec
+
+
+def test_forwarded_allow_ips_rejects_a_bad_entry_naming_it() -> None:
+    with pytest.raises(ValueError, match="forwarded_allow_ips: 'proxy.internal' is not"):
+        Config(forwarded_allow_ips="127.0.0.1,proxy.internal")
+
+
+@pytest.mark.parametrize("name", ["keyfile", "ca_certs", "ciphers"])
+def test_tls_settings_need_certfile(name: str) -> None:
+    with pytest.raises(ValueError, match=f"^{name} needs certfile"):
+        Config(**{name: "x"})
+
+
+def test_cert_reqs_values_and_their_need_for_ca_certs() -> None:
+    assert Config(certfile="c.pem", cert_reqs="none").cert_reqs == "none"
+    assert Config(certfile="c.pem", ca_certs="ca.pem", cert_reqs="optional").cert_reqs == "optional"
+    with pytest.raises(ValueError, match="cert_reqs must be one of none, optional, required"):
+        Config(certfile="c.pem", cert_reqs="always")
+    with pytest.raises(ValueError, match="cert_reqs='required' needs ca_certs"):
+        Config(certfile="c.pem", cert_reqs="required")
