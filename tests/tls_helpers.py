@@ -1,0 +1,102 @@
+"""Certificates for the TLS tests, made by the ``openssl`` binary when the tests run.
+
+Nothing is checked in: a server certificate for ``localhost``, ``127.0.0.1``
+and ``::1`` (self-signed, so clients verify against the certificate itself),
+a CA with one client certificate for mutual TLS, and the server key again
+encrypted with a passphrase. EC P-256 keys: quick to make and to handshake.
+A missing ``openssl`` fails the tests that need it (Debian: ``openssl``).
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+_EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"]
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    #: Server certificate (self-signed) and its key.
+    cert: Path
+    key: Path
+    #: A CA for client certificates, and one client certificate it signed.
+    client_ca: Path
+    client_cert: Path
+    client_key: Path
+    #: The server key, encrypted with the passphrase "secret".
+    encrypted_key: Path
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    """Make every file of ``TLSFiles`` in ``directory``."""
+    _openssl(
+        "req", "-x509", *_EC, "-keyout", "server.key", "-out", "server.pem", "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1", cwd=directory,
+    )  # fmt: skip
+    _openssl(
+        "req", "-x509", *_EC, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=gshutdown test CA", cwd=directory
+    )
+    _openssl("req", *_EC, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=test client", cwd=directory)
+    _openssl(
+        "x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-out", "client.pem", cwd=directory,
+    )  # fmt: skip
+    _openssl("pkey", "-in", "server.key", "-aes256", "-passout", "pass:secret", "-out", "encrypted.key", cwd=directory)
+    return TLSFiles(
+        cert=directory / "server.pem",
+        key=directory / "server.key",
+        client_ca=directory / "ca.pem",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client.key",
+        encrypted_key=directory / "encrypted.key",
+    )
+
+
+def client_context(files: TLSFiles, *, client_cert: bool = False) -> ssl.SSLContext:
+    """A client context that trusts the test server's certificate (and presents the client one)."""
+    context = ssl.create_default_context(cafile=str(files.cert))
+    if client_cert:
+        context.load_cert_chain(str(files.client_cert), str(files.client_key))
+    return context
+
+
+def tls_connect(
+    files: TLSFiles,
+    address: tuple[str, int],
+    *,
+    timeout: float = 10.0,
+    client_cert: bool = False,
+    sock: Optional[socket.socket] = None,
+) -> ssl.SSLSocket:
+    """A TLS client connection to ``address``, handshake done.
+
+    ``suppress_ragged_eofs=False``: a close without ``close_notify`` raises
+    ``ssl.SSLEOFError`` instead of reading as a clean end, so tests can tell
+    the two apart. ``sock``: an already-connected socket to wrap (after a
+    PROXY header, say).
+    """
+    if sock is None:
+        sock = socket.create_connection(address, timeout=timeout)
+    sock.settimeout(timeout)
+    return client_context(files, client_cert=client_cert).wrap_socket(
+        sock, server_hostname="localhost", suppress_ragged_eofs=False
+    )
+
+
+def read_until_close_notify(sock: ssl.SSLSocket) -> bytes:
+    """Everything until the server's ``close_notify``; raises ``ssl.SSLEOFError`` on a close without it."""
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
