@@ -46,6 +46,7 @@ from gevent.queue import Empty, Queue
 from gshutdown import logs, pidfile, systemd
 from gshutdown.addresses import cannot_listen, describe_address
 from gshutdown.app_loader import AppNotLoadable, load_app
+from gshutdown.config import Config
 from gshutdown.exit_status import ExitStatus, fail
 from gshutdown.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
 from gshutdown.middleware import AccessLog, Readiness
@@ -488,6 +489,25 @@ def watch_blocking(max_blocking_time: Optional[float]) -> None:
     gevent.get_hub().start_periodic_monitoring_thread()
 
 
+#: ``Config`` fields set from options of the same name (``--forwarded-allow-ips``, ``--certfile``, ...).
+PROXY_AND_TLS_OPTIONS = (
+    "forwarded_allow_ips",
+    "proxy_headers",
+    "proxy_protocol",
+    "certfile",
+    "keyfile",
+    "ca_certs",
+    "cert_reqs",
+    "ciphers",
+)
+
+
+def proxy_and_tls_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The proxy and TLS settings in ``args``; ``Config``'s defaults for those it lacks."""
+    defaults = Config()
+    return {name: getattr(args, name, getattr(defaults, name)) for name in PROXY_AND_TLS_OPTIONS}
+
+
 def serve(
     args: argparse.Namespace,
     listeners: Optional[Sequence[Any]] = None,
@@ -521,6 +541,7 @@ def serve(
         read_header_timeout=args.read_header_timeout or None,
         max_connections=args.max_connections,
         backlog=args.backlog,
+        **proxy_and_tls_options(args),
     )
     servers = []
     try:
@@ -528,9 +549,11 @@ def serve(
             server = Server(listener, wrapped, multiprocess=link is not None, **options)
             server.init_socket()  # bind now, to report a busy port before anything else
             servers.append(server)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         for server in servers:
             server.close()
+        if isinstance(exc, ValueError):  # a setting (a TLS file, forwarded_allow_ips)
+            return fail(str(exc), ExitStatus.USAGE)
         return fail(cannot_listen(listener, exc), ExitStatus.START_FAILED)
     # Only now: a usage or bind error must stay the one line on stderr.
     log.info(

@@ -10,6 +10,7 @@ sockets with timeouts: the test process is not monkey-patched.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import signal
@@ -193,6 +194,32 @@ def start_gshutdown(
         except BaseException:
             proc.stop()
             raise
+    return proc
+
+
+#: ``gshutdown.run()`` embedded in a script, as a library user's ``__main__`` would:
+#: argv is the bind (JSON: ``[host, port]`` or ``"unix:PATH"``) and ``run()``'s
+#: keyword arguments (JSON), so settings without a CLI flag can be tested in a process.
+EMBEDDED_RUN = """
+import json, logging, sys
+import gshutdown
+from tests.apps.probe import app
+
+logging.basicConfig(level=logging.INFO)
+bind, options = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+raise SystemExit(gshutdown.run(app, tuple(bind) if isinstance(bind, list) else bind, **options))
+"""
+
+
+def start_embedded(log_path: Path, bind: Any, **options: Any) -> GProcess:
+    """A child running ``gshutdown.run(probe app, bind, **options)``, waited for until it listens."""
+    argv = [sys.executable, "-c", EMBEDDED_RUN, json.dumps(bind), json.dumps(options)]
+    proc = GProcess(argv, log_path)
+    try:
+        proc.wait_listening()
+    except BaseException:
+        proc.stop()
+        raise
     return proc
 
 

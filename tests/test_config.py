@@ -131,7 +131,7 @@ def test_forwarded_allow_ips_accepts_addresses_networks_and_star(spec: str) -> N
 
 
 def test_forwarded_allow_ips_rejects_a_bad_entry_naming_it() -> None:
-    with pytest.raises(ValueError, match="forwarded_allow_ips: 'proxy.internal' is not"):
+    with pytest.raises(ValueError, match=r"forwarded_allow_ips: 'proxy\.internal' is not"):
         Config(forwarded_allow_ips="127.0.0.1,proxy.internal")
 
 

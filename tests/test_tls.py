@@ -228,11 +228,13 @@ def test_client_certificates_are_required_with_ca_certs(serve: Serve, tls_files:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         status, _, body = read_response(sock)
     assert status == 200 and json.loads(body)["client_cert"] is True
-    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
-        # TLS 1.3: the refusal arrives with the first read after the handshake.
-        with tls_connect(tls_files, ("127.0.0.1", st.port)) as sock:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-            sock.recv(100)
+    # TLS 1.3: the refusal arrives with the first read after the handshake.
+    with (
+        pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)),
+        tls_connect(tls_files, ("127.0.0.1", st.port)) as sock,
+    ):
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.recv(100)
 
 
 def test_optional_client_certificates(serve: Serve, tls_files: TLSFiles) -> None:

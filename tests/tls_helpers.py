@@ -36,12 +36,18 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
-def make_tls_files(directory: Path) -> TLSFiles:
-    """Make every file of ``TLSFiles`` in ``directory``."""
+def make_server_cert(directory: Path, name: str = "server") -> tuple[Path, Path]:
+    """A self-signed certificate for localhost, 127.0.0.1 and ::1: ``NAME.pem`` and ``NAME.key``."""
     _openssl(
-        "req", "-x509", *_EC, "-keyout", "server.key", "-out", "server.pem", "-subj", "/CN=localhost",
+        "req", "-x509", *_EC, "-keyout", f"{name}.key", "-out", f"{name}.pem", "-subj", "/CN=localhost",
         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1", cwd=directory,
     )  # fmt: skip
+    return directory / f"{name}.pem", directory / f"{name}.key"
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    """Make every file of ``TLSFiles`` in ``directory``."""
+    make_server_cert(directory)
     _openssl(
         "req", "-x509", *_EC, "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=gshutdown test CA", cwd=directory
     )
@@ -100,3 +106,18 @@ def read_until_close_notify(sock: ssl.SSLSocket) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+def served_certificate(address: tuple[str, int], timeout: float = 10.0) -> bytes:
+    """The certificate (DER) the server at ``address`` presents, unverified."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(address, timeout=timeout) as plain, context.wrap_socket(plain) as sock:
+        der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def der_of(pem_file: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(pem_file.read_text())

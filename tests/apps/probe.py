@@ -9,10 +9,12 @@
 ``GET /stream?n=N&s=S`` logs "stream started", then N chunks ``chunk K\\n``, S seconds apart
 ``POST /upload``        logs "upload started" at the first body bytes, reads the rest, answers the byte count
 ``GET /spin?s=N``       logs "spin started", then keeps the CPU (and the event loop) busy for N seconds
+``GET /client``         who the client is, as JSON: ``REMOTE_ADDR``, ``REMOTE_PORT``, ``wsgi.url_scheme``
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -77,6 +79,9 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
                 break
             total += len(data)
         body = str(total).encode()
+    elif path == "/client":
+        headers = [("Content-Type", "application/json")]
+        body = json.dumps({key: environ.get(key) for key in ("REMOTE_ADDR", "REMOTE_PORT", "wsgi.url_scheme")}).encode()
     elif path == "/spin":
         log.info("spin started")
         spin_the_cpu(_query(environ, "s", "1"))
