@@ -140,6 +140,15 @@ class GProcess:
     def wait_listening(self, timeout: float = STARTUP_TIMEOUT) -> None:
         self.wait_for_log(r"listening on ", timeout)
 
+    def listening(self) -> GProcess:
+        """This process once it listens; stopped (and the failure raised) if it does not."""
+        try:
+            self.wait_listening()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
     # -- lifecycle ----------------------------------------------------------------
 
     def send_signal(self, signum: int, *, group: bool = False) -> float:
@@ -188,13 +197,7 @@ def start_gshutdown(
 ) -> GProcess:
     """``python -m gshutdown ARGS``, waited for until it logs that it listens."""
     proc = GProcess(gshutdown_argv(*args), log_path, env=env, cwd=cwd)
-    if wait:
-        try:
-            proc.wait_listening()
-        except BaseException:
-            proc.stop()
-            raise
-    return proc
+    return proc.listening() if wait else proc
 
 
 #: ``gshutdown.run()`` embedded in a script, as a library user's ``__main__`` would:
@@ -214,13 +217,7 @@ raise SystemExit(gshutdown.run(app, tuple(bind) if isinstance(bind, list) else b
 def start_embedded(log_path: Path, bind: Any, **options: Any) -> GProcess:
     """A child running ``gshutdown.run(probe app, bind, **options)``, waited for until it listens."""
     argv = [sys.executable, "-c", EMBEDDED_RUN, json.dumps(bind), json.dumps(options)]
-    proc = GProcess(argv, log_path)
-    try:
-        proc.wait_listening()
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    return GProcess(argv, log_path).listening()
 
 
 # -- clients ---------------------------------------------------------------------

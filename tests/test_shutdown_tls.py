@@ -27,6 +27,7 @@ from tests.tls_helpers import (
     TLSFiles,
     der_of,
     make_server_cert,
+    raw_after_close_notify,
     read_until_close_notify,
     served_certificate,
     tls_connect,
@@ -93,7 +94,7 @@ def test_sigterm_drains_tls_connections_exactly_as_plain_ones(tmp_path: Path, tl
             proc.send_signal(signal.SIGTERM)
             # Idle: close_notify (an SSLEOFError here would mean a bare close), then FIN.
             assert read_until_close_notify(idle) == b""
-            assert idle.unwrap().recv(1) == b""
+            assert raw_after_close_notify(idle) == b""
             assert recv_eof(stalled) == b""
             reply = read_until_close_notify(busy)
             status = proc.wait()

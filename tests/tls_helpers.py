@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from tests.helpers import recv_until_closed
+
 _EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"]
 
 
@@ -98,14 +100,14 @@ def tls_connect(
     )
 
 
-def read_until_close_notify(sock: ssl.SSLSocket) -> bytes:
-    """Everything until the server's ``close_notify``; raises ``ssl.SSLEOFError`` on a close without it."""
-    chunks = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
+def read_until_close_notify(sock: ssl.SSLSocket, timeout: float = 10.0) -> bytes:
+    """Everything until the server's ``close_notify``.
+
+    Raises:
+        ssl.SSLEOFError: the server closed without ``close_notify`` (the
+            socket came from ``tls_connect``).
+    """
+    return recv_until_closed(sock, timeout)
 
 
 def served_certificate(address: tuple[str, int], timeout: float = 10.0) -> bytes:
@@ -121,3 +123,15 @@ def served_certificate(address: tuple[str, int], timeout: float = 10.0) -> bytes
 
 def der_of(pem_file: Path) -> bytes:
     return ssl.PEM_cert_to_DER_cert(pem_file.read_text())
+
+
+def raw_after_close_notify(sock: ssl.SSLSocket, timeout: float = 10.0) -> bytes:
+    """What the TCP stream holds after the ``close_notify`` was read: ``b""`` is FIN.
+
+    Reads a duplicate of the descriptor, sending nothing: answering with our
+    own ``close_notify`` (``unwrap()``) would hit a server that has closed,
+    and its reset could beat the FIN we want to see.
+    """
+    with socket.fromfd(sock.fileno(), sock.family, sock.type) as raw:
+        raw.settimeout(timeout)
+        return raw.recv(1)
