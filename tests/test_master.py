@@ -1,10 +1,7 @@
 """The master (``--workers``): drain, worker replacement, SIGHUP reload, SIGUSR2 upgrade.
 
-Real processes, real signals, real clients on loopback. The load clients use
-a urllib3-like retry policy: a request on a *reused* keep-alive connection
-that is closed or reset before any response byte is retried once on a new
-connection (that is the contract of HTTP keep-alive); anything else counts as
-a failure, refused connections included.
+Real processes, real signals, real clients on loopback; the load clients
+(``LoadClients``) retry once only a request on a reused keep-alive connection.
 """
 
 from __future__ import annotations
@@ -13,83 +10,11 @@ import http.client
 import os
 import re
 import signal
-import threading
-import time
 from pathlib import Path
 
-from tests.process_helpers import PROBE, GProcess, free_port, get, gshutdown_argv, wait_until
+from tests.process_helpers import PROBE, GProcess, LoadClients, free_port, get, gshutdown_argv, wait_until
 
 READY = r"master (\d+): (\d+) worker\(s\) ready"
-
-
-class LoadClients:
-    """``count`` threads looping keep-alive GETs until stopped; bounded by ``limit`` seconds."""
-
-    def __init__(self, port: int, count: int = 4, limit: float = 30.0) -> None:
-        self.port = port
-        self.limit = limit
-        self.ok = 0
-        self.retries = 0
-        self.failures: list[str] = []
-        self.pids: list[bytes] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(count)]
-
-    def __enter__(self) -> LoadClients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-    def _loop(self) -> None:
-        deadline = time.monotonic() + self.limit
-        conn: http.client.HTTPConnection | None = None
-        reused = False
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                reused = False
-            try:
-                conn.request("GET", "/pid")
-                response = conn.getresponse()
-                body = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                conn.close()
-                conn = None
-                if reused:
-                    with self._lock:
-                        self.retries += 1
-                    continue  # retry once on a fresh connection
-                with self._lock:
-                    self.failures.append(f"fresh connection: {exc!r}")
-                continue
-            except OSError as exc:
-                conn.close()
-                conn = None
-                with self._lock:
-                    self.failures.append(repr(exc))
-                continue
-            with self._lock:
-                if response.status == 200:
-                    self.ok += 1
-                    self.pids.append(body)
-                else:
-                    self.failures.append(f"status {response.status}")
-            reused = True
-            if response.getheader("Connection", "").lower() == "close":
-                conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
-
-    def served_since(self, mark: int) -> list[bytes]:
-        with self._lock:
-            return self.pids[mark:]
 
 
 def _app_file(tmp_path: Path, body: str = "v1") -> Path:
