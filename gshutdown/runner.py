@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import gevent
 from gevent.queue import Empty, Queue
@@ -40,8 +40,6 @@ EXIT_FORCED = 3
 #: The default Kubernetes ``terminationGracePeriodSeconds``.
 KUBERNETES_GRACE = 30.0
 
-_GRACEFUL = (signal.SIGTERM, signal.SIGINT)
-_IMMEDIATE = "immediate"
 
 
 class Runner:
@@ -61,7 +59,9 @@ class Runner:
         hooks: on-shutdown hooks of the whole process (``gshutdown.on_shutdown``):
             "drain" ones run as the shutdown starts, "stopped" ones once every
             server has drained.
-        on_ready: called once every server is listening.
+        on_ready: called once every server is listening, instead of telling
+            systemd: a runner given one is not the service systemd watches
+            (a worker), so it sends neither READY=1 nor STOPPING=1.
     """
 
     def __init__(
@@ -90,9 +90,15 @@ class Runner:
         self._events: Queue[Any] = Queue()
         self.results: list[ShutdownResult] = []
 
-    def _on_signal(self, signum: int) -> None:
-        # Only record: the runner greenlet decides what the signal means now.
-        self._events.put_nowait(signum)
+    def deliver(self, event: Union[int, str]) -> None:
+        """Act on ``event`` as on a received signal; safe from any greenlet.
+
+        ``signal.SIGQUIT`` closes everything now. Any other signal number, or
+        a reason (a string, for the log), starts the graceful shutdown; a
+        second event during the drain closes everything now.
+        """
+        # Only record: the runner greenlet decides what the event means now.
+        self._events.put_nowait(event)
 
     def _on_unsupported(self, signum: int) -> None:
         log.warning("%s ignored: reload and upgrade need a master (--workers N)", _signame(signum))
@@ -102,7 +108,7 @@ class Runner:
         handlers = []
         if self.install_signals:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-                handlers.append(gevent.signal_handler(signum, self._on_signal, signum))
+                handlers.append(gevent.signal_handler(signum, self.deliver, signum))
             for signum in (signal.SIGHUP, signal.SIGUSR2):
                 # Their default action would end the process mid-request.
                 handlers.append(gevent.signal_handler(signum, self._on_unsupported, signum))
@@ -135,7 +141,8 @@ class Runner:
 
     def _serve_until_stopped(self) -> int:
         first = self._events.get()
-        systemd.notify("STOPPING=1")
+        if self.on_ready is None:
+            systemd.notify("STOPPING=1")
         if first == signal.SIGQUIT:
             log.info("SIGQUIT: closing every connection now")
             return self._close_now()

@@ -221,6 +221,56 @@ def test_runner_shuts_every_server_down_and_calls_on_ready_once() -> None:
     assert all(server.phase is gshutdown.ShutdownPhase.STOPPED for server in servers)
 
 
+def test_deliver_a_reason_drains_and_a_later_sigquit_closes_what_is_left() -> None:
+    started = Event()
+    server = Server(("127.0.0.1", 0), slow_app(30, started))
+    runner = Runner([server], install_signals=False, graceful_timeout=20)
+    replies: list[gevent.Greenlet] = []
+
+    def client() -> None:
+        replies.append(gevent.spawn(fetch, server.address[1], "/slow"))
+        started.wait(5)
+        runner.deliver("max requests")
+        while server.phase is not gshutdown.ShutdownPhase.DRAINING:
+            gevent.sleep(0.01)  # bounded by the test's gevent.Timeout
+        runner.deliver(signal.SIGQUIT)
+
+    helper = gevent.spawn(client)
+    with gevent.Timeout(RUN_BOUND):
+        status = runner.run()
+        helper.get()
+        reply = replies[0].get()
+    assert status == EXIT_FORCED
+    assert reply == b""  # forced: closed, no fake response
+    assert server.phase is gshutdown.ShutdownPhase.STOPPED
+
+
+@pytest.mark.parametrize("with_on_ready", [False, True], ids=["service", "worker"])
+def test_only_a_runner_without_on_ready_speaks_to_systemd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_on_ready: bool
+) -> None:
+    address = str(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(address)
+        manager.setblocking(False)
+        runner = Runner(
+            [Server(("127.0.0.1", 0), slow_app(0, Event()))],
+            install_signals=False,
+            shutdown_trigger=lambda: None,
+            on_ready=(lambda: None) if with_on_ready else None,
+        )
+        with gevent.Timeout(RUN_BOUND):
+            assert runner.run() == EXIT_OK
+        received = []
+        while True:
+            try:
+                received.append(manager.recv(4096).decode())
+            except BlockingIOError:
+                break
+    assert received == ([] if with_on_ready else ["READY=1", "STOPPING=1"])
+
+
 EMBEDDED = textwrap.dedent(
     """
     import logging, socket, sys
