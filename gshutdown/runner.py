@@ -62,6 +62,8 @@ class Runner:
         on_ready: called once every server is listening, instead of telling
             systemd: a runner given one is not the service systemd watches
             (a worker), so it sends neither READY=1 nor STOPPING=1.
+        immediate: the signals that close everything now instead of starting
+            the graceful shutdown (gunicorn's workers add SIGINT).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class Runner:
         install_signals: bool = True,
         hooks: Optional[HookList] = None,
         on_ready: Optional[Callable[[], Any]] = None,
+        immediate: Sequence[int] = (signal.SIGQUIT,),
     ) -> None:
         self.servers = list(servers)
         self.graceful_timeout = graceful_timeout
@@ -86,6 +89,7 @@ class Runner:
         self.install_signals = install_signals
         self.hooks = hooks if hooks is not None else HookList()
         self.on_ready = on_ready
+        self.immediate = tuple(immediate)
         self.hook_outcomes: list[HookOutcome] = []
         self._events: Queue[Any] = Queue()
         self.results: list[ShutdownResult] = []
@@ -93,9 +97,10 @@ class Runner:
     def deliver(self, event: Union[int, str]) -> None:
         """Act on ``event`` as on a received signal; safe from any greenlet.
 
-        ``signal.SIGQUIT`` closes everything now. Any other signal number, or
-        a reason (a string, for the log), starts the graceful shutdown; a
-        second event during the drain closes everything now.
+        A signal in ``immediate`` (SIGQUIT) closes everything now. Any other
+        signal number, or a reason (a string, for the log), starts the
+        graceful shutdown; a second event during the drain closes everything
+        now.
         """
         # Only record: the runner greenlet decides what the event means now.
         self._events.put_nowait(event)
@@ -143,8 +148,8 @@ class Runner:
         first = self._events.get()
         if self.on_ready is None:
             systemd.notify("STOPPING=1")
-        if first == signal.SIGQUIT:
-            log.info("SIGQUIT: closing every connection now")
+        if first in self.immediate:
+            log.info("%s: closing every connection now", _signame(first))
             return self._close_now()
         log.info("%s: graceful shutdown", _signame(first))
         if self.readiness is not None:

@@ -245,6 +245,27 @@ def test_deliver_a_reason_drains_and_a_later_sigquit_closes_what_is_left() -> No
     assert server.phase is gshutdown.ShutdownPhase.STOPPED
 
 
+def test_a_signal_named_immediate_closes_at_once_without_a_drain() -> None:
+    started = Event()
+    server = Server(("127.0.0.1", 0), slow_app(30, started))
+    runner = Runner([server], install_signals=False, immediate=(signal.SIGQUIT, signal.SIGINT))
+    replies: list[gevent.Greenlet] = []
+
+    def client() -> None:
+        replies.append(gevent.spawn(fetch, server.address[1], "/slow"))
+        started.wait(5)
+        runner.deliver(signal.SIGINT)
+
+    helper = gevent.spawn(client)
+    with gevent.Timeout(RUN_BOUND):
+        status = runner.run()
+        helper.get()
+        reply = replies[0].get()
+    assert status == EXIT_FORCED
+    assert reply == b""
+    assert server.phase is gshutdown.ShutdownPhase.STOPPED
+
+
 @pytest.mark.parametrize("with_on_ready", [False, True], ids=["service", "worker"])
 def test_only_a_runner_without_on_ready_speaks_to_systemd(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_on_ready: bool
