@@ -234,24 +234,31 @@ def wait_until(predicate: Any, timeout: float = PROCESS_IO_TIMEOUT, interval: fl
 
 
 class LoadClients:
-    """``count`` threads looping keep-alive GETs of ``/pid`` until stopped; bounded by ``limit`` seconds.
+    """``count`` threads looping keep-alive GETs of ``/pid?rid=ID`` until stopped; bounded by ``limit`` seconds.
 
     The retry policy is urllib3's: a request on a *reused* keep-alive
     connection that is closed or reset before any response byte is retried
     once on a new connection (that is the contract of HTTP keep-alive);
-    anything else counts as a failure, refused connections included.
+    anything else counts as a failure, refused connections included, unless
+    ``until_refused``: then a refused connect, or a new connection closed
+    before any response byte, ends that thread (the server is going away),
+    and ``stops`` says which. ``completed`` holds the ids of every request
+    whose response arrived whole.
     """
 
-    def __init__(self, port: int, count: int = 4, limit: float = 30.0) -> None:
+    def __init__(self, port: int, count: int = 4, limit: float = 30.0, *, until_refused: bool = False) -> None:
         self.port = port
         self.limit = limit
+        self.until_refused = until_refused
         self.ok = 0
         self.retries = 0
         self.failures: list[str] = []
         self.pids: list[bytes] = []
+        self.completed: set[str] = set()
+        self.stops: list[str] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(count)]
+        self._threads = [threading.Thread(target=self._loop, args=(tid,), daemon=True) for tid in range(count)]
 
     def __enter__(self) -> LoadClients:
         for thread in self._threads:
@@ -260,49 +267,70 @@ class LoadClients:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
+        self.join()
 
-    def _loop(self) -> None:
+    def join(self, timeout: float = 10.0) -> None:
+        """Wait for every thread to end (``until_refused`` ends them when the server goes)."""
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _loop(self, tid: int) -> None:
         deadline = time.monotonic() + self.limit
         conn: http.client.HTTPConnection | None = None
         reused = False
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                reused = False
-            try:
-                conn.request("GET", "/pid")
-                response = conn.getresponse()
-                body = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                conn.close()
-                conn = None
-                if reused:
+        n = 0
+        try:
+            while not self._stop.is_set() and time.monotonic() < deadline:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                    reused = False
+                rid = f"{tid}-{n}"
+                try:
+                    conn.request("GET", f"/pid?rid={rid}")
+                    response = conn.getresponse()
+                    body = response.read()
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+                    conn.close()
+                    conn = None
+                    if reused:
+                        with self._lock:
+                            self.retries += 1
+                        continue  # retry once on a fresh connection
+                    if self.until_refused:
+                        self._stopped("closed fresh")
+                        return
                     with self._lock:
-                        self.retries += 1
-                    continue  # retry once on a fresh connection
+                        self.failures.append(f"fresh connection: {exc!r}")
+                    continue
+                except OSError as exc:
+                    conn.close()
+                    conn = None
+                    if self.until_refused and isinstance(exc, ConnectionRefusedError):
+                        self._stopped("refused")
+                        return
+                    with self._lock:
+                        self.failures.append(repr(exc))
+                    continue
+                n += 1
                 with self._lock:
-                    self.failures.append(f"fresh connection: {exc!r}")
-                continue
-            except OSError as exc:
+                    if response.status == 200:
+                        self.ok += 1
+                        self.pids.append(body)
+                        self.completed.add(rid)
+                    else:
+                        self.failures.append(f"status {response.status}")
+                reused = True
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            self._stopped("stopped" if self._stop.is_set() else "time limit")
+        finally:
+            if conn is not None:
                 conn.close()
-                conn = None
-                with self._lock:
-                    self.failures.append(repr(exc))
-                continue
-            with self._lock:
-                if response.status == 200:
-                    self.ok += 1
-                    self.pids.append(body)
-                else:
-                    self.failures.append(f"status {response.status}")
-            reused = True
-            if response.getheader("Connection", "").lower() == "close":
-                conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
+
+    def _stopped(self, how: str) -> None:
+        with self._lock:
+            self.stops.append(how)
 
     def served_since(self, mark: int) -> list[bytes]:
         with self._lock:
