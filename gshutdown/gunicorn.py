@@ -69,8 +69,11 @@ FORCE_MARGIN = 1.0
 HEARTBEAT_INTERVAL = 1.0
 
 
-class Worker(base.Worker):  # type: ignore[misc]
+class Worker(base.Worker):
     """gunicorn's worker contract, served by ``gshutdown.Server`` (see the module docstring)."""
+
+    #: The arbiter's listeners; gevent sockets once ``patch()`` ran.
+    sockets: list[Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -79,21 +82,37 @@ class Worker(base.Worker):  # type: ignore[misc]
         #: until the runner exists if it comes while the app still loads.
         self._stop_event: Union[int, str, None] = None
         self._signal_handlers: list[Any] = []
+        self._early_signals: list[int] = []
 
     # -- in the forked child, before the app loads -------------------------------
 
     def init_process(self) -> None:
+        # Until init_signals(), the handlers are the arbiter's, inherited
+        # through the fork: they would queue a signal where nobody reads it.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(signum, self._record_early_signal)
         if self.cfg.is_ssl:
             self.log.error("gshutdown.gunicorn.Worker does not serve TLS: terminate it in front of gunicorn")
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
         self.patch()
         hub.reinit()  # the arbiter's hub does not survive the fork
+        self._route_logs()
         super().init_process()  # loads the app, then calls run()
 
     def patch(self) -> None:
         """Monkey-patch, and turn the arbiter's listeners into gevent sockets."""
         monkey.patch_all()
         self.sockets = [gsocket.socket(fileno=listener.sock.detach()) for listener in self.sockets]
+
+    def _route_logs(self) -> None:
+        """gshutdown's log lines go where gunicorn's error log goes, at its level."""
+        ours = logging.getLogger("gshutdown")
+        if ours.handlers:
+            return  # configured already (gunicorn's logconfig_dict, say): leave it be
+        error_log = self.log.error_log
+        ours.addHandler(_ForwardTo(error_log))
+        ours.setLevel(error_log.level)
+        ours.propagate = False  # as gunicorn's own: not twice if the root logs too
 
     def init_signals(self) -> None:
         super().init_signals()
@@ -107,6 +126,11 @@ class Worker(base.Worker):  # type: ignore[misc]
             (signal.SIGUSR1, self.handle_usr1),
         ):
             self._signal_handlers.append(gevent.signal_handler(signum, handler, signum, None))
+        for signum in self._early_signals:
+            (self.handle_exit if signum == signal.SIGTERM else self.handle_quit)(signum, None)
+
+    def _record_early_signal(self, signum: int, frame: Any) -> None:
+        self._early_signals.append(signum)
 
     # -- signals -------------------------------------------------------------------
 
@@ -178,7 +202,7 @@ class Worker(base.Worker):  # type: ignore[misc]
         interval = min(HEARTBEAT_INTERVAL, self.timeout) if self.timeout else HEARTBEAT_INTERVAL
         while True:
             self.notify()
-            if self.ppid != os.getppid():
+            if self.ppid != os.getppid() and self._stop_event is None:
                 log.warning("arbiter %s is gone: stopping gracefully", self.ppid)
                 self._stop_gracefully("arbiter gone")
             gevent.sleep(interval)
@@ -187,8 +211,7 @@ class Worker(base.Worker):  # type: ignore[misc]
         def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             self.nr += 1
             if self.nr == self.max_requests:
-                log.info("max requests (%d) reached: stopping gracefully to be replaced", self.max_requests)
-                self._stop_gracefully(f"max requests ({self.max_requests})")
+                self._stop_gracefully(f"max requests ({self.max_requests}) reached")
                 # Until the shutdown has begun (a few loop turns), so that this
                 # response already carries Connection: close.
                 environ["gshutdown.shutting_down"].wait(1.0)
@@ -206,6 +229,17 @@ class Worker(base.Worker):  # type: ignore[misc]
             environ,
             datetime.timedelta(seconds=seconds),
         )
+
+
+class _ForwardTo(logging.Handler):
+    """Hands every record to another logger's handlers."""
+
+    def __init__(self, target: logging.Logger) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.handle(record)
 
 
 class _AccessResponse:
