@@ -126,8 +126,8 @@ class Worker(base.Worker):
             (signal.SIGUSR1, self.handle_usr1),
         ):
             self._signal_handlers.append(gevent.signal_handler(signum, handler, signum, None))
-        for signum in self._early_signals:
-            (self.handle_exit if signum == signal.SIGTERM else self.handle_quit)(signum, None)
+        for early in self._early_signals:
+            (self.handle_exit if early == signal.SIGTERM else self.handle_quit)(early, None)
 
     def _record_early_signal(self, signum: int, frame: Any) -> None:
         self._early_signals.append(signum)
