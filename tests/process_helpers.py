@@ -188,6 +188,14 @@ def start_gshutdown(
     return proc
 
 
+def gone(pid: int) -> bool:
+    """True once ``pid`` is no more, or a zombie (a process we did not fork, whose reaper may be slow)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 # -- clients ---------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import re
 import signal
 from pathlib import Path
 
-from tests.process_helpers import PROBE, GProcess, LoadClients, free_port, get, gshutdown_argv, wait_until
+from tests.process_helpers import PROBE, GProcess, LoadClients, free_port, get, gone, gshutdown_argv, wait_until
 
 READY = r"master (\d+): (\d+) worker\(s\) ready"
 
@@ -131,15 +131,8 @@ def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Pa
         finally:
             if new_pid:
                 os.kill(new_pid, signal.SIGTERM)  # started by our master's upgrade
-                wait_until(lambda: not Path(f"/proc/{new_pid}").exists() or _zombie(new_pid), timeout=20)
+                wait_until(lambda: gone(new_pid), timeout=20)
     assert not pidfile.exists()
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
-    except OSError:
-        return True
 
 
 def test_single_process_ignores_sighup_and_sigusr2_and_keeps_serving(tmp_path: Path) -> None:
