@@ -29,6 +29,7 @@ from tests.process_helpers import (
     child_env,
     connect,
     free_port,
+    gone,
     read_response,
     recv_eof,
     request_bytes,
@@ -290,7 +291,7 @@ def test_graceful_timeout_bounds_the_drain_and_the_worker_exits_before_the_arbit
     assert "shutdown: started (timeout 2 s)" in log  # 3 s less FORCE_MARGIN
     assert re.search(r"shutdown: forced ACTIVE connection from .* GET /slow\?s=60 HTTP/1\.1", log), log
     assert re.search(r"Worker exiting \(pid: \d+\)", log)
-    assert "SIGKILL" not in log
+    assert "SIGKILL" not in log and "exited with code" not in log  # forced, yet status 0
 
 
 @pytest.mark.parametrize("signum", [signal.SIGQUIT, signal.SIGINT], ids=["SIGQUIT", "SIGINT"])
@@ -361,6 +362,25 @@ def test_sigterm_while_the_worker_loads_the_app_stops_it_once_serving(tmp_path: 
         wait_until(lambda: all_booted_serve(arbiter), timeout=20)
         arbiter.send_signal(signal.SIGTERM)
         assert arbiter.wait() == 0
+
+
+def test_a_worker_whose_arbiter_dies_drains_and_exits(tmp_path: Path) -> None:
+    port = free_port()
+    with start_gunicorn(tmp_path, port) as arbiter:
+        worker = booted(arbiter)[0]
+        try:
+            with connect(port) as slow:
+                slow.sendall(request_bytes("/slow?s=2"))
+                arbiter.wait_for_log("slow request started")
+                arbiter.send_signal(signal.SIGKILL)
+                assert arbiter.wait() == -signal.SIGKILL
+                status, headers, body = read_response(slow)
+            assert (status, body, headers["connection"]) == (200, b"slept 2", "close")
+            wait_until(lambda: gone(worker), timeout=20)
+            assert f"[{worker}] [WARNING] arbiter {arbiter.pid} is gone: stopping gracefully" in arbiter.log()
+        finally:
+            if not gone(worker):
+                os.kill(worker, signal.SIGKILL)  # started by our arbiter, orphaned by this test
 
 
 def test_tls_settings_are_refused_in_one_line_and_the_arbiter_halts(tmp_path: Path) -> None:
