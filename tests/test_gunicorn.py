@@ -100,6 +100,15 @@ def still_silent(sock: socket.socket) -> bool:
     return not select.select([sock], [], [], 0)[0]
 
 
+def forced_by_signal(arbiter: GProcess, port: int, signum: int, pid: Optional[int] = None) -> None:
+    """Signal ``pid`` (the arbiter by default) during a 60 s request; its connection must close unanswered."""
+    with connect(port) as slow:
+        slow.sendall(request_bytes("/slow?s=60"))
+        arbiter.wait_for_log("slow request started")
+        os.kill(pid or arbiter.pid, signum)
+        assert recv_eof(slow, timeout=20) == b""  # closed, no made-up response
+
+
 def test_import_gshutdown_never_imports_gunicorn() -> None:
     code = "import sys, gshutdown, gshutdown.cli; print('gunicorn' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
@@ -281,11 +290,7 @@ def test_heartbeat_goes_on_through_a_slow_request_and_the_drain_after_max_reques
 def test_graceful_timeout_bounds_the_drain_and_the_worker_exits_before_the_arbiters_sigkill(tmp_path: Path) -> None:
     port = free_port()
     with start_gunicorn(tmp_path, port, "--graceful-timeout", "3") as arbiter:
-        with connect(port) as slow:
-            slow.sendall(request_bytes("/slow?s=60"))
-            arbiter.wait_for_log("slow request started")
-            arbiter.send_signal(signal.SIGTERM)
-            assert recv_eof(slow, timeout=20) == b""  # forced: closed, no made-up response
+        forced_by_signal(arbiter, port, signal.SIGTERM)
         assert arbiter.wait() == 0
     log = arbiter.log()
     assert "shutdown: started (timeout 2 s)" in log  # 3 s less FORCE_MARGIN
@@ -301,11 +306,7 @@ def test_sigquit_and_sigint_to_a_worker_close_at_once_and_the_arbiter_replaces_i
     port = free_port()
     with start_gunicorn(tmp_path, port, "--graceful-timeout", "30") as arbiter:
         worker = booted(arbiter)[0]
-        with connect(port) as slow:
-            slow.sendall(request_bytes("/slow?s=60"))
-            arbiter.wait_for_log("slow request started")
-            os.kill(worker, signum)
-            assert recv_eof(slow, timeout=20) == b""
+        forced_by_signal(arbiter, port, signum, worker)
         arbiter.wait_for_log(rf"\[{worker}\] \[INFO\] {signum.name}: closing every connection now")
         arbiter.wait_for_log(rf"Worker exiting \(pid: {worker}\)")
         wait_until(lambda: len(booted(arbiter)) == 2, timeout=30)
@@ -319,11 +320,7 @@ def test_sigquit_and_sigint_to_a_worker_close_at_once_and_the_arbiter_replaces_i
 def test_sigquit_to_the_arbiter_ends_everything_at_once(tmp_path: Path) -> None:
     port = free_port()
     with start_gunicorn(tmp_path, port, "--graceful-timeout", "30") as arbiter:
-        with connect(port) as slow:
-            slow.sendall(request_bytes("/slow?s=60"))
-            arbiter.wait_for_log("slow request started")
-            arbiter.send_signal(signal.SIGQUIT)
-            assert recv_eof(slow, timeout=20) == b""
+        forced_by_signal(arbiter, port, signal.SIGQUIT)
         assert arbiter.wait() == 0
     assert "SIGQUIT: closing every connection now" in arbiter.log()
 

@@ -221,19 +221,26 @@ def test_runner_shuts_every_server_down_and_calls_on_ready_once() -> None:
     assert all(server.phase is gshutdown.ShutdownPhase.STOPPED for server in servers)
 
 
-def test_deliver_a_reason_drains_and_a_later_sigquit_closes_what_is_left() -> None:
+@pytest.mark.parametrize(
+    ("events", "immediate"),
+    [(["max requests", signal.SIGQUIT], (signal.SIGQUIT,)), ([signal.SIGINT], (signal.SIGQUIT, signal.SIGINT))],
+    ids=["reason-drains-then-SIGQUIT-closes", "SIGINT-named-immediate-closes"],
+)
+def test_deliver_drains_on_a_reason_and_closes_at_once_on_an_immediate_signal(
+    events: list[Any], immediate: tuple[int, ...]
+) -> None:
     started = Event()
     server = Server(("127.0.0.1", 0), slow_app(30, started))
-    runner = Runner([server], install_signals=False, graceful_timeout=20)
+    runner = Runner([server], install_signals=False, graceful_timeout=20, immediate=immediate)
     replies: list[gevent.Greenlet] = []
 
     def client() -> None:
         replies.append(gevent.spawn(fetch, server.address[1], "/slow"))
         started.wait(5)
-        runner.deliver("max requests")
-        while server.phase is not gshutdown.ShutdownPhase.DRAINING:
-            gevent.sleep(0.01)  # bounded by the test's gevent.Timeout
-        runner.deliver(signal.SIGQUIT)
+        for event in events:
+            runner.deliver(event)
+            while event not in immediate and server.phase is not gshutdown.ShutdownPhase.DRAINING:
+                gevent.sleep(0.01)  # bounded by the test's gevent.Timeout
 
     helper = gevent.spawn(client)
     with gevent.Timeout(RUN_BOUND):
@@ -243,27 +250,7 @@ def test_deliver_a_reason_drains_and_a_later_sigquit_closes_what_is_left() -> No
     assert status == EXIT_FORCED
     assert reply == b""  # forced: closed, no fake response
     assert server.phase is gshutdown.ShutdownPhase.STOPPED
-
-
-def test_a_signal_named_immediate_closes_at_once_without_a_drain() -> None:
-    started = Event()
-    server = Server(("127.0.0.1", 0), slow_app(30, started))
-    runner = Runner([server], install_signals=False, immediate=(signal.SIGQUIT, signal.SIGINT))
-    replies: list[gevent.Greenlet] = []
-
-    def client() -> None:
-        replies.append(gevent.spawn(fetch, server.address[1], "/slow"))
-        started.wait(5)
-        runner.deliver(signal.SIGINT)
-
-    helper = gevent.spawn(client)
-    with gevent.Timeout(RUN_BOUND):
-        status = runner.run()
-        helper.get()
-        reply = replies[0].get()
-    assert status == EXIT_FORCED
-    assert reply == b""
-    assert server.phase is gshutdown.ShutdownPhase.STOPPED
+    assert len(runner.results) == (0 if events[0] in immediate else 1)  # a drain ran, or none
 
 
 @pytest.mark.parametrize("with_on_ready", [False, True], ids=["service", "worker"])
