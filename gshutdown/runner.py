@@ -41,7 +41,6 @@ EXIT_FORCED = 3
 KUBERNETES_GRACE = 30.0
 
 
-
 class Runner:
     """Runs servers until a signal (or ``shutdown_trigger``) says stop.
 

@@ -165,6 +165,23 @@ def test_keepalive_0_worker_connections_and_limit_request_line_map_to_the_server
         assert arbiter.wait() == 0
 
 
+def test_the_apps_on_shutdown_hooks_run_after_the_drain(tmp_path: Path) -> None:
+    port = free_port()
+    journal = tmp_path / "journal.log"
+    with start_gunicorn(tmp_path, port, env={"JOURNAL_PATH": str(journal)}, app="examples.resources:app") as arbiter:
+        with connect(port) as sock:
+            for n in range(3):
+                sock.sendall(request_bytes(f"/item/{n}"))
+                assert read_response(sock)[2] == f"request {n + 1} journaled\n".encode()
+        assert journal.read_text() == ""  # buffered until the hook flushes it
+        arbiter.send_signal(signal.SIGTERM)
+        assert arbiter.wait() == 0
+    assert len(journal.read_text().splitlines()) == 3
+    log = arbiter.log()
+    assert log.index("shutdown: clean") < log.index("pool closed (4 connections)") < log.index("exit: clean")
+    assert f"journal flushed: {journal}" in log
+
+
 def test_sigterm_completes_the_in_flight_request_and_closes_idle_connections_at_once(tmp_path: Path) -> None:
     port = free_port()
     # A long keep-alive: an idle connection that closes can only be the shutdown's doing.
