@@ -64,6 +64,8 @@ class Role(enum.Enum):
 
     SINGLE = "single"
     WORKER = "worker"
+    #: A worker of gunicorn's arbiter (``gshutdown.gunicorn``): its signals mean what gunicorn says.
+    GUNICORN_WORKER = "gunicorn worker"
 
 
 class SignalAction(enum.Enum):
@@ -85,6 +87,7 @@ class Trigger(enum.Enum):
 
     REQUESTED = "shutdown trigger"
     MASTER_GONE = "master gone"
+    MAX_REQUESTS = "max requests reached"
 
 
 _MASTER_ONLY = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
@@ -107,6 +110,12 @@ SIGNAL_ACTIONS: Mapping[Role, Mapping[int, SignalAction]] = {
         DRAIN_SIGNAL: SignalAction.GRACEFUL,
         **_COMMON,
         **{signum: SignalAction.IGNORE for signum in _MASTER_ONLY},
+    },
+    # gunicorn's worker contract: SIGTERM drains, SIGINT and SIGQUIT quit now.
+    Role.GUNICORN_WORKER: {
+        signal.SIGTERM: SignalAction.GRACEFUL,
+        signal.SIGINT: SignalAction.CLOSE_NOW,
+        **_COMMON,
     },
 }
 _STOPS = (SignalAction.GRACEFUL, SignalAction.AWAIT_MASTER, SignalAction.CLOSE_NOW)
@@ -160,6 +169,8 @@ class Runner:
         link: this worker's pipes to its master; makes the runner a worker.
         max_requests: with ``link``: after about this many requests, ask the
             master for a replacement (``--max-requests``; None: never).
+        role: what signals mean (``SIGNAL_ACTIONS``); by default a worker
+            with ``link``, the single process without.
     """
 
     def __init__(
@@ -176,6 +187,7 @@ class Runner:
         on_ready: Optional[Callable[[], Any]] = None,
         link: Optional[WorkerLink] = None,
         max_requests: Optional[int] = None,
+        role: Optional[Role] = None,
     ) -> None:
         self.servers = list(servers)
         self.graceful_timeout = graceful_timeout
@@ -187,11 +199,19 @@ class Runner:
         self.hooks = hooks if hooks is not None else HookList()
         self.on_ready = on_ready
         self.link = link
-        self.role = Role.WORKER if link is not None else Role.SINGLE
+        self.role = role or (Role.WORKER if link is not None else Role.SINGLE)
         self.max_requests = max_requests
         self.hook_outcomes: list[HookOutcome] = []
         self.results: list[ShutdownResult] = []
         self._requests: Queue[StopRequest] = Queue()
+
+    def deliver(self, request: StopRequest) -> None:
+        """Act on ``request`` (a signal number or a ``Trigger``) as on a received signal.
+
+        For code that owns the signal handlers (``gshutdown.gunicorn``); safe
+        from any greenlet of the runner's hub.
+        """
+        self._requests.put_nowait(request)
 
     # -- serving -------------------------------------------------------------------
 
@@ -201,7 +221,7 @@ class Runner:
         if self.install_signals:
             for signum in SIGNAL_ACTIONS[self.role]:
                 # Only record: the runner's greenlet decides what it means now.
-                handlers.append(gevent.signal_handler(signum, self._requests.put_nowait, signum))
+                handlers.append(gevent.signal_handler(signum, self.deliver, signum))
         helpers = []
         if self.shutdown_trigger is not None:
             helpers.append(gevent.spawn(self._wait_trigger))
@@ -283,7 +303,9 @@ class Runner:
         if action is SignalAction.CLOSE_NOW:
             log.info("%s: closing every connection now", describe(first))
             return self._close_now()
-        if self.role is Role.SINGLE:
+        if self.role is Role.SINGLE and self.on_ready is None:
+            # Only the service systemd watches: not an embedder's runner that
+            # reports readiness elsewhere.
             systemd.notify("STOPPING=1")
         log.info("%s: graceful shutdown", describe(first))
         if self.readiness is not None:
@@ -415,7 +437,7 @@ def run(
     binds: list[Listener] = list(bind) if isinstance(bind, list) else [bind]  # type: ignore[list-item]
     wrapped, readiness = build_app(app, readiness_path=readiness_path, access_log=access_log)
     servers = [Server(listener, wrapped, **options) for listener in binds]
-    return _runner_for(
+    return runner_for(
         servers,
         graceful_timeout=graceful_timeout,
         drain_delay=drain_delay,
@@ -425,7 +447,7 @@ def run(
     ).run()
 
 
-def _runner_for(servers: list[Server], **kwargs: Any) -> Runner:
+def runner_for(servers: list[Server], **kwargs: Any) -> Runner:
     """A runner for ``servers`` that takes over the application's declared hooks and jobs."""
     from gshutdown import jobs
 
@@ -543,7 +565,7 @@ def serve(
         max_requests: Optional[int] = args.max_requests + random.randint(0, args.max_requests_jitter)
     else:
         max_requests = None
-    return _runner_for(
+    return runner_for(
         servers,
         graceful_timeout=args.graceful_timeout,
         drain_delay=args.drain_delay,

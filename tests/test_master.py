@@ -1,10 +1,7 @@
 """The master (``--workers``): drain, worker replacement, SIGHUP reload, SIGUSR2 upgrade.
 
-Real processes, real signals, real clients on loopback. The load clients use
-a urllib3-like retry policy: a request on a *reused* keep-alive connection
-that is closed or reset before any response byte is retried once on a new
-connection (that is the contract of HTTP keep-alive); anything else counts as
-a failure, refused connections included.
+Real processes, real signals, real clients on loopback; the load clients
+(``LoadClients``) retry once only a request on a reused keep-alive connection.
 """
 
 from __future__ import annotations
