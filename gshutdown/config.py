@@ -49,6 +49,9 @@ class Config:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     #: Most header fields in a request (431 beyond).
     max_header_count: int = DEFAULT_MAX_HEADER_COUNT
+    #: Longest single header field, name and value, in bytes (431 beyond);
+    #: None: only ``max_header_bytes`` (gunicorn ``limit_request_field_size=8190``).
+    max_field_size: Optional[int] = None
     #: Most connections served at once; the rest wait in the accept backlog
     #: (gunicorn ``worker_connections=1000`` for its gevent worker). None: no limit.
     max_connections: Optional[int] = None

@@ -108,6 +108,7 @@ class Connection:
             max_request_line=self.config.max_request_line,
             max_header_bytes=self.config.max_header_bytes,
             max_header_count=self.config.max_header_count,
+            max_field_size=self.config.max_field_size,
         )
         self._hub = get_hub()
         self._read_watcher: Any = None

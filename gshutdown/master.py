@@ -90,12 +90,16 @@ _WORKER_DEFAULTS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHL
 
 def main(args: argparse.Namespace) -> ExitStatus:
     """Bind the listeners and supervise ``args.workers`` workers; the exit status."""
-    logs.configure(args.log_level, access_log_path=args.access_log, error_log_path=args.error_log)
-    runner.warn_if_over_kubernetes_grace(args)
+    failed = runner.prepare_process(args) or runner.configure_logging(args)
+    if failed is not None:
+        return failed
     try:
         listeners = bind_listeners(args.bind, args.backlog, reuse_port=args.reuse_port)
     except OSError as exc:
         return fail(str(exc), ExitStatus.START_FAILED)
+    failed = runner.drop_privileges(args.user, args.group)
+    if failed is not None:
+        return failed
     return Master(args, listeners).run()
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from gshutdown import access_format
+from gshutdown.access_format import AccessEmit
+from gshutdown.logs import access_log
 from gshutdown.wsgi import WSGIApp
-
-access_log = logging.getLogger("gshutdown.access")
 
 
 class Readiness:
@@ -41,12 +41,6 @@ class Readiness:
         return [body]
 
 
-#: ``emit(environ, status, headers, sent, seconds)`` after each response:
-#: the status line (``""`` if none was started), the response header list,
-#: body bytes sent, and seconds from the application call to the body's end.
-AccessEmit = Callable[[dict[str, Any], str, list[tuple[str, str]], int, float], None]
-
-
 class AccessLog:
     """Logs one line per request: by default in the Common Log Format to ``gshutdown.access``.
 
@@ -57,7 +51,7 @@ class AccessLog:
 
     def __init__(self, app: WSGIApp, emit: Optional[AccessEmit] = None) -> None:
         self.app = app
-        self.emit: AccessEmit = emit or _log_common
+        self.emit: AccessEmit = emit or access_format.emitter(None, access_log)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         began = time.monotonic()
@@ -111,16 +105,3 @@ class _Logged:
                 close()
         finally:
             self._finish(self._sent)
-
-
-def _log_common(env: dict[str, Any], status: str, headers: list[tuple[str, str]], sent: int, seconds: float) -> None:
-    access_log.info(
-        '%s - - [%s] "%s %s %s" %s %d',
-        env.get("REMOTE_ADDR") or "-",
-        time.strftime("%d/%b/%Y:%H:%M:%S %z"),
-        env["REQUEST_METHOD"],
-        env.get("RAW_URI", env["PATH_INFO"]),
-        env["SERVER_PROTOCOL"],
-        status[:3] or "-",
-        sent,
-    )

@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import gevent
 from gevent.queue import Empty, Queue
 
-from gshutdown import logs, pidfile, systemd
+from gshutdown import access_format, logs, pidfile, systemd
 from gshutdown.addresses import cannot_listen, describe_address
 from gshutdown.app_loader import AppNotLoadable, load_app
 from gshutdown.exit_status import ExitStatus, fail
@@ -398,10 +398,12 @@ class Runner:
         return ExitStatus.FORCED if live else ExitStatus.OK
 
 
-def build_app(app: WSGIApp, *, readiness_path: Optional[str], access_log: bool) -> tuple[WSGIApp, Optional[Readiness]]:
+def build_app(
+    app: WSGIApp, *, readiness_path: Optional[str], access_log: bool, access_log_format: Optional[str] = None
+) -> tuple[WSGIApp, Optional[Readiness]]:
     """Wrap ``app`` with the access log and the readiness probe, as configured."""
     if access_log:
-        app = AccessLog(app)
+        app = AccessLog(app, access_format.emitter(access_log_format, logs.access_log))
     readiness = None
     if readiness_path:
         readiness = Readiness(app, readiness_path)
@@ -510,6 +512,88 @@ def watch_blocking(max_blocking_time: Optional[float]) -> None:
     gevent.get_hub().start_periodic_monitoring_thread()
 
 
+def prepare_process(args: argparse.Namespace) -> Optional[ExitStatus]:
+    """``--umask``, ``--chdir`` and ``--env``: before anything is bound or imported.
+
+    Returns a usage error status (after reporting it), or None.
+    """
+    if args.umask is not None:
+        os.umask(args.umask)
+    if args.chdir:
+        try:
+            os.chdir(args.chdir)
+        except OSError as exc:
+            return fail(f"--chdir {args.chdir}: {exc.strerror}", ExitStatus.USAGE)
+    for item in args.raw_env:
+        name, _, value = item.partition("=")
+        os.environ[name] = value
+    return None
+
+
+def drop_privileges(user: Optional[str], group: Optional[str]) -> Optional[ExitStatus]:
+    """``--user``/``--group``: switch to them once the listeners are bound.
+
+    Returns a usage error status (after reporting it), or None.
+    """
+    if not user and not group:
+        return None
+    import grp
+    import pwd
+
+    try:
+        account = pwd.getpwuid(int(user)) if user and user.isdigit() else pwd.getpwnam(user) if user else None
+    except KeyError:
+        return fail(f"--user: no such user: {user}", ExitStatus.USAGE)
+    try:
+        gid = (int(group) if group.isdigit() else grp.getgrnam(group).gr_gid) if group else account.pw_gid  # type: ignore[union-attr]
+    except KeyError:
+        return fail(f"--group: no such group: {group}", ExitStatus.USAGE)
+    try:
+        # Groups first: once the user is switched, they can no longer change.
+        os.setgroups([gid])
+        os.setgid(gid)
+        if account is not None:
+            os.setuid(account.pw_uid)
+    except OSError as exc:
+        return fail(f"cannot switch to user {user or '-'} / group {group or '-'}: {exc.strerror}", ExitStatus.USAGE)
+    return None
+
+
+def configure_logging(args: argparse.Namespace) -> Optional[ExitStatus]:
+    """Logging as the settings say; then the config file's warnings. A usage error status, or None."""
+    try:
+        logs.configure(
+            args.log_level,
+            access_log_path=args.access_log,
+            error_log_path=args.error_log,
+            dict_config=args.log_config,
+        )
+    except ValueError as exc:
+        return fail(str(exc), ExitStatus.USAGE)
+    for warning in getattr(args, "warnings", ()):
+        log.warning("%s", warning)
+    warn_if_over_kubernetes_grace(args)
+    return None
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Config`` fields the settings give."""
+    return dict(
+        idle_timeout=args.idle_timeout or None,
+        read_header_timeout=args.read_header_timeout or None,
+        read_body_timeout=args.read_body_timeout or None,
+        write_timeout=args.write_timeout or None,
+        idle_grace=args.idle_grace,
+        max_connections=args.max_connections,
+        backlog=args.backlog,
+        max_request_line=args.limit_request_line,
+        max_header_count=args.limit_request_fields,
+        max_field_size=args.limit_request_field_size,
+        keep_alive=not args.no_keep_alive,
+        server_header=args.server_header,
+    )
+
+
 def serve(
     args: argparse.Namespace,
     listeners: Optional[Sequence[Any]] = None,
@@ -519,31 +603,36 @@ def serve(
     """Serve ``args.app`` in this process until told to stop; return the exit status.
 
     Args:
-        args: the parsed options (``gshutdown.cli``).
+        args: the settings (``gshutdown.cli``).
         listeners: sockets to serve on instead of binding ``args.bind``
             (a worker gets its master's).
         link: a worker's pipes to its master (None: the single process).
     """
-    monkey_patch(args)
     if link is None:
-        # A worker inherits its master's handlers: adding them again would
-        # write every line twice.
-        logs.configure(args.log_level, access_log_path=args.access_log, error_log_path=args.error_log)
-        warn_if_over_kubernetes_grace(args)
+        # A worker's master did all this already, and a worker inherits its
+        # master's log handlers: adding them again would write every line twice.
+        failed = prepare_process(args)
+        if failed is None:
+            monkey_patch(args)
+            failed = configure_logging(args)
+        if failed is not None:
+            return failed
+    else:
+        monkey_patch(args)
     watch_blocking(args.max_blocking_time)
     try:
         app = load_app(args.app)
     except AppNotLoadable as exc:
         return fail(str(exc), ExitStatus.USAGE)
-    wrapped, readiness = build_app(app, readiness_path=args.readiness_path or None, access_log=bool(args.access_log))
+    wrapped, readiness = build_app(
+        app,
+        readiness_path=args.readiness_path or None,
+        access_log=bool(args.access_log),
+        access_log_format=args.access_log_format,
+    )
     if listeners is None:
         listeners = systemd.listen_fds() or args.bind
-    options = dict(
-        idle_timeout=args.idle_timeout or None,
-        read_header_timeout=args.read_header_timeout or None,
-        max_connections=args.max_connections,
-        backlog=args.backlog,
-    )
+    options = server_options(args)
     servers = []
     try:
         for listener in listeners:
@@ -554,6 +643,10 @@ def serve(
         for server in servers:
             server.close()
         return fail(cannot_listen(listener, exc), ExitStatus.START_FAILED)
+    if link is None:
+        failed = drop_privileges(args.user, args.group)
+        if failed is not None:
+            return failed
     # Only now: a usage or bind error must stay the one line on stderr.
     log.info(
         "gevent monkey-patching %s",

@@ -33,6 +33,7 @@ def test_defaults_are_present_and_documented_values() -> None:
         "max_request_line": DEFAULT_MAX_REQUEST_LINE,
         "max_header_bytes": DEFAULT_MAX_HEADER_BYTES,
         "max_header_count": DEFAULT_MAX_HEADER_COUNT,
+        "max_field_size": None,
         "max_connections": None,
         "backlog": 2048,
         "keep_alive": True,

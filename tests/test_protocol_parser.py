@@ -676,3 +676,10 @@ def test_close_ends_parsing_and_drops_the_reference_cycle_with_llhttp() -> None:
         assert ref() is None, "freed by reference counting alone"
     finally:
         gc.enable()
+
+
+def test_a_header_field_longer_than_max_field_size_gets_431() -> None:
+    parser = RequestParser(max_field_size=64)
+    parser.feed(b"GET / HTTP/1.1\r\nHost: x\r\nX-Ok: " + b"v" * 50 + b"\r\nX-Long: " + b"v" * 60 + b"\r\n\r\n")
+    event = parser.next_event()
+    assert type(event) is ProtocolError and event.status == 431

@@ -57,6 +57,8 @@ class RequestParser:
         max_request_line: longest request line accepted, in bytes (else 414).
         max_header_bytes: largest head accepted, in bytes (else 431).
         max_header_count: most header fields accepted (else 431).
+        max_field_size: longest header field, name and value, in bytes (else
+            431); None: only ``max_header_bytes`` bounds it.
     """
 
     def __init__(
@@ -65,10 +67,12 @@ class RequestParser:
         max_request_line: int = DEFAULT_MAX_REQUEST_LINE,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+        max_field_size: Optional[int] = None,
     ) -> None:
         self._max_request_line = max_request_line
         self._max_header_bytes = max_header_bytes
         self._max_header_count = max_header_count
+        self._max_field_size = max_field_size if max_field_size is not None else max_header_bytes
         self._parser = httptools.HttpRequestParser(self)
         self._events: deque[Event] = deque()
         self._finished = False  # after an error, close or upgrade: no more parsing
@@ -210,7 +214,11 @@ class RequestParser:
         value = value.rstrip(b" \t")  # trailing OWS is not part of the value
         self._header_bytes += len(name) + len(value) + 4
         self._field_count += 1
-        if self._header_bytes + self._url_len > self._max_header_bytes or self._field_count > self._max_header_count:
+        if (
+            self._header_bytes + self._url_len > self._max_header_bytes
+            or self._field_count > self._max_header_count
+            or len(name) + len(value) > self._max_field_size
+        ):
             raise _Rejected(431, "Request Header Fields Too Large")
         if not self._in_head:
             return  # a trailer field: framing only, not passed on
