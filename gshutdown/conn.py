@@ -201,23 +201,35 @@ class Connection:
         yet: wait for readability before reading rather than read, fail with
         EAGAIN, and then wait anyway.
         """
-        grace = self.server.shutdown_started
-        timeout = self.config.idle_grace if grace else self.config.idle_timeout
+        server = self.server
+        parser = self._parser
+        timeout = self.config.idle_grace if server.shutdown_started else self.config.idle_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         data = self._recv(timeout, wait_first=after_response)
-        if data is None and self.server.shutdown_started:
-            # The deadline and a request may have crossed: take what is
-            # already here rather than close under it.
-            data = self._recv(0)
-        if not data:
-            # At EOF, or on an idle connection at shutdown (nothing of ours is
-            # unread), serve() closes at once: a client that keeps its end
-            # open cannot hold up the shutdown. An idle timeout lingers.
-            if data is None and not self.server.shutdown_started:
-                self._linger_close()
-            return False
-        move(self, ConnState.ACTIVE)
-        self._parser.feed(data)
-        return True
+        while True:
+            if data is None and server.shutdown_started:
+                # The deadline and a request may have crossed: take what is
+                # already here rather than close under it.
+                data = self._recv(0)
+            if not data:
+                # At EOF, or on an idle connection at shutdown (nothing of ours
+                # is unread), serve() closes at once: a client that keeps its
+                # end open cannot hold up the shutdown. An idle timeout lingers.
+                if data is None and not server.shutdown_started:
+                    self._linger_close()
+                return False
+            parser.feed(data)
+            if parser.in_message or parser.has_events:
+                move(self, ConnState.ACTIVE)
+                return True
+            # Empty lines only, which RFC 9112 2.2 says to ignore: still idle,
+            # and the wait goes on to the same deadline. A shutdown that began
+            # meanwhile could not shorten this wait (none was pending): cut it.
+            now = time.monotonic()
+            if server.shutdown_started:
+                grace_end = now + self.config.idle_grace
+                deadline = grace_end if deadline is None else min(deadline, grace_end)
+            data = self._recv(None if deadline is None else deadline - now, wait_first=True)
 
     def _read_head(self) -> Optional[Event]:
         """The next request head (or error); sends 408 itself on a timeout."""
