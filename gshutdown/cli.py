@@ -58,6 +58,26 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _limit_seconds(text: str) -> Optional[float]:
+    """A timeout that must be more than 0 seconds, or ``none`` for no limit."""
+    if text.strip().lower() == "none":
+        return None
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, or 'none' for no limit: {text!r}")
+    return value
+
+
+def _socket_mode(text: str) -> int:
+    try:
+        value = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
+    if not 0 <= value <= 0o777:
+        raise argparse.ArgumentTypeError(f"permission bits go from 000 to 777: {text!r}")
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -121,17 +141,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--idle-timeout",
-        type=_seconds,
+        type=_limit_seconds,
         default=_env("IDLE_TIMEOUT", "5"),
-        help="keep-alive idle seconds (default 5)",
+        help="keep-alive idle seconds, or 'none' (default 5)",
     )
     p.add_argument(
         "--read-header-timeout",
-        type=_seconds,
+        type=_limit_seconds,
         default=_env("READ_HEADER_TIMEOUT", "10"),
-        help="seconds to receive a request head (default 10)",
+        help="seconds to receive a request head, or 'none' (default 10)",
     )
-    p.add_argument("--max-connections", type=_count, default=_env("MAX_CONNECTIONS"), help="most open connections")
+    p.add_argument(
+        "--max-connections",
+        type=_count,
+        default=_env("MAX_CONNECTIONS", "1000"),
+        help="most connections served at once; the rest wait in the backlog (default 1000)",
+    )
+    p.add_argument(
+        "--max-body-size",
+        type=_count,
+        default=_env("MAX_BODY_SIZE"),
+        metavar="BYTES",
+        help="largest request body; larger ones get 413 (default: no limit)",
+    )
+    p.add_argument(
+        "--unix-socket-mode",
+        type=_socket_mode,
+        default=_env("UNIX_SOCKET_MODE"),
+        metavar="MODE",
+        help="octal permission bits of unix: sockets bound, e.g. 660 (default: as the umask leaves them)",
+    )
     p.add_argument("--backlog", type=_count, default=_env("BACKLOG", "2048"), help="listen backlog (default 2048)")
     p.add_argument(
         "--readiness-path",
@@ -261,7 +300,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from gshutdown.master import Master, bind_listeners
 
         try:
-            listeners = bind_listeners(args.bind, args.backlog)
+            listeners = bind_listeners(args.bind, args.backlog, args.unix_socket_mode)
         except OSError as exc:
             print(f"gshutdown: error: {exc}", file=sys.stderr)
             return EXIT_START_FAILED
@@ -312,10 +351,12 @@ def serve(
     if listeners is None:
         listeners = systemd.listen_fds() or args.bind
     options = dict(
-        idle_timeout=args.idle_timeout or None,
-        read_header_timeout=args.read_header_timeout or None,
+        idle_timeout=args.idle_timeout,
+        read_header_timeout=args.read_header_timeout,
         max_connections=args.max_connections,
+        max_body_size=args.max_body_size,
         backlog=args.backlog,
+        unix_socket_mode=args.unix_socket_mode,
     )
     servers = []
     try:

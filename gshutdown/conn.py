@@ -108,6 +108,7 @@ class Connection:
             max_request_line=self.config.max_request_line,
             max_header_bytes=self.config.max_header_bytes,
             max_header_count=self.config.max_header_count,
+            max_body_size=self.config.max_body_size,
         )
         self._hub = get_hub()
         self._read_watcher: Any = None
@@ -117,6 +118,9 @@ class Connection:
         self.request: Optional[Request] = None
         self.body_done = True
         self.body_received = 0
+        # Seconds read_body() may still wait for the client, this body (see
+        # Config.min_body_rate); None: no total bound.
+        self._body_wait_left: Optional[float] = None
         self.expect_continue = False
         self.response_started = False
         #: The WSGI adapter's environ entries for this connection (built on first use).
@@ -248,6 +252,11 @@ class Connection:
         self.request = request
         self.body_done = not request.has_body
         self.body_received = 0
+        config = self.config
+        if self.body_done or config.min_body_rate is None or config.read_body_timeout is None:
+            self._body_wait_left = None
+        else:
+            self._body_wait_left = config.read_body_timeout
         if self.body_done:
             # Pull the EndOfMessage that follows a body-less head right away,
             # so the connection knows the request is complete.
@@ -274,13 +283,25 @@ class Connection:
             if not self.response_started:
                 self.send(_CONTINUE)
         timeout = self.config.read_body_timeout
+        wait_left = self._body_wait_left
+        if wait_left is not None and wait_left < timeout:  # type: ignore[operator]
+            timeout = wait_left
+        started = time.monotonic()
         try:
-            event = self._next_event(None if timeout is None else time.monotonic() + timeout, BODY_RECV_SIZE)
+            event = self._next_event(None if timeout is None else started + timeout, BODY_RECV_SIZE)
         except _ReadTimeout:
-            raise ClientDisconnected("timed out reading the request body") from None
+            slow = wait_left is not None and wait_left < self.config.read_body_timeout  # type: ignore[operator]
+            raise ClientDisconnected(
+                "request body slower than min_body_rate" if slow else "timed out reading the request body"
+            ) from None
         kind = type(event)
         if kind is Data:
-            self.body_received += len(event.data)  # type: ignore[union-attr]
+            size = len(event.data)  # type: ignore[union-attr]
+            self.body_received += size
+            if wait_left is not None:
+                # Waiting for the client costs budget; bytes received earn it.
+                waited = time.monotonic() - started
+                self._body_wait_left = wait_left - waited + size / self.config.min_body_rate  # type: ignore[operator]
             return event.data  # type: ignore[union-attr]
         if kind is EndOfMessage:
             self.body_done = True

@@ -61,7 +61,7 @@ BACKOFF_MAX = 10.0
 _MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD)
 
 
-def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
+def bind_listeners(binds: Sequence[Any], backlog: int, unix_socket_mode: Optional[int] = None) -> list[socket.socket]:
     """Listening sockets: inherited from an old master, from systemd, or bound now."""
     inherited = os.environ.pop(LISTEN_FDS_ENV, "")
     if inherited:
@@ -72,7 +72,7 @@ def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
     sockets = []
     try:
         for bind in binds:
-            sockets.append(_bind(bind, backlog))
+            sockets.append(_bind(bind, backlog, unix_socket_mode))
     except OSError:
         for sock in sockets:
             sock.close()
@@ -80,10 +80,10 @@ def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
     return sockets
 
 
-def _bind(bind: Any, backlog: int) -> socket.socket:
+def _bind(bind: Any, backlog: int, unix_socket_mode: Optional[int]) -> socket.socket:
     try:
         if isinstance(bind, str):
-            return bind_unix(bind[len("unix:") :], backlog)
+            return bind_unix(bind[len("unix:") :], backlog, mode=unix_socket_mode)
         host, port = bind
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)

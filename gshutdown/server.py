@@ -18,11 +18,19 @@ Shutdown timeline (``Server.shutdown(timeout)``), each step a private method:
    the connection greenlets.
 
 ``close()`` is the immediate version: listener and every connection, now.
+
+Accept: when the process (EMFILE) or the system (ENFILE) is out of file
+descriptors, or the kernel out of buffers, accepting pauses, with a retry
+delay that doubles from 5 ms to 1 s (as Go's ``Server.Serve``), while open
+connections are served as usual; clients wait in the listen backlog meanwhile.
+It is logged at most once per ``ACCEPT_ERROR_LOG_INTERVAL``, and when
+accepting resumes after a pause that was logged.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
 import socket
@@ -49,6 +57,15 @@ from gshutdown.wsgi import WSGIAdapter, WSGIApp
 log = logging.getLogger("gshutdown")
 
 Listener = Union[tuple, str, socket.socket]
+
+#: Seconds between log lines while accepting is paused for lack of resources.
+ACCEPT_ERROR_LOG_INTERVAL = 10.0
+_ACCEPT_RETRY_FIRST = 0.005
+_ACCEPT_RETRY_MAX = 1.0
+# accept() errors that say "no room for another connection now".
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept() errors about one connection, gone before it was accepted.
+_CONNECTION_ABORTED = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
 
 class ShutdownPhase(enum.Enum):
@@ -116,7 +133,7 @@ class Server(StreamServer):
         self.config = (config or Config()).replace(**options) if options else (config or Config())
         self._owns_unix_path = False
         if isinstance(listener, str) and listener.startswith("unix:"):
-            listener = bind_unix(listener[5:], self.config.backlog)
+            listener = bind_unix(listener[5:], self.config.backlog, mode=self.config.unix_socket_mode)
             self._owns_unix_path = True
         if not isinstance(listener, (str, tuple)):
             # gevent's accept loop calls accept() until it would block: a
@@ -138,6 +155,14 @@ class Server(StreamServer):
         self._date = ""
         self._callers_in_handlers: set[Connection] = set()
         self._overflow: list[gevent.Greenlet] = []
+        # Accept paused for lack of resources: the retry timer, its delay,
+        # since when, and when it was last logged.
+        self._accept_retry_timer: Any = None
+        self._accept_retry_delay = 0.0
+        self._accept_paused_at = 0.0
+        self._accept_error_logged_at = -ACCEPT_ERROR_LOG_INTERVAL
+        self._accept_pause_logged = False
+        self._accept_errors = 0
         #: Requests read so far, on all connections.
         self.requests_total = 0
         #: Periodic jobs; they start with the server and stop with its shutdown.
@@ -160,6 +185,69 @@ class Server(StreamServer):
     def init_socket(self) -> None:
         super().init_socket()
         self.wsgi = WSGIAdapter(self.application, self)
+
+    def do_read(self) -> Any:
+        """Accept one connection; None when there is none to accept now."""
+        try:
+            accepted = super().do_read()
+        except OSError as exc:
+            if exc.errno in _CONNECTION_ABORTED:
+                return None  # that client is gone; the next one may be fine
+            if exc.errno not in _OUT_OF_RESOURCES:
+                raise
+            self._pause_accepting(exc)
+            return None
+        if self._accept_retry_delay and accepted:
+            if self._accept_pause_logged:
+                log.info(
+                    "accept: resumed after %.1f s (%d attempts failed)",
+                    time.monotonic() - self._accept_paused_at,
+                    self._accept_errors,
+                )
+            self._accept_retry_delay = 0.0
+            self._accept_errors = 0
+            self._accept_pause_logged = False
+        return accepted
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors or buffers: stop watching the listener for a while.
+
+        Watching on would spin: the listener stays readable while the backlog
+        holds a connection that cannot be accepted.
+        """
+        now = time.monotonic()
+        if not self._accept_retry_delay:
+            self._accept_paused_at = now
+        self._accept_errors += 1
+        delay = min(max(2 * self._accept_retry_delay, _ACCEPT_RETRY_FIRST), _ACCEPT_RETRY_MAX)
+        self._accept_retry_delay = delay
+        if now - self._accept_error_logged_at >= ACCEPT_ERROR_LOG_INTERVAL:
+            self._accept_error_logged_at = now
+            self._accept_pause_logged = True
+            log.warning(
+                "accept: %s (%s); serving the %d open connections, new ones wait in the backlog; "
+                "retrying for %.1f s so far (logged every %g s)",
+                os.strerror(exc.errno or 0),
+                errno.errorcode.get(exc.errno or 0, exc.errno),
+                len(self.registry),
+                now - self._accept_paused_at,
+                ACCEPT_ERROR_LOG_INTERVAL,
+            )
+        self.stop_accepting()
+        self._cancel_accept_retry()
+        timer = self._accept_retry_timer = self.loop.timer(delay)
+        timer.start(self._retry_accepting)
+
+    def _retry_accepting(self) -> None:
+        self._cancel_accept_retry()
+        if hasattr(self, "socket") and self.started and not self.shutdown_started:
+            self.start_accepting()
+
+    def _cancel_accept_retry(self) -> None:
+        timer = self._accept_retry_timer
+        if timer is not None:
+            timer.close()
+            self._accept_retry_timer = None
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         """Serve one accepted socket in the calling greenlet."""
@@ -370,6 +458,7 @@ class Server(StreamServer):
                 self.do_handle(*accepted)
 
     def _close_listener(self) -> None:
+        self._cancel_accept_retry()
         if hasattr(self, "socket"):
             unix_path = None
             if self.socket.family == getattr(socket, "AF_UNIX", None):
@@ -452,4 +541,3 @@ class Server(StreamServer):
                 counts["hijacked"],
                 left,
             )
-
