@@ -330,12 +330,19 @@ class Connection:
             raise ClientDisconnected(f"sending the response failed: {exc}") from exc
 
     def hijack(self) -> tuple[socket.socket, bytes]:
-        """Hand the socket to the application; see ``environ['gshutdown.hijack']``."""
+        """Hand the socket to the application; see ``environ['gshutdown.hijack']``.
+
+        Returns the socket, with no timeout (a gevent socket: blocking calls
+        are cooperative), and the bytes already received after the head.
+        """
         if self.response_started:
             raise RuntimeError("cannot hijack after the response has started")
         if self.state is not ConnState.ACTIVE:
             raise RuntimeError(f"cannot hijack a {self.state.name} connection")
         move(self, ConnState.HIJACKED)
+        # The application decides how long its protocol may stay quiet: the
+        # server's write_timeout would end every idle WebSocket, say.
+        self.sock.settimeout(None)
         return self.sock, self._parser.tunnel_bytes
 
     def detach(self) -> None:

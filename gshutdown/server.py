@@ -18,6 +18,8 @@ Shutdown timeline (``Server.shutdown(timeout)``), each step a private method:
    the connection greenlets.
 
 ``close()`` is the immediate version: listener and every connection, now.
+Every connection it ends is reported in the result of a shutdown it
+interrupts (or that follows it) as forced.
 
 Accept: when the process (EMFILE) or the system (ENFILE) is out of file
 descriptors, or the kernel out of buffers, accepting pauses, with a retry
@@ -155,6 +157,10 @@ class Server(StreamServer):
         self._date = ""
         self._callers_in_handlers: set[Connection] = set()
         self._overflow: list[gevent.Greenlet] = []
+        # Connections force-closed (at the deadline or by close()), by id,
+        # and the hijacked sockets close() closed.
+        self._forced: dict[int, ForcedConnection] = {}
+        self._hijacked_closed_by_close = 0
         # Accept paused for lack of resources: the retry timer, its delay,
         # since when, and when it was last logged.
         self._accept_retry_timer: Any = None
@@ -365,6 +371,11 @@ class Server(StreamServer):
         self.keep_alives_enabled = False
         self._close_listener()
         for conn in self.registry.all():
+            if conn.state is ConnState.HIJACKED:
+                if conn.sock.fileno() != -1:
+                    self._hijacked_closed_by_close += 1
+            else:
+                self._record_forced(conn)
             conn.force_close()
 
     def _caller_connection(self) -> Optional[Connection]:
@@ -399,19 +410,21 @@ class Server(StreamServer):
         progress = gevent.spawn(self._log_progress, deadline)
         self._begin_shutdown()
         idle_closed = self._close_idle()
-        forced = self._wait_drained(deadline)
+        self._wait_drained(deadline)
         self.phase = ShutdownPhase.STOPPING
         jobs_killed = tuple(jobs.get())
         outcomes = join_drain_hooks(drain_hooks, deadline)
         outcomes += self.hooks.run(HookPhase.STOPPED, deadline)
-        hijacked_closed = self._close_hijacked()
+        hijacked_closed = self._close_hijacked() + self._hijacked_closed_by_close
         self._join_connections()
         progress.kill(block=False)
         self.phase = ShutdownPhase.STOPPED
+        # Forced at the deadline, or ended by close() during or before this.
+        forced = tuple(self._forced.values())
         result = ShutdownResult(
             clean=not forced and not jobs_killed,
             jobs_killed=jobs_killed,
-            forced=tuple(forced),
+            forced=forced,
             hijacked_closed=hijacked_closed,
             hooks=tuple(outcomes),
             duration=time.monotonic() - started,
@@ -475,15 +488,15 @@ class Server(StreamServer):
         grace = self.config.idle_grace
         return sum(conn.shorten_wait(grace) for conn in self.registry.in_state(ConnState.IDLE, ConnState.NEW))
 
-    def _wait_drained(self, deadline: Optional[float]) -> list[ForcedConnection]:
+    def _wait_drained(self, deadline: Optional[float]) -> None:
         # Steps 4 and 5.
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if self.registry.wait_drained(remaining):
-            return []
+            return
         self.phase = ShutdownPhase.FORCING
         exempt = self._callers_in_handlers
         forced = [
-            ForcedConnection(conn.state, conn.peer, conn.request_line, conn.age)
+            self._record_forced(conn)
             for conn in self.registry.in_state(ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE)
             if conn not in exempt
         ]
@@ -500,7 +513,13 @@ class Server(StreamServer):
             )
         # Killed greenlets close their sockets on the next loop turns.
         self.registry.wait_drained(1.0)
-        return forced
+
+    def _record_forced(self, conn: Connection) -> ForcedConnection:
+        """Note ``conn`` as forced (once: a killed greenlet closes it a little later)."""
+        item = self._forced.get(conn.id)
+        if item is None:
+            item = self._forced[conn.id] = ForcedConnection(conn.state, conn.peer, conn.request_line, conn.age)
+        return item
 
     def _close_hijacked(self) -> int:
         closed = 0
