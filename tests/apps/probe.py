@@ -3,6 +3,7 @@
 ``GET /``            hello (13 bytes)
 ``GET /patched``     whether ``gevent.monkey`` patched ``socket``: ``True``/``False``
 ``GET /slow?s=N``    logs "slow request started", sleeps N seconds, answers ``slept N``
+``POST /echo``       reads the whole body and answers with it
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[byt
         log.info("slow request started (%g s)", seconds)
         gevent.sleep(seconds)
         body = f"slept {seconds:g}".encode()
+    elif path == "/echo":
+        body = environ["wsgi.input"].read()
     else:
         body = b"Hello, World!"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
