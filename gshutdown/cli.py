@@ -62,8 +62,11 @@ def _limit_seconds(text: str) -> Optional[float]:
     """A timeout that must be more than 0 seconds, or ``none`` for no limit."""
     if text.strip().lower() == "none":
         return None
-    value = _seconds(text)
-    if value == 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:  # NaN included
         raise argparse.ArgumentTypeError(f"must be more than 0 seconds, or 'none' for no limit: {text!r}")
     return value
 

@@ -282,15 +282,15 @@ class Connection:
             self.expect_continue = False
             if not self.response_started:
                 self.send(_CONTINUE)
-        timeout = self.config.read_body_timeout
-        wait_left = self._body_wait_left
-        if wait_left is not None and wait_left < timeout:  # type: ignore[operator]
-            timeout = wait_left
+        config = self.config
+        per_wait = config.read_body_timeout
+        wait_left = self._body_wait_left  # None unless per_wait and min_body_rate are set
+        slow = wait_left is not None and per_wait is not None and wait_left < per_wait
+        timeout = wait_left if slow else per_wait
         started = time.monotonic()
         try:
             event = self._next_event(None if timeout is None else started + timeout, BODY_RECV_SIZE)
         except _ReadTimeout:
-            slow = wait_left is not None and wait_left < self.config.read_body_timeout  # type: ignore[operator]
             raise ClientDisconnected(
                 "request body slower than min_body_rate" if slow else "timed out reading the request body"
             ) from None
@@ -298,10 +298,10 @@ class Connection:
         if kind is Data:
             size = len(event.data)  # type: ignore[union-attr]
             self.body_received += size
-            if wait_left is not None:
+            rate = config.min_body_rate
+            if wait_left is not None and rate is not None:
                 # Waiting for the client costs budget; bytes received earn it.
-                waited = time.monotonic() - started
-                self._body_wait_left = wait_left - waited + size / self.config.min_body_rate  # type: ignore[operator]
+                self._body_wait_left = wait_left - (time.monotonic() - started) + size / rate
             return event.data  # type: ignore[union-attr]
         if kind is EndOfMessage:
             self.body_done = True

@@ -62,6 +62,10 @@ _END_OF_MESSAGE = EndOfMessage()
 _HOST_PORT = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|(?:[-A-Za-z0-9._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?\Z")
 # Authority-form (CONNECT only): host ":" port, both present.
 _AUTHORITY_FORM = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|(?:[-A-Za-z0-9._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+):[0-9]+\Z")
+# Host values that passed _HOST_PORT: a server sees a few again and again.
+# Bounded, and cleared when full, so made-up values cannot grow it.
+_VALID_HOSTS: set[bytes] = set()
+_MAX_VALID_HOSTS = 256
 # A synthetic head that puts a fresh llhttp into a chunked body; see _rechunk().
 _CHUNKED_PRIMER = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -331,8 +335,12 @@ class RequestParser:
         lname = name.lower()
         if lname == b"host":
             self._host_count += 1
-            if not _HOST_PORT.match(value):
-                raise _Rejected(400, "Invalid Host")
+            if value not in _VALID_HOSTS:
+                if not _HOST_PORT.match(value):
+                    raise _Rejected(400, "Invalid Host")
+                if len(_VALID_HOSTS) >= _MAX_VALID_HOSTS:
+                    _VALID_HOSTS.clear()
+                _VALID_HOSTS.add(value)
         elif lname == b"expect":
             self._expect_continue = value.lower() == b"100-continue"
         elif lname == b"content-length":
@@ -372,7 +380,8 @@ class RequestParser:
             raise _Rejected(400, "Exactly One Host Header Required")
         method = parser.get_method()
         target = b"".join(self._url_parts)
-        self._check_target(method, target)
+        if target[:1] != b"/" or method == b"CONNECT":  # not origin-form, the usual case
+            self._check_target(method, target)
         max_body = self._max_body_size
         if max_body is not None:
             if self._content_length > max_body:
@@ -410,13 +419,10 @@ class RequestParser:
     @staticmethod
     def _check_target(method: bytes, target: bytes) -> None:
         """The request-target form must suit the method (RFC 9112 3.2)."""
-        first = target[:1]
         if method == b"CONNECT":
             if not _AUTHORITY_FORM.match(target):
                 raise _Rejected(400, "CONNECT Needs An Authority-Form Target")
-        elif first == b"/":
-            return  # origin-form: the usual case
-        elif first == b"*":
+        elif target[:1] == b"*":
             if method != b"OPTIONS" or target != b"*":
                 raise _Rejected(400, "Asterisk-Form Is Only For OPTIONS")
         else:
