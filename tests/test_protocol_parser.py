@@ -461,16 +461,24 @@ def test_header_bytes_limit_is_configurable() -> None:
     assert events[0].status == 431
 
 
+BACKSTOP = 2 * (DEFAULT_MAX_HEADER_BYTES + DEFAULT_MAX_REQUEST_LINE)
+
+
+def feed_until_an_event(parser: RequestParser) -> int:
+    """Feed 4 KiB pieces of one endless line (at most twice the backstop); the bytes fed."""
+    fed = 0
+    while not parser.has_events and fed <= 2 * BACKSTOP:
+        parser.feed(b"v" * 4096)
+        fed += 4096
+    return fed
+
+
 def test_head_that_never_ends_a_line_is_cut_off_with_431() -> None:
     parser = RequestParser()
     parser.feed(b"GET / HTTP/1.1\r\n" + HOST + b"X-Endless: ")
-    fed = 0
-    backstop = 2 * (DEFAULT_MAX_HEADER_BYTES + DEFAULT_MAX_REQUEST_LINE)
-    while not parser.has_events and fed <= 2 * backstop:
-        parser.feed(b"v" * 4096)
-        fed += 4096
+    fed = feed_until_an_event(parser)
     assert drain(parser) == [ProtocolError(431, "Request Header Fields Too Large")]
-    assert fed <= backstop + 4096
+    assert fed <= BACKSTOP + 4096
     assert parser.finished
 
 
@@ -479,11 +487,7 @@ def test_trailer_that_never_ends_a_line_is_cut_off_with_431() -> None:
     parser = RequestParser()
     parser.feed(b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX-T: ")
     assert kinds(merge_data(drain(parser))) == ["Request", "Data"]
-    fed = 0
-    backstop = 2 * (DEFAULT_MAX_HEADER_BYTES + DEFAULT_MAX_REQUEST_LINE)
-    while not parser.has_events and fed <= 2 * backstop:
-        parser.feed(b"v" * 4096)
-        fed += 4096
+    fed = feed_until_an_event(parser)
     events = drain(parser)
     assert events and type(events[-1]) is ProtocolError, f"no error after {fed} bytes of one trailer field"
     assert events[-1].status == 431
@@ -494,13 +498,9 @@ def test_chunk_size_line_that_never_ends_is_cut_off_with_400_not_431() -> None:
     parser = RequestParser()
     parser.feed(b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n5;name=")
     assert kinds(merge_data(drain(parser))) == ["Request", "Data"]
-    fed = 0
-    backstop = 2 * (DEFAULT_MAX_HEADER_BYTES + DEFAULT_MAX_REQUEST_LINE)
-    while not parser.has_events and fed <= 2 * backstop:
-        parser.feed(b"v" * 4096)
-        fed += 4096
+    fed = feed_until_an_event(parser)
     assert drain(parser) == [ProtocolError(400, "Chunk Extension Too Long")]
-    assert fed <= backstop + 4096
+    assert fed <= BACKSTOP + 4096
 
 
 # -- body size limit ----------------------------------------------------------------
