@@ -212,19 +212,19 @@ def test_websocket_example_echoes_and_closes_with_1001_on_sigterm(tmp_path: Path
 
 
 def test_websocket_example_stays_open_while_idle_past_write_timeout(tmp_path: Path) -> None:
-    """Served by gshutdown.run with a 0.3 s write_timeout: an idle session lives on regardless."""
+    """Served by gshutdown.run with a 0.2 s write_timeout: an idle session lives on regardless."""
     port = free_port()
     code = (
         "import logging, sys; logging.basicConfig(level=logging.INFO); import gshutdown; "
         "from examples.websocket_echo import app; "
-        f"sys.exit(gshutdown.run(app, bind=('127.0.0.1', {port}), write_timeout=0.3))"
+        f"sys.exit(gshutdown.run(app, bind=('127.0.0.1', {port}), write_timeout=0.2))"
     )
     with GProcess([sys.executable, "-c", code], tmp_path / "log") as server:
         server.wait_listening()
         client = WSClient(port)
         try:
             assert isinstance(client.next_event(), AcceptConnection)
-            client.sock.settimeout(1.0)  # quiet for more than three write_timeouts
+            client.sock.settimeout(0.6)  # quiet for three write_timeouts
             with pytest.raises(TimeoutError):
                 client.sock.recv(1)
             client.send(Message(data="after a pause"))

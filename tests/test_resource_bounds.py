@@ -80,12 +80,12 @@ class BodyReader:
 def test_a_body_trickling_in_slower_than_min_body_rate_is_cut_off(serve: Callable[..., ServerThread]) -> None:
     """One byte per 0.25 s: each wait is under read_body_timeout, but the total is bounded."""
     app = BodyReader()
-    st = serve(app, read_body_timeout=0.5, min_body_rate=100.0)
+    st = serve(app, read_body_timeout=0.4, min_body_rate=100.0)
     with st.connect() as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
         sock.settimeout(0.25)  # paces the trickle: a byte, then a 0.25 s wait for a reply
         received = b""
-        for _ in range(40):  # 10 s at most; the allowance is 0.5 s + 0.01 s per byte
+        for _ in range(40):  # 10 s at most; the allowance is 0.4 s + 0.01 s per byte
             try:
                 sock.sendall(b"x")
                 received = sock.recv(65536)
@@ -104,12 +104,12 @@ def test_a_body_trickling_in_slower_than_min_body_rate_is_cut_off(serve: Callabl
 
 
 def test_a_body_faster_than_min_body_rate_is_read_however_long_it_takes(serve: Callable[..., ServerThread]) -> None:
-    """50 bytes per 0.1 s (500 B/s) against a 100 B/s minimum: 2 s in all, past the 0.5 s base."""
+    """50 bytes per 0.1 s (500 B/s) against a 100 B/s minimum: 0.8 s in all, twice the 0.4 s base."""
     app = BodyReader()
-    st = serve(app, read_body_timeout=0.5, min_body_rate=100.0)
-    pieces = [bytes([65 + i]) * 50 for i in range(20)]
+    st = serve(app, read_body_timeout=0.4, min_body_rate=100.0)
+    pieces = [bytes([65 + i]) * 50 for i in range(8)]
     with st.connect() as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n")
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 400\r\n\r\n")
         sock.settimeout(0.1)  # paces the pieces
         for piece in pieces[:-1]:
             sock.sendall(piece)
@@ -124,8 +124,8 @@ def test_a_body_faster_than_min_body_rate_is_read_however_long_it_takes(serve: C
 def test_time_the_app_spends_before_reading_does_not_count_against_the_body(
     serve: Callable[..., ServerThread],
 ) -> None:
-    app = BodyReader(delay=1.0)  # twice read_body_timeout
-    st = serve(app, read_body_timeout=0.5, min_body_rate=100.0)
+    app = BodyReader(delay=0.8)  # twice read_body_timeout
+    st = serve(app, read_body_timeout=0.4, min_body_rate=100.0)
     with st.connect() as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 20\r\n\r\n" + b"a" * 10)
         assert app.started_reading.wait(10)
