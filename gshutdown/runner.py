@@ -579,12 +579,15 @@ def configure_logging(args: argparse.Namespace) -> Optional[ExitStatus]:
 def server_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``Config`` fields the settings give."""
     return dict(
-        idle_timeout=args.idle_timeout or None,
-        read_header_timeout=args.read_header_timeout or None,
-        read_body_timeout=args.read_body_timeout or None,
-        write_timeout=args.write_timeout or None,
+        idle_timeout=args.idle_timeout,
+        read_header_timeout=args.read_header_timeout,
+        read_body_timeout=args.read_body_timeout,
+        write_timeout=args.write_timeout,
         idle_grace=args.idle_grace,
         max_connections=args.max_connections,
+        max_body_size=args.max_body_size,
+        min_body_rate=args.min_body_rate,
+        unix_socket_mode=args.unix_socket_mode,
         backlog=args.backlog,
         max_request_line=args.limit_request_line,
         max_header_count=args.limit_request_fields,

@@ -81,10 +81,31 @@ def count_or_zero(text: str) -> int:
 
 
 def optional_count(text: str) -> Optional[int]:
-    """A count, or 0 / "none" for no limit."""
-    if text.strip().lower() in ("0", "none", ""):
+    """A count of at least 1, or ``none`` for no limit."""
+    if text.strip().lower() == "none":
         return None
     return count(text)
+
+
+def limit_seconds(text: str) -> Optional[float]:
+    """A timeout of more than 0 seconds, or ``none`` for no limit (0 would read as either)."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:  # NaN included
+        raise SettingError(f"must be more than 0 seconds, or 'none' for no limit: {text!r}")
+    return value
+
+
+def socket_mode(text: str) -> int:
+    """Permission bits, octal: 000 to 777."""
+    value = octal(text)
+    if not 0 <= value <= 0o777:
+        raise SettingError(f"permission bits go from 000 to 777: {text!r}")
+    return value
 
 
 def octal(text: str) -> int:
@@ -217,39 +238,55 @@ SETTINGS: tuple[Setting, ...] = (
     S(
         "idle_timeout",
         ("--idle-timeout",),
-        seconds,
+        limit_seconds,
         5.0,
-        "keep-alive idle seconds (uvicorn: 5)",
+        "keep-alive idle seconds, or 'none' (uvicorn: 5)",
         gunicorn=("keepalive",),
     ),
     S(
         "read_header_timeout",
         ("--read-header-timeout",),
-        seconds,
+        limit_seconds,
         10.0,
-        "seconds to receive a request head, then 408 (Go's ReadHeaderTimeout)",
+        "seconds to receive a request head, then 408, or 'none' (Go's ReadHeaderTimeout)",
     ),
     S(
         "read_body_timeout",
         ("--read-body-timeout",),
-        seconds,
+        limit_seconds,
         30.0,
-        "longest wait for the next piece of a request body the application reads",
+        "longest wait for the next piece of a request body the application reads, or 'none'",
     ),
     S(
         "write_timeout",
         ("--write-timeout",),
-        seconds,
+        limit_seconds,
         30.0,
-        "longest time one response write may take against a client not reading",
+        "longest time one response write may take against a client not reading, or 'none'",
     ),
     S(
         "max_connections",
         ("--max-connections",),
         optional_count,
-        None,
-        "connections served at once, the rest wait in the backlog (gunicorn worker_connections); 0: no limit",
+        1000,
+        "connections served at once, the rest wait in the backlog (gunicorn worker_connections: 1000); 'none'",
         gunicorn=("worker_connections",),
+    ),
+    S(
+        "max_body_size",
+        ("--max-body-size",),
+        optional_count,
+        None,
+        "largest request body in bytes; larger ones get 413 before the app runs (nginx client_max_body_size)",
+        metavar="BYTES",
+    ),
+    S(
+        "min_body_rate",
+        ("--min-body-rate",),
+        optional_count,
+        500,
+        "bytes per second a request body must keep up once read_body_timeout is spent (Apache MinRate), or 'none'",
+        metavar="BYTES",
     ),
     S("backlog", ("--backlog",), count, 2048, "listen backlog (gunicorn: 2048)"),
     S("limit_request_line", ("--limit-request-line",), count, 8190, "longest request line in bytes, then 414"),
@@ -259,7 +296,7 @@ SETTINGS: tuple[Setting, ...] = (
         ("--limit-request-field-size",),
         optional_count,
         None,
-        "longest header field (name and value) in bytes, then 431 (gunicorn: 8190); 0: only the 64 KiB head limit",
+        "longest header field (name and value) in bytes, then 431 (gunicorn: 8190); 'none': the 64 KiB head limit only",
     ),
     S(
         "no_keep_alive",
@@ -336,6 +373,14 @@ SETTINGS: tuple[Setting, ...] = (
     S("user", ("--user",), optional_text, None, "after binding, switch to this user (name or uid)"),
     S("group", ("--group",), optional_text, None, "after binding, switch to this group (name or gid)"),
     S("umask", ("--umask",), octal, None, "process umask, octal (gunicorn: 0); unix socket files get it too"),
+    S(
+        "unix_socket_mode",
+        ("--unix-socket-mode",),
+        socket_mode,
+        None,
+        "octal permission bits of unix: sockets bound, e.g. 660 (default: what the umask leaves)",
+        metavar="MODE",
+    ),
     S(
         "raw_env",
         ("-e", "--env"),

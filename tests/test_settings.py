@@ -48,7 +48,7 @@ def test_defaults_without_anything_given() -> None:
     args = parse_args([APP])
     assert set(args.sources.values()) == {settings.DEFAULT, settings.CLI}
     assert args.bind == [("127.0.0.1", 8000)]
-    assert (args.graceful_timeout, args.workers, args.max_connections) == (30.0, 0, None)
+    assert (args.graceful_timeout, args.workers, args.max_connections) == (30.0, 0, 1000)
 
 
 @pytest.mark.parametrize(
