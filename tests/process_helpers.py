@@ -196,6 +196,22 @@ def start_gshutdown(
     return proc
 
 
+#: What a master logs once its first workers all serve.
+MASTER_READY = r"master (\d+): (\d+) worker\(s\) ready"
+
+
+def start_master(log_path: Path, app: str, port: int, *args: str, workers: int = 2) -> GProcess:
+    """``python -m gshutdown APP -b 127.0.0.1:PORT -w WORKERS ARGS``, waited for until its workers serve."""
+    argv = gshutdown_argv(app, "-b", f"127.0.0.1:{port}", "-w", str(workers), "--ready-timeout", "10", *args)
+    proc = GProcess(argv, log_path)
+    try:
+        proc.wait_for_log(MASTER_READY, timeout=STARTUP_TIMEOUT)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 # -- clients ---------------------------------------------------------------------
 
 

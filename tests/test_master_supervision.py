@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gshutdown.exit_status import ExitStatus
 from tests.process_helpers import (
+    MASTER_READY,
     PROBE,
     GProcess,
     LoadClients,
@@ -30,23 +31,15 @@ from tests.process_helpers import (
     read_response,
     recv_eof,
     request_bytes,
+    start_master,
     wait_until,
 )
 
-READY = r"master (\d+): (\d+) worker\(s\) ready"
+READY = MASTER_READY
 
 
-def _master(tmp_path: Path, port: int, *extra: str, app: str = PROBE, log: str = "master.log") -> GProcess:
-    proc = GProcess(
-        gshutdown_argv(app, "-b", f"127.0.0.1:{port}", "-w", "2", "--ready-timeout", "10", *extra),
-        tmp_path / log,
-    )
-    try:
-        proc.wait_for_log(READY, timeout=20)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+def _master(tmp_path: Path, port: int, *extra: str) -> GProcess:
+    return start_master(tmp_path / "master.log", PROBE, port, *extra)
 
 
 def _ready_workers(text: str) -> list[int]:
