@@ -30,7 +30,6 @@ from gevent.socket import wait_write
 
 from gshutdown.config import Config
 from gshutdown.conn import RECV_SIZE, ClientDisconnected, Connection
-from gshutdown.protocol.writer import error_response
 from gshutdown.state import ConnState
 
 log = logging.getLogger("gshutdown")
@@ -146,18 +145,9 @@ class TLSConnection(Connection):
         return True
 
     def _refuse_plain_http(self) -> None:
-        # A plain HTTP request on the HTTPS port: say so, in plain HTTP.
-        try:
-            self._raw.send(
-                error_response(
-                    400,
-                    "Bad Request (plain HTTP sent to the HTTPS port)",
-                    date=self.server.http_date(),
-                    server=self.config.server_header,
-                )
-            )
-        except OSError:
-            return
+        # A plain HTTP request on the HTTPS port: say so, in plain HTTP (no
+        # TLS session yet, so send() writes in the clear).
+        self.send_error(400, "Bad Request (plain HTTP sent to the HTTPS port)")
         self._linger_close()
 
     def _wait_writable(self, timeout: Optional[float]) -> bool:
