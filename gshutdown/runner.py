@@ -46,7 +46,6 @@ from gevent.queue import Empty, Queue
 from gshutdown import access_format, logs, pidfile, systemd
 from gshutdown.addresses import cannot_listen, describe_address
 from gshutdown.app_loader import AppNotLoadable, load_app
-from gshutdown.config import Config
 from gshutdown.exit_status import ExitStatus, fail
 from gshutdown.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
 from gshutdown.middleware import AccessLog, Readiness
@@ -513,25 +512,6 @@ def watch_blocking(max_blocking_time: Optional[float]) -> None:
     gevent.get_hub().start_periodic_monitoring_thread()
 
 
-#: ``Config`` fields set from options of the same name (``--forwarded-allow-ips``, ``--certfile``, ...).
-PROXY_AND_TLS_OPTIONS = (
-    "forwarded_allow_ips",
-    "proxy_headers",
-    "proxy_protocol",
-    "certfile",
-    "keyfile",
-    "ca_certs",
-    "cert_reqs",
-    "ciphers",
-)
-
-
-def proxy_and_tls_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The proxy and TLS settings in ``args``; ``Config``'s defaults for those it lacks."""
-    defaults = Config()
-    return {name: getattr(args, name, getattr(defaults, name)) for name in PROXY_AND_TLS_OPTIONS}
-
-
 def prepare_process(args: argparse.Namespace) -> Optional[ExitStatus]:
     """``--umask``, ``--chdir`` and ``--env``: before anything is bound or imported.
 
@@ -614,7 +594,14 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         max_field_size=args.limit_request_field_size,
         keep_alive=not args.no_keep_alive,
         server_header=args.server_header,
-        **proxy_and_tls_options(args),
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        proxy_headers=not args.no_proxy_headers,
+        proxy_protocol=args.proxy_protocol,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        ca_certs=args.ca_certs,
+        cert_reqs=args.cert_reqs,
+        ciphers=args.ciphers,
     )
 
 

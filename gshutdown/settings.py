@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import enum
-import ipaddress
 import os
 import runpy
 from dataclasses import dataclass
@@ -137,16 +136,23 @@ def log_level(value: str) -> str:
     return level
 
 
-def ip_networks(value: str) -> str:
-    """``*`` or a comma-separated list of addresses and CIDR networks (checked, kept as text)."""
-    for item in value.split(","):
-        item = item.strip()
-        if item and item != "*":
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise SettingError(f"not an IP address or network: {item!r}") from None
+def trusted_peers(value: str) -> str:
+    """``*`` or comma-separated addresses and CIDR networks (checked, kept as text)."""
+    from gshutdown.forwarded import TrustedProxies
+
+    try:
+        TrustedProxies(value)
+    except ValueError as exc:
+        raise SettingError(str(exc).removeprefix("forwarded_allow_ips: ")) from None
     return value
+
+
+def client_certificates(value: str) -> Optional[str]:
+    """``none``, ``optional`` or ``required`` (gunicorn's 0, 1, 2)."""
+    choice = {"0": "none", "1": "optional", "2": "required"}.get(value.strip(), value.strip().lower())
+    if choice not in ("none", "optional", "required"):
+        raise SettingError(f"want none, optional or required, not {value!r}")
+    return choice
 
 
 def bind_address(value: str) -> Any:
@@ -391,6 +397,49 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="NAME=VALUE",
     ),
     # -- workers
+    # -- proxies and TLS
+    S(
+        "forwarded_allow_ips",
+        ("--forwarded-allow-ips",),
+        trusted_peers,
+        "127.0.0.1,::1",
+        "peers whose X-Forwarded-For/-Proto, Forwarded and PROXY addresses are believed: IPs and CIDRs, "
+        "comma-separated, '*' for any (gunicorn's)",
+    ),
+    S(
+        "no_proxy_headers",
+        ("--no-proxy-headers",),
+        yes_no,
+        False,
+        "ignore X-Forwarded-* and Forwarded even from trusted peers (uvicorn --no-proxy-headers)",
+        kind=Kind.FLAG,
+    ),
+    S(
+        "proxy_protocol",
+        ("--proxy-protocol",),
+        yes_no,
+        False,
+        "every connection begins with a PROXY v1/v2 header (HAProxy, nginx, AWS NLB); without a valid one: 400",
+        kind=Kind.FLAG,
+    ),
+    S("certfile", ("--certfile",), optional_text, None, "PEM certificate chain: serve HTTPS", metavar="FILE"),
+    S("keyfile", ("--keyfile",), optional_text, None, "PEM private key (default: in --certfile)", metavar="FILE"),
+    S(
+        "ca_certs",
+        ("--ca-certs",),
+        optional_text,
+        None,
+        "PEM CA bundle to verify client certificates with",
+        metavar="FILE",
+    ),
+    S(
+        "cert_reqs",
+        ("--cert-reqs",),
+        client_certificates,
+        None,
+        "client certificates: none, optional or required (default: required with --ca-certs, else none)",
+    ),
+    S("ciphers", ("--ciphers",), optional_text, None, "OpenSSL cipher list for TLS 1.2"),
     S(
         "workers",
         ("-w", "--workers"),

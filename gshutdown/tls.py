@@ -231,4 +231,3 @@ class TLSConnection(Connection):
             self._send_close_notify()
         self._tls = None
         super()._close_now()
-

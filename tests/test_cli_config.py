@@ -52,6 +52,7 @@ preload_app = False
 limit_request_line = 4094
 limit_request_fields = 100
 limit_request_field_size = 8190
+forwarded_allow_ips = "127.0.0.1"
 proc_name = "probe"
 
 

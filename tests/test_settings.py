@@ -92,6 +92,7 @@ def test_gunicorn_names_in_a_config_file_map_to_ours(tmp_path: Path) -> None:
         "umask = 0o027\n"
         "raw_env = ['A=1', 'B=two']\n"
         "wsgi_app = 'tests.apps.probe:app'\n"
+        "cert_reqs = 2\n"
         "def post_fork(server, worker):\n"
         "    pass\n",
     )
@@ -102,6 +103,7 @@ def test_gunicorn_names_in_a_config_file_map_to_ours(tmp_path: Path) -> None:
     assert (args.max_requests, args.max_requests_jitter, args.graceful_timeout) == (1000, 50, 25.0)
     assert (args.access_log, args.error_log, args.log_level, args.pid) == ("-", "-", "warning", "/tmp/app.pid")
     assert (args.preload, args.umask, args.raw_env) == (True, 0o027, ["A=1", "B=two"])
+    assert args.cert_reqs == "required"  # gunicorn's ssl.CERT_REQUIRED
     assert any("post_fork" in warning for warning in args.warnings)
     assert any("worker_class" in warning for warning in args.warnings)
 
@@ -217,6 +219,8 @@ def test_server_settings_reach_the_config() -> None:
         (["--umask", "9"], "not an octal mode"),
         (["-e", "NOVALUE"], "want NAME=VALUE"),
         (["--log-level", "loud"], "not a log level"),
+        (["--forwarded-allow-ips", "10.0.0.0/33"], "is not an IP address or network"),
+        (["--cert-reqs", "maybe"], "want none, optional or required"),
     ],
 )
 def test_bad_values_are_one_line_errors(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:

@@ -1,9 +1,8 @@
 """The shutdown contract over TLS, in real processes stopped by a real SIGTERM.
 
 The children run ``gshutdown.run(..., certfile=...)`` as a library user's
-``__main__`` would (``process_helpers.start_embedded``), or the CLI's own path
-(``cli.parse_args`` then ``runner.serve``/``master.main``) with the TLS
-settings put on the parsed options, as the flags for them will.
+``__main__`` would (``process_helpers.start_embedded``), or the command line
+(``--certfile``, ``--forwarded-allow-ips``, ``--proxy-protocol`` ...).
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,16 @@ import pytest
 import requests
 
 from gshutdown.exit_status import ExitStatus
-from tests.process_helpers import GProcess, free_port, get, recv_eof, refused, start_embedded, wait_until
+from tests.process_helpers import (
+    GProcess,
+    free_port,
+    get,
+    gshutdown_argv,
+    recv_eof,
+    refused,
+    start_embedded,
+    wait_until,
+)
 from tests.tls_helpers import (
     TLSFiles,
     der_of,
@@ -33,23 +40,14 @@ from tests.tls_helpers import (
     tls_connect,
 )
 
-#: The CLI's path with settings it has no flag for yet: argv[1] is JSON set on the parsed options.
-CLI_WITH_SETTINGS = """
-import json, sys
-from gshutdown import cli
-args = cli.parse_args(sys.argv[2:])
-for name, value in json.loads(sys.argv[1]).items():
-    setattr(args, name, value)
-if args.workers:
-    from gshutdown import master
-    raise SystemExit(master.main(args))
-from gshutdown import runner
-raise SystemExit(runner.serve(args))
-"""
-
 
 def cli_with_settings(settings: dict[str, Any], *args: str) -> list[str]:
-    return [sys.executable, "-c", CLI_WITH_SETTINGS, json.dumps(settings), *args]
+    """``python -m gshutdown`` with ``settings`` as their command-line flags."""
+    flags: list[str] = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    return gshutdown_argv(*flags, *args)
 
 
 def tls_settings(files: TLSFiles) -> dict[str, Any]:
@@ -180,7 +178,7 @@ def test_sighup_with_workers_serves_a_renewed_certificate_and_keeps_the_old_if_t
     ("settings", "message"),
     [
         ({"certfile": "/nonexistent/cert.pem"}, "certfile /nonexistent/cert.pem: No such file or directory"),
-        ({"forwarded_allow_ips": "10.0.0.0/8,proxy"}, "forwarded_allow_ips: 'proxy' is not an IP address"),
+        ({"forwarded_allow_ips": "10.0.0.0/8,proxy"}, "argument --forwarded-allow-ips: 'proxy' is not an IP address"),
     ],
     ids=["certfile", "forwarded_allow_ips"],
 )
@@ -196,7 +194,7 @@ def test_an_unusable_setting_is_one_line_and_exit_2(
     assert "Traceback" not in proc.log()
 
 
-def test_the_cli_path_takes_the_proxy_settings_from_the_parsed_options(tmp_path: Path) -> None:
+def test_the_command_line_takes_the_proxy_settings(tmp_path: Path) -> None:
     port = free_port()
     argv = cli_with_settings(
         {"forwarded_allow_ips": "10.0.0.0/8", "proxy_protocol": True}, "-b", f"127.0.0.1:{port}", "tests.apps.probe:app"
