@@ -10,6 +10,10 @@ timer the server may shorten from outside (``shorten_wait()``), which is how a
 shutdown gives an idle connection a short read deadline without throwing an
 exception into a greenlet that may, by the time it lands, be serving a request.
 
+Before the first request comes the prelude (``_prepare()``): the PROXY
+protocol header when configured, and in ``gshutdown.tls`` the TLS handshake,
+all within ``read_header_timeout`` of the accept, the connection NEW all along.
+
 States move only through ``state.move()``: NEW on accept, ACTIVE on the first
 byte of a request (or when a pipelined one is already buffered), IDLE after a
 response when nothing of the next request has arrived, and CLOSED or HIJACKED
@@ -36,6 +40,7 @@ from gshutdown.protocol import (
     Request,
     RequestParser,
 )
+from gshutdown.protocol.proxy_protocol import V1_MAX_LENGTH, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from gshutdown.protocol.writer import error_response
 from gshutdown.state import ConnState, move
 
@@ -87,9 +92,15 @@ class Connection:
         created: ``time.monotonic()`` at accept, in seconds.
         request_line: the current or last request line, e.g. ``"GET / HTTP/1.1"``.
         requests: how many requests have been read on this connection.
+        proxy_header: the PROXY protocol header it began with (with
+            ``Config.proxy_protocol``), a ``ProxyHeader``; else None.
     """
 
     _next_id = 0
+    # Class-level defaults: set per connection only when in use.
+    proxy_header: Optional[ProxyHeader] = None
+    #: Whether this connection's forwarding headers are believed (set by the WSGI adapter).
+    forwarded_trusted = False
 
     def __init__(self, server: Server, sock: socket.socket, peer: Any) -> None:
         Connection._next_id += 1
@@ -111,6 +122,8 @@ class Connection:
             max_request_line=self.config.max_request_line,
             max_header_bytes=self.config.max_header_bytes,
             max_header_count=self.config.max_header_count,
+            max_field_size=self.config.max_field_size,
+            max_body_size=self.config.max_body_size,
         )
         self._hub = get_hub()
         self._read_watcher: Any = None
@@ -120,6 +133,9 @@ class Connection:
         self.request: Optional[Request] = None
         self.body_done = True
         self.body_received = 0
+        # Seconds read_body() may still wait for the client, this body (see
+        # Config.min_body_rate); None: no total bound.
+        self._body_wait_left: Optional[float] = None
         self.expect_continue = False
         self.response_started = False
         #: The WSGI adapter's environ entries for this connection (built on first use).
@@ -157,7 +173,8 @@ class Connection:
                 # plus the client's delayed ACK.
                 self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.sock.settimeout(self.config.write_timeout)
-            self._serve_requests()
+            if self._prepare():
+                self._serve_requests()
         except GreenletExit:
             pass  # forced close by the server: nothing to report per request
         except _CLIENT_GONE:
@@ -174,6 +191,73 @@ class Connection:
                 # for a shutdown to close, so stop tracking it.
                 self.server.registry.forget(self)
             self._parser.close()
+
+    def _prepare(self) -> bool:
+        """What comes before the first request (the PROXY header); False: close."""
+        if self.config.proxy_protocol:
+            return self._read_proxy_header()
+        return True
+
+    def _prelude_timeout(self, deadline: Optional[float]) -> Optional[float]:
+        """Seconds the next wait before the first request may take.
+
+        The whole prelude (PROXY header, TLS handshake) must end by
+        ``deadline`` (``read_header_timeout`` after the accept). The
+        connection is NEW all along, so once a shutdown has started each wait
+        gets ``idle_grace`` at most, as a NEW connection waiting for its
+        first byte does.
+        """
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if self.server.shutdown_started and (timeout is None or timeout > self.config.idle_grace):
+            timeout = self.config.idle_grace
+        return timeout
+
+    def _prelude_deadline(self) -> Optional[float]:
+        """``time.monotonic()`` by which the prelude must be over (None: no limit)."""
+        timeout = self.config.read_header_timeout
+        return None if timeout is None else self.created + timeout
+
+    def _read_proxy_header(self) -> bool:
+        """Read exactly the PROXY header (the next byte may be TLS's); False: close.
+
+        Bytes are peeked, and only those known to be header are taken, so a
+        client's first bytes stay in the socket for whoever reads next. A
+        malformed header gets 400 and the connection closes: nothing reaches
+        the application.
+        """
+        raw = self._raw
+        deadline = self._prelude_deadline()
+        received = b""
+        wanted = V1_MAX_LENGTH
+        while True:
+            try:
+                peeked = raw.recv(wanted - len(received), socket.MSG_PEEK)
+            except BlockingIOError:
+                peeked = None
+            except InterruptedError:
+                continue
+            except ConnectionError:
+                return False
+            if peeked is not None:
+                if not peeked:
+                    return False
+                try:
+                    header, length = parse_proxy_header(received + peeked)
+                except ProxyProtocolError as exc:
+                    log.info("connection from %s refused: %s", self.peer, exc)
+                    self.send_error(400, "Bad Request (invalid PROXY protocol header)")
+                    self._linger_close()
+                    return False
+                # Peeked bytes are in the socket already: these reads take
+                # them without waiting. Incomplete, every byte peeked is header.
+                taken = raw.recv(len(peeked) if header is None else length - len(received))
+                received += taken
+                if header is not None:
+                    self.proxy_header = header
+                    return True
+                wanted = length
+            if not self._wait_readable(self._prelude_timeout(deadline)):
+                return False
 
     def _serve_requests(self) -> None:
         server = self.server
@@ -209,23 +293,35 @@ class Connection:
         yet: wait for readability before reading rather than read, fail with
         EAGAIN, and then wait anyway.
         """
-        grace = self.server.shutdown_started
-        timeout = self.config.idle_grace if grace else self.config.idle_timeout
+        server = self.server
+        parser = self._parser
+        timeout = self.config.idle_grace if server.shutdown_started else self.config.idle_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         data = self._recv(timeout, wait_first=after_response)
-        if data is None and self.server.shutdown_started and self._bytes_waiting():
-            # The deadline and a request may have crossed: take what is
-            # already here rather than close under it.
-            data = self._recv(0)
-        if not data:
-            # At EOF, or on an idle connection at shutdown (nothing of ours is
-            # unread), serve() closes at once: a client that keeps its end
-            # open cannot hold up the shutdown. An idle timeout lingers.
-            if data is None and not self.server.shutdown_started:
-                self._linger_close()
-            return False
-        move(self, ConnState.ACTIVE)
-        self._parser.feed(data)
-        return True
+        while True:
+            if data is None and server.shutdown_started and self._bytes_waiting():
+                # The deadline and a request may have crossed: take what is
+                # already here rather than close under it.
+                data = self._recv(0)
+            if not data:
+                # At EOF, or on an idle connection at shutdown (nothing of ours
+                # is unread), serve() closes at once: a client that keeps its
+                # end open cannot hold up the shutdown. An idle timeout lingers.
+                if data is None and not server.shutdown_started:
+                    self._linger_close()
+                return False
+            parser.feed(data)
+            if parser.in_message or parser.has_events:
+                move(self, ConnState.ACTIVE)
+                return True
+            # Empty lines only, which RFC 9112 2.2 says to ignore: still idle,
+            # and the wait goes on to the same deadline. A shutdown that began
+            # meanwhile could not shorten this wait (none was pending): cut it.
+            now = time.monotonic()
+            if server.shutdown_started:
+                grace_end = now + self.config.idle_grace
+                deadline = grace_end if deadline is None else min(deadline, grace_end)
+            data = self._recv(None if deadline is None else deadline - now, wait_first=True)
 
     def _read_head(self) -> Optional[Event]:
         """The next request head (or error); sends 408 itself on a timeout."""
@@ -240,10 +336,18 @@ class Connection:
 
     def _serve_request(self, request: Request) -> bool:
         self.requests += 1
-        self.server.requests_total += 1
+        server = self.server
+        server.requests_total += 1
+        if server.requests_total >= server.request_limit:
+            server.request_limit_reached()
         self.request = request
         self.body_done = not request.has_body
         self.body_received = 0
+        config = self.config
+        if self.body_done or config.min_body_rate is None or config.read_body_timeout is None:
+            self._body_wait_left = None
+        else:
+            self._body_wait_left = config.read_body_timeout
         if self.body_done:
             # Pull the EndOfMessage that follows a body-less head right away,
             # so the connection knows the request is complete.
@@ -272,26 +376,40 @@ class Connection:
             self.expect_continue = False
             if not self.response_started:
                 self.send(_CONTINUE)
-        timeout = self.config.read_body_timeout
+        config = self.config
+        per_wait = config.read_body_timeout
+        wait_left = self._body_wait_left  # None unless per_wait and min_body_rate are set
+        slow = wait_left is not None and per_wait is not None and wait_left < per_wait
+        timeout = wait_left if slow else per_wait
+        started = time.monotonic()
         parser = self._parser
         left = parser.body_remaining
-        if left:
-            # A Content-Length body: straight from the socket to the caller.
-            data = self._recv(timeout, size=min(size, left))
-            if data is None:
-                raise ClientDisconnected("timed out reading the request body")
-            if data:
-                parser.skip_body(len(data))
-                self.body_received += len(data)
-                return data
-            parser.feed(b"")
         try:
-            event = self._next_event(None if timeout is None else time.monotonic() + timeout, BODY_RECV_SIZE)
+            if left:
+                # A Content-Length body: straight from the socket to the caller.
+                data = self._recv(timeout, size=min(size, left))
+                if data is None:
+                    raise _ReadTimeout()
+                if data:
+                    parser.skip_body(len(data))
+                    event: Event = Data(data)
+                else:
+                    parser.feed(b"")
+                    event = self._next_event(None, BODY_RECV_SIZE)
+            else:
+                event = self._next_event(None if timeout is None else started + timeout, BODY_RECV_SIZE)
         except _ReadTimeout:
-            raise ClientDisconnected("timed out reading the request body") from None
+            raise ClientDisconnected(
+                "request body slower than min_body_rate" if slow else "timed out reading the request body"
+            ) from None
         kind = type(event)
         if kind is Data:
-            self.body_received += len(event.data)  # type: ignore[union-attr]
+            received = len(event.data)  # type: ignore[union-attr]
+            self.body_received += received
+            rate = config.min_body_rate
+            if wait_left is not None and rate is not None:
+                # Waiting for the client costs budget; bytes received earn it.
+                self._body_wait_left = wait_left - (time.monotonic() - started) + received / rate
             return event.data  # type: ignore[union-attr]
         if kind is EndOfMessage:
             self.body_done = True
@@ -320,12 +438,19 @@ class Connection:
             raise ClientDisconnected(f"sending the response failed: {exc}") from exc
 
     def hijack(self) -> tuple[socket.socket, bytes]:
-        """Hand the socket to the application; see ``environ['gshutdown.hijack']``."""
+        """Hand the socket to the application; see ``environ['gshutdown.hijack']``.
+
+        Returns the socket, with no timeout (a gevent socket: blocking calls
+        are cooperative), and the bytes already received after the head.
+        """
         if self.response_started:
             raise RuntimeError("cannot hijack after the response has started")
         if self.state is not ConnState.ACTIVE:
             raise RuntimeError(f"cannot hijack a {self.state.name} connection")
         move(self, ConnState.HIJACKED)
+        # The application decides how long its protocol may stay quiet: the
+        # server's write_timeout would end every idle WebSocket, say.
+        self.sock.settimeout(None)
         return self.sock, self._parser.tunnel_bytes
 
     def detach(self) -> None:

@@ -10,6 +10,16 @@ Two phases, as a careful service needs them:
 Hooks of a phase run one after another in registration order, each in its own
 greenlet with its own timeout, all inside the shutdown deadline. A hook that
 raises or hangs is logged and recorded, and the next one still runs.
+
+Where hooks are registered, by who runs the shutdown:
+
+- ``Server.register_on_shutdown``: one server's, for a library user who calls
+  ``server.shutdown()`` directly;
+- ``gshutdown.on_shutdown`` in an application module: the process's, for when
+  the runner serves it (the CLI, ``gshutdown.run``, every worker). The
+  decorator only records the hook here (``app_hooks``); the runner takes the
+  list over when it starts, and runs its "stopped" hooks once every server has
+  drained, whatever the number of listeners.
 """
 
 from __future__ import annotations

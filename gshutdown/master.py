@@ -1,18 +1,24 @@
-"""The master: worker processes, reload (SIGHUP) and upgrade (SIGUSR2).
+"""The master: worker processes, their supervision, reload and upgrade.
 
 The master binds the listeners, forks ``--workers`` processes that each run
-the gevent server on the inherited sockets (``cli.serve``), and supervises
-them. It never imports the application unless ``--preload`` says so, so a
-reload picks up new code. It runs no gevent hub of its own: a plain loop over
-``select`` on a self-pipe (signal wake-ups) and the workers' readiness pipes.
+the runner on the inherited sockets (``runner.serve`` in the worker role), and
+supervises them. It never imports the application unless ``--preload`` says
+so, so a reload picks up new code. It runs no gevent hub of its own: a plain
+loop over ``select`` on a self-pipe (signal wake-ups) and the workers' status
+pipes (``worker_link``).
 
-Signals (handlers only record; the loop acts):
+Signals (handlers only record; the loop acts). A signal sent to the whole
+process group reaches the workers too; they wait for the master's order
+(``worker_link``), so the group and the master alone mean the same.
 
 =============  ============================================================
-SIGTERM/INT    forward SIGTERM to every worker (each drains gracefully),
-               wait for them, SIGKILL stragglers at the deadline
-second one     forward SIGQUIT: workers close everything now
-SIGQUIT        forward SIGQUIT
+SIGTERM/INT    stop: close the master's copies of the listeners, then order
+               every worker to drain (each accepts what is queued, closes
+               its listeners and finishes its requests), so new connects
+               are refused rather than accepted by a socket nobody serves;
+               SIGKILL stragglers at the deadline
+second one     SIGQUIT to every worker: close everything now
+SIGQUIT        SIGQUIT to every worker
 SIGHUP         reload: fork a new generation; once every new worker reports
                ready, retire the old generation gracefully. If the new one
                fails or is not ready in ``--ready-timeout``, it is stopped
@@ -22,8 +28,15 @@ SIGUSR2        upgrade: re-exec this command line as a new master that
                once it reports ready over a pipe, this master drains and
                exits. A new master that fails or times out is killed and
                this one keeps serving. One upgrade at a time.
+SIGUSR1        reopen the log files, here and in every worker
+SIGTTIN/TTOU   one worker more / one fewer (the one removed drains)
 SIGCHLD        a worker that dies is replaced, with back-off
 =============  ============================================================
+
+Workers are also replaced when they ask (``--max-requests``: the replacement
+starts first, and only once it is ready does the old worker drain) and when
+their heartbeat stops (``--timeout``: the event loop is blocked; its stack is
+dumped to the log, then it is killed).
 
 Exit status: 0 when every worker drained cleanly, 3 when any was forced.
 """
@@ -33,7 +46,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import select
 import signal
 import socket
 import sys
@@ -41,13 +53,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from gshutdown import pidfile, systemd
-from gshutdown.addresses import bind_failure_reason, bind_unix, describe_address, describe_listener
+from gshutdown import logs, pidfile, runner, systemd, worker_link
+from gshutdown.addresses import bind_unix, cannot_listen, describe_address
+from gshutdown.app_loader import AppNotLoadable, load_app
+from gshutdown.exit_status import ExitStatus, fail
+from gshutdown.worker_link import DRAIN_SIGNAL, STACK_DUMP_SIGNAL, MessageKind, WorkerLink
 
 log = logging.getLogger("gshutdown")
 
-EXIT_OK = 0
-EXIT_FORCED = 3
 #: Environment variable naming inherited listening descriptors ("3,4").
 LISTEN_FDS_ENV = "GSHUTDOWN_LISTEN_FDS"
 #: Environment variable naming the pipe a new master reports readiness on.
@@ -57,12 +70,50 @@ KILL_MARGIN = 5.0
 #: Restart back-off bounds, in seconds.
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 10.0
+#: Seconds between the stack-dump signal to a stuck worker and its SIGKILL.
+STACK_DUMP_GRACE = 0.5
 #: What the master handles; a forked worker resets them before it serves.
-_MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR2, signal.SIGCHLD)
+_MASTER_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
+#: Of those, the ones a booting worker leaves to their default action.
+_WORKER_DEFAULTS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 
 
-def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
-    """Listening sockets: inherited from an old master, from systemd, or bound now."""
+def main(args: argparse.Namespace) -> ExitStatus:
+    """Bind the listeners and supervise ``args.workers`` workers; the exit status."""
+    failed = runner.prepare_process(args) or runner.configure_logging(args)
+    if failed is not None:
+        return failed
+    try:
+        listeners = bind_listeners(
+            args.bind, args.backlog, reuse_port=args.reuse_port, unix_socket_mode=args.unix_socket_mode
+        )
+    except OSError as exc:
+        return fail(str(exc), ExitStatus.START_FAILED)
+    failed = runner.drop_privileges(args.user, args.group)
+    if failed is not None:
+        return failed
+    return Master(args, listeners).run()
+
+
+def bind_listeners(
+    binds: Sequence[Any], backlog: int, *, reuse_port: bool = False, unix_socket_mode: Optional[int] = None
+) -> list[socket.socket]:
+    """Listening sockets: inherited from an old master, from systemd, or bound now.
+
+    With ``reuse_port``, TCP sockets are bound with ``SO_REUSEPORT`` but not
+    listened on: each worker listens on one of its own (``own_listener``),
+    and the master's only holds the address (and tells a busy port at once).
+    """
     inherited = os.environ.pop(LISTEN_FDS_ENV, "")
     if inherited:
         return [socket.socket(fileno=int(fd)) for fd in inherited.split(",")]
@@ -72,7 +123,7 @@ def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
     sockets = []
     try:
         for bind in binds:
-            sockets.append(_bind(bind, backlog))
+            sockets.append(_bind(bind, backlog, reuse_port, unix_socket_mode))
     except OSError:
         for sock in sockets:
             sock.close()
@@ -80,33 +131,78 @@ def bind_listeners(binds: Sequence[Any], backlog: int) -> list[socket.socket]:
     return sockets
 
 
-def _bind(bind: Any, backlog: int) -> socket.socket:
+def _bind(bind: Any, backlog: int, reuse_port: bool, unix_socket_mode: Optional[int]) -> socket.socket:
     try:
         if isinstance(bind, str):
-            return bind_unix(bind[len("unix:") :], backlog)
+            return bind_unix(bind[len("unix:") :], backlog, mode=unix_socket_mode)
         host, port = bind
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(backlog)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return _tcp_listener(family, (host, port), None if reuse_port else backlog, reuse_port)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot listen on {describe_listener(bind)}: {bind_failure_reason(exc)}") from None
+        raise OSError(exc.errno, cannot_listen(bind, exc)) from None
+
+
+def _tcp_listener(family: int, address: Any, backlog: Optional[int], reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if backlog is not None:
+            sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def own_listener(shared: socket.socket, backlog: int) -> socket.socket:
+    """A worker's own listener on ``shared``'s address (``--reuse-port``).
+
+    The kernel spreads new connections over every ``SO_REUSEPORT`` listener of
+    a port by a hash of the peer's address, instead of letting the workers
+    race for one accept queue. Unix sockets cannot: they stay shared.
+    """
+    if shared.family == socket.AF_UNIX:
+        return shared
+    own = _tcp_listener(shared.family, shared.getsockname(), backlog, reuse_port=True)
+    shared.close()
+    return own
+
+
+def signame(signum: int) -> str:
+    """``SIGTERM``, ``SIGRTMIN+3``, or the number: any signal a process can get."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        rtmin = getattr(signal, "SIGRTMIN", None)
+        if rtmin is not None and rtmin < signum <= getattr(signal, "SIGRTMAX", rtmin):
+            return f"SIGRTMIN+{signum - rtmin}"
+        return f"signal {signum}"
 
 
 @dataclass
 class Worker:
     pid: int
     generation: int
-    ready_fd: int
+    #: The read end of this worker's status pipe.
+    status_fd: int
     started: float = field(default_factory=time.monotonic)
     ready: bool = False
     retiring: bool = False
+    #: It asked to be replaced (``--max-requests``); it serves until its replacement is ready.
+    recycle_pending: bool = False
+    #: When its last heartbeat (or any message) arrived.
+    last_beat: float = field(default_factory=time.monotonic)
+    #: Live connections at its last heartbeat.
+    connections: int = 0
+    #: Its heartbeat stopped (``--timeout``): it gets SIGKILL at ``kill_at``.
+    stuck: bool = False
+    kill_at: Optional[float] = None
+    #: The status pipe is still open (its EOF comes just before the exit).
+    status_open: bool = True
+    buffer: bytes = b""
 
 
 @dataclass
@@ -125,8 +221,11 @@ class Master:
         self.count: int = args.workers
         self.workers: dict[int, Worker] = {}
         self.generation = 0
+        self.recycles = 0
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
+        # Only the master ever holds the write end: workers see EOF when it dies.
+        self._liveness_r, self._liveness_w = os.pipe()
         self._reload_deadline: Optional[float] = None
         self._upgrade: Optional[_Upgrade] = None
         self._stopping = False
@@ -136,7 +235,8 @@ class Master:
         self._restart_at: Optional[float] = None
         self._announced_ready = False
         self._stop_deadline: Optional[float] = None
-        self._exit_status: Optional[int] = None
+        self._exit_status: Optional[ExitStatus] = None
+        self._select = _unpatched_select()
 
     # -- signals ---------------------------------------------------------------
 
@@ -152,20 +252,14 @@ class Master:
 
     # -- main loop -------------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self) -> ExitStatus:
         """Supervise until shut down; return the exit status."""
         if self.args.preload:
-            from gshutdown.cli import UsageError, load_app
-
-            if not self.args.no_monkey_patch:
-                from gevent import monkey
-
-                monkey.patch_all()
+            runner.monkey_patch(self.args)
             try:
                 load_app(self.args.app)
-            except UsageError as exc:
-                print(f"gshutdown: error: {exc}", file=sys.stderr)
-                return 2
+            except AppNotLoadable as exc:
+                return fail(str(exc), ExitStatus.USAGE)
         self._install_signals()
         for sock in self.listeners:
             log.info("master %d listening on %s", os.getpid(), describe_address(sock.getsockname()))
@@ -173,8 +267,10 @@ class Master:
         try:
             while True:
                 self._wait(self._next_timeout())
-                self._reap()
+                # Signals first: a worker that exits because the process group
+                # got SIGTERM is not a worker that died, if the master got it too.
                 self._handle_signals()
+                self._reap()
                 self._check_timers()
                 if self._stopping and not self.workers:
                     break
@@ -182,34 +278,36 @@ class Master:
             self._cleanup()
         if self._exit_status is not None:
             return self._exit_status
-        return EXIT_FORCED if self._forced else EXIT_OK
+        return ExitStatus.FORCED if self._forced else ExitStatus.OK
 
     def _next_timeout(self) -> Optional[float]:
         now = time.monotonic()
         deadlines = [d for d in (self._reload_deadline, self._restart_at, self._stop_deadline) if d]
-        if self._upgrade is not None:
+        if self._upgrade is not None and self._upgrade.deadline != float("inf"):
             deadlines.append(self._upgrade.deadline)
+        for worker in self.workers.values():
+            if worker.kill_at is not None:
+                deadlines.append(worker.kill_at)
+            elif self.args.timeout and worker.ready and not worker.stuck:
+                deadlines.append(worker.last_beat + self.args.timeout)
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def _wait(self, timeout: Optional[float]) -> None:
-        fds = [self._wake_r] + [w.ready_fd for w in self.workers.values() if not w.ready]
+        by_fd = {w.status_fd: w for w in self.workers.values() if w.status_open}
+        fds = [self._wake_r, *by_fd]
         if self._upgrade is not None:
             fds.append(self._upgrade.ready_fd)
         try:
-            readable, _, _ = select.select(fds, [], [], timeout)
+            readable, _, _ = self._select(fds, [], [], timeout)
         except InterruptedError:
             return
         for fd in readable:
             if fd == self._wake_r:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
+                _drain_pipe(self._wake_r)
             elif self._upgrade is not None and fd == self._upgrade.ready_fd:
                 self._upgrade_ready()
             else:
-                self._worker_ready(fd)
+                self._read_status(by_fd[fd])
 
     # -- workers ----------------------------------------------------------------
 
@@ -225,28 +323,31 @@ class Master:
             os.close(read_fd)
             self._become_worker(write_fd)
         os.close(write_fd)
+        os.set_blocking(read_fd, False)
         self.workers[pid] = Worker(pid, self.generation, read_fd)
         log.info("worker %d started (generation %d)", pid, self.generation)
 
-    def _become_worker(self, ready_fd: int) -> None:
+    def _become_worker(self, status_fd: int) -> None:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
             for signum in _MASTER_SIGNALS:
-                signal.signal(signum, signal.SIG_DFL)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+                # Until the runner handles them: what the master acts on is
+                # nothing to a worker, and SIGTTIN/SIGTTOU would suspend it.
+                signal.signal(signum, signal.SIG_DFL if signum in _WORKER_DEFAULTS else signal.SIG_IGN)
+            for fd in (self._wake_r, self._wake_w, self._liveness_w):
+                os.close(fd)
             for worker in self.workers.values():
-                os.close(worker.ready_fd)
+                os.close(worker.status_fd)
             if self._upgrade is not None:
                 os.close(self._upgrade.ready_fd)
-            from gshutdown.cli import serve
-
-            def report_ready() -> None:
-                os.write(ready_fd, b"R")
-                os.close(ready_fd)
-
-            code = serve(self.args, self.listeners, on_ready=report_ready)
+            logs.install_stack_dump(STACK_DUMP_SIGNAL)
+            heartbeat = min(self.args.timeout / 4, 1.0) if self.args.timeout else None
+            link = WorkerLink(status_fd, self._liveness_r, heartbeat=heartbeat)
+            listeners = self.listeners
+            if self.args.reuse_port:
+                listeners = [own_listener(sock, self.args.backlog) for sock in listeners]
+            code = runner.serve(self.args, listeners, link=link)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -255,20 +356,32 @@ class Master:
             logging.shutdown()
             os._exit(code)
 
-    def _worker_ready(self, fd: int) -> None:
-        worker = next((w for w in self.workers.values() if w.ready_fd == fd), None)
-        if worker is None:
-            return
+    def _read_status(self, worker: Worker) -> None:
         try:
-            data = os.read(fd, 1)
+            data = os.read(worker.status_fd, 4096)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:
-            return  # the worker died before ready; _reap handles it
+            worker.status_open = False  # it is exiting; _reap deals with it
+            return
+        messages, worker.buffer = worker_link.parse(worker.buffer + data)
+        worker.last_beat = time.monotonic()
+        for message in messages:
+            if message.kind is MessageKind.READY:
+                self._worker_ready(worker)
+            elif message.kind is MessageKind.BEAT:
+                worker.connections = message.connections
+            elif message.kind is MessageKind.RECYCLE:
+                self._recycle(worker)
+
+    def _worker_ready(self, worker: Worker) -> None:
         worker.ready = True
         self._backoff = BACKOFF_MIN
         log.info("worker %d ready (generation %d)", worker.pid, worker.generation)
         self._maybe_finish_reload()
+        self._retire_recycled()
         if not self._announced_ready and all(w.ready for w in self.workers.values()):
             self._announced_ready = True
             self._announce_ready()
@@ -285,6 +398,37 @@ class Master:
                 pass
         systemd.notify(f"READY=1\nMAINPID={os.getpid()}")
         log.info("master %d: %d worker(s) ready", os.getpid(), len(self.workers))
+
+    def _serving(self) -> list[Worker]:
+        """Workers of the current generation that are meant to go on serving."""
+        return [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
+
+    def _retire(self, worker: Worker, why: str) -> None:
+        worker.retiring = True
+        log.info("worker %d: %s; it drains", worker.pid, why)
+        _kill(worker.pid, DRAIN_SIGNAL)
+
+    def _recycle(self, worker: Worker) -> None:
+        if self._stopping or worker.retiring or worker.recycle_pending:
+            return
+        if self._reload_deadline is not None:
+            log.info("worker %d reached --max-requests during a reload, which replaces it anyway", worker.pid)
+            return
+        worker.recycle_pending = True
+        self.recycles += 1
+        log.info("worker %d reached --max-requests: starting its replacement", worker.pid)
+        self._spawn_worker()
+
+    def _retire_recycled(self) -> None:
+        # A replacement is ready: the worker it replaces drains only now, so
+        # the listeners always have as many ready workers as --workers says.
+        while True:
+            serving = self._serving()
+            ready = sum(1 for w in serving if w.ready and not w.recycle_pending)
+            pending = sorted((w for w in serving if w.recycle_pending), key=lambda w: w.started)
+            if not pending or ready + len(pending) <= self.count:
+                return
+            self._retire(pending[0], "replaced after --max-requests")
 
     def _reap(self) -> None:
         while True:
@@ -303,19 +447,19 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
-            os.close(worker.ready_fd)
-            if code == EXIT_FORCED or code < 0:
+            os.close(worker.status_fd)
+            if code == ExitStatus.FORCED or code < 0:
                 # A worker that never served (an aborted reload's) forced nothing.
                 self._forced = self._forced or ((self._stopping or worker.retiring) and worker.ready)
-            how = f"signal {signal.Signals(-code).name}" if code < 0 else f"status {code}"
+            how = f"signal {signame(-code)}" if code < 0 else f"status {code}"
             if self._stopping or worker.retiring:
                 log.info("worker %d exited with %s", pid, how)
-            elif not self._announced_ready and not worker.ready and code in (1, 2):
+            elif not self._announced_ready and not worker.ready and code in (ExitStatus.START_FAILED, ExitStatus.USAGE):
                 # The first generation cannot start (bad app, port): restarting
                 # would only repeat it. Report it as the single-process CLI would.
                 log.error("worker %d could not start (%s); stopping", pid, how)
-                self._exit_status = code
-                self._stop(signal.SIGTERM)
+                self._exit_status = ExitStatus(code)
+                self._stop(DRAIN_SIGNAL, "the first workers cannot start")
             elif worker.generation == self.generation and self._reload_deadline is not None:
                 log.error("reload failed: new worker %d exited with %s before ready", pid, how)
                 self._abort_reload()
@@ -328,9 +472,7 @@ class Master:
         now = time.monotonic()
         if self._restart_at is not None and now >= self._restart_at and not self._stopping:
             self._restart_at = None
-            missing = self.count - sum(
-                1 for w in self.workers.values() if not w.retiring and w.generation == self.generation
-            )
+            missing = self.count - sum(1 for w in self._serving() if not w.recycle_pending)
             for _ in range(missing):
                 self._spawn_worker()
         if self._reload_deadline is not None and now >= self._reload_deadline:
@@ -348,6 +490,7 @@ class Master:
             _kill(self._upgrade.pid, signal.SIGKILL)
             # reaped (and forgotten) by _reap
             self._upgrade.deadline = float("inf")
+        self._check_heartbeats(now)
         if self._stop_deadline is not None and now >= self._stop_deadline:
             for worker in self.workers.values():
                 log.error("worker %d still running at the deadline: SIGKILL", worker.pid)
@@ -355,37 +498,88 @@ class Master:
             self._forced = True
             self._stop_deadline = None
 
+    def _check_heartbeats(self, now: float) -> None:
+        timeout = self.args.timeout
+        for worker in list(self.workers.values()):
+            if worker.kill_at is not None:
+                if now >= worker.kill_at:
+                    worker.kill_at = None  # once; _reap forgets it
+                    _kill(worker.pid, signal.SIGKILL)
+            elif timeout and worker.ready and not worker.stuck and now - worker.last_beat > timeout:
+                log.error(
+                    "worker %d: no heartbeat for %.1f s (--timeout %g): its event loop is blocked; "
+                    "its stack follows; killing it and forcing its connections (%d at its last heartbeat)",
+                    worker.pid,
+                    now - worker.last_beat,
+                    timeout,
+                    worker.connections,
+                )
+                _kill(worker.pid, STACK_DUMP_SIGNAL)
+                worker.stuck = True
+                worker.kill_at = now + STACK_DUMP_GRACE
+                was_serving = not worker.retiring
+                worker.retiring = True
+                if was_serving and not self._stopping:
+                    self._spawn_worker()
+
     # -- signals acted on --------------------------------------------------------
 
     def _handle_signals(self) -> None:
         while self._signals:
             signum = self._signals.pop(0)
             if signum == signal.SIGCHLD:
-                continue  # _reap ran already
+                continue  # _reap runs next
             if signum in (signal.SIGTERM, signal.SIGINT):
                 if self._stopping:
-                    log.info("%s again: workers close everything now", signal.Signals(signum).name)
+                    log.info("%s again: workers close everything now", signame(signum))
                     self._signal_workers(signal.SIGQUIT)
                     self._forced = True
                 else:
-                    self._stop(signal.SIGTERM)
+                    self._stop(DRAIN_SIGNAL, signame(signum))
             elif signum == signal.SIGQUIT:
                 self._forced = self._forced or bool(self.workers)
-                self._stop(signal.SIGQUIT)
-            elif signum == signal.SIGHUP and not self._stopping:
+                self._stop(signal.SIGQUIT, "SIGQUIT")
+            elif signum == signal.SIGUSR1:
+                log.info("SIGUSR1: reopened %d log file(s); telling the workers", logs.reopen())
+                self._signal_workers(signal.SIGUSR1)
+            elif self._stopping:
+                log.info("%s ignored: stopping", signame(signum))
+            elif signum == signal.SIGHUP:
                 self._reload()
-            elif signum == signal.SIGUSR2 and not self._stopping:
+            elif signum == signal.SIGUSR2:
                 self._start_upgrade()
+            elif signum == signal.SIGTTIN:
+                self.count += 1
+                log.info("SIGTTIN: %d worker(s) now", self.count)
+                self._spawn_worker()
+            elif signum == signal.SIGTTOU:
+                self._remove_worker()
 
-    def _stop(self, how: int) -> None:
-        log.info("master %d: %s, stopping %d worker(s)", os.getpid(), signal.Signals(how).name, len(self.workers))
+    def _remove_worker(self) -> None:
+        if self.count <= 1:
+            log.warning("SIGTTOU ignored: one worker is the minimum")
+            return
+        self.count -= 1
+        log.info("SIGTTOU: %d worker(s) now", self.count)
+        serving = self._serving()
+        if len(serving) > self.count:
+            # The oldest goes: it has had its share of requests (and leaks).
+            self._retire(min(serving, key=lambda w: w.started), "removed by SIGTTOU")
+
+    def _stop(self, order: int, why: str) -> None:
+        """Stop every worker: ``order`` is ``DRAIN_SIGNAL`` (gracefully) or ``SIGQUIT`` (now)."""
+        log.info("master %d: %s: stopping %d worker(s)", os.getpid(), why, len(self.workers))
         systemd.notify("STOPPING=1")
         self._stopping = True
         self._restart_at = None
         self._reload_deadline = None
         if self._upgrade is not None:
             _kill(self._upgrade.pid, signal.SIGTERM)
-        self._signal_workers(how)
+        # First the master's copies of the listeners, then the order: a worker
+        # drains only once nobody but the workers holds a listener, so the last
+        # to close one accepts what is queued on it first (see worker_link).
+        self._close_listeners()
+        self._signal_workers(order)
         self._stop_deadline = time.monotonic() + self.args.graceful_timeout + self.args.drain_delay + KILL_MARGIN
 
     def _signal_workers(self, signum: int) -> None:
@@ -408,10 +602,10 @@ class Master:
         if len(new) < self.count or not all(w.ready for w in new):
             return
         self._reload_deadline = None
-        retiring = [w for w in self.workers.values() if w.generation < self.generation]
+        retiring = [w for w in self.workers.values() if w.generation < self.generation and not w.retiring]
         for worker in retiring:
             worker.retiring = True
-            _kill(worker.pid, signal.SIGTERM)
+            _kill(worker.pid, DRAIN_SIGNAL)
         log.info("reload done: generation %d serving; %d old worker(s) draining", self.generation, len(retiring))
 
     def _abort_reload(self) -> None:
@@ -419,10 +613,10 @@ class Master:
         for worker in list(self.workers.values()):
             if worker.generation == self.generation:
                 worker.retiring = True
-                _kill(worker.pid, signal.SIGTERM)
+                _kill(worker.pid, DRAIN_SIGNAL)
         self.generation -= 1  # the old generation stays the current one
         # Replace old-generation workers that may have died meanwhile.
-        if sum(1 for w in self.workers.values() if not w.retiring) < self.count:
+        if len(self._serving()) < self.count:
             self._restart_at = time.monotonic() + self._backoff
 
     def _start_upgrade(self) -> None:
@@ -462,20 +656,42 @@ class Master:
         self._upgrade = None
         self._handed_over = True
         log.info("upgrade: new master %d is serving; this master drains and exits", upgrade.pid)
-        self._stop(signal.SIGTERM)
+        self._stop(DRAIN_SIGNAL, "upgrade handed over")
 
-    def _cleanup(self) -> None:
-        signal.set_wakeup_fd(-1)
+    def _close_listeners(self) -> None:
         for sock in self.listeners:
+            if sock.fileno() == -1:
+                continue
             if not self._handed_over and sock.family == socket.AF_UNIX:
                 try:
                     os.unlink(sock.getsockname())
                 except OSError:
                     pass
             sock.close()
+
+    def _cleanup(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self._close_listeners()
+        os.close(self._liveness_w)
         if not self._handed_over:
             pidfile.remove(self.args.pid)
         log.info("master %d: exit%s", os.getpid(), " (forced)" if self._forced else "")
+
+
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _unpatched_select() -> Any:
+    # With --preload the master may be monkey-patched; its loop must not run
+    # on a gevent hub (signals wake it through the self-pipe, not libev).
+    from gevent import monkey
+
+    return monkey.get_original("select", "select")
 
 
 def _kill(pid: int, signum: int) -> None:

@@ -1,47 +1,149 @@
 """The process lifecycle: start, wait for a signal, drain, exit.
 
-Signals (the handlers only record the signal; the runner's greenlet acts):
+One code path serves both roles a process can have: the single process (no
+``--workers``) and a worker forked by the master. They differ only in what a
+signal means, which is data (``SIGNAL_ACTIONS``), and in who they report to.
 
-=========  ==============================================================
-SIGTERM    graceful: readiness turns 503, wait ``drain_delay``, then
-SIGINT     ``shutdown(graceful_timeout)`` on every server
-second     a second SIGTERM/SIGINT during the drain: close everything now
-SIGQUIT    close everything now; "stopped" hooks still run (briefly)
-=========  ==============================================================
+===========  ===========================  ====================================
+signal       single process               worker
+===========  ===========================  ====================================
+SIGTERM      graceful: readiness 503,     readiness 503 at once; the drain
+SIGINT       ``drain_delay``, then        starts on the master's order
+             ``shutdown(graceful)``;      (``worker_link``), or on its own
+             a second one: close now      ``MASTER_ORDER_WAIT`` later; more
+                                          SIGTERM/SIGINT change nothing:
+                                          forcing is the master's decision
+drain order  (not handled)                graceful, as SIGTERM alone
+SIGQUIT      close everything now; "stopped" hooks still run (briefly)
+SIGUSR1      reopen the log files
+SIGHUP       logged, ignored (reload,     ignored: the master's
+SIGUSR2      upgrade and the worker
+SIGTTIN      count are a master's)
+SIGTTOU
+===========  ===========================  ====================================
 
-Exit status: 0 after a clean drain; ``EXIT_FORCED`` (3) when connections or
-jobs were forced closed; 1 when the server could not start; 2 for bad usage.
+So a signal to the whole process group (systemd, ``tini -g``, Ctrl-C) means
+to a worker exactly what the same signal to its master alone means. A worker
+also drains when its master dies, sends heartbeats for ``--timeout``, and asks
+to be replaced after ``--max-requests``. Signal handlers only record; the
+runner's greenlet decides what a signal means at that moment.
 """
 
 from __future__ import annotations
 
+import argparse
+import enum
 import logging
+import os
+import random
 import signal
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import gevent
 from gevent.queue import Empty, Queue
 
-from gshutdown import pidfile, systemd
-from gshutdown.addresses import describe_address
+from gshutdown import access_format, logs, pidfile, systemd
+from gshutdown.addresses import cannot_listen, describe_address
+from gshutdown.app_loader import AppNotLoadable, load_app
+from gshutdown.exit_status import ExitStatus, fail
 from gshutdown.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
 from gshutdown.middleware import AccessLog, Readiness
 from gshutdown.server import Listener, Server, ShutdownResult
+from gshutdown.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
 from gshutdown.wsgi import WSGIApp
 
 log = logging.getLogger("gshutdown")
 
-EXIT_OK = 0
-EXIT_START_FAILED = 1
-EXIT_USAGE = 2
-EXIT_FORCED = 3
-
 #: The default Kubernetes ``terminationGracePeriodSeconds``.
 KUBERNETES_GRACE = 30.0
 
-_GRACEFUL = (signal.SIGTERM, signal.SIGINT)
-_IMMEDIATE = "immediate"
+
+class Role(enum.Enum):
+    """What a serving process is: on its own, or one of a master's workers."""
+
+    SINGLE = "single"
+    WORKER = "worker"
+    #: A worker of gunicorn's arbiter (``gshutdown.gunicorn``): its signals mean what gunicorn says.
+    GUNICORN_WORKER = "gunicorn worker"
+
+
+class SignalAction(enum.Enum):
+    """What a signal asks of a serving process."""
+
+    GRACEFUL = "graceful shutdown"
+    #: Turn unready, and drain on the master's order (or on its own, later).
+    AWAIT_MASTER = "graceful shutdown on the master's order"
+    CLOSE_NOW = "close now"
+    REOPEN_LOGS = "reopen logs"
+    #: Reload, upgrade and the worker count need a master: say so, ignore it.
+    NEEDS_MASTER = "needs a master"
+    #: The master's business (it got the same signal, or sent it on purpose).
+    IGNORE = "ignore"
+
+
+class Trigger(enum.Enum):
+    """Reasons to shut down that are not signals; each means a graceful shutdown."""
+
+    REQUESTED = "shutdown trigger"
+    MASTER_GONE = "master gone"
+    MAX_REQUESTS = "max requests reached"
+
+
+_MASTER_ONLY = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
+_COMMON: Mapping[int, SignalAction] = {
+    signal.SIGQUIT: SignalAction.CLOSE_NOW,
+    signal.SIGUSR1: SignalAction.REOPEN_LOGS,
+}
+#: What each signal means while serving. The default action of every one of
+#: them would end (or, for SIGTTIN/SIGTTOU, stop) the process mid-request.
+SIGNAL_ACTIONS: Mapping[Role, Mapping[int, SignalAction]] = {
+    Role.SINGLE: {
+        signal.SIGTERM: SignalAction.GRACEFUL,
+        signal.SIGINT: SignalAction.GRACEFUL,
+        **_COMMON,
+        **{signum: SignalAction.NEEDS_MASTER for signum in _MASTER_ONLY},
+    },
+    Role.WORKER: {
+        signal.SIGTERM: SignalAction.AWAIT_MASTER,
+        signal.SIGINT: SignalAction.AWAIT_MASTER,
+        DRAIN_SIGNAL: SignalAction.GRACEFUL,
+        **_COMMON,
+        **{signum: SignalAction.IGNORE for signum in _MASTER_ONLY},
+    },
+    # gunicorn's worker contract: SIGTERM drains, SIGINT and SIGQUIT quit now.
+    Role.GUNICORN_WORKER: {
+        signal.SIGTERM: SignalAction.GRACEFUL,
+        signal.SIGINT: SignalAction.CLOSE_NOW,
+        **_COMMON,
+    },
+}
+_STOPS = (SignalAction.GRACEFUL, SignalAction.AWAIT_MASTER, SignalAction.CLOSE_NOW)
+
+StopRequest = Union[int, Trigger]
+
+
+def action_for(role: Role, request: StopRequest, draining: bool) -> SignalAction:
+    """What ``request`` means to a process of ``role``, before or during its drain."""
+    action = SignalAction.GRACEFUL if isinstance(request, Trigger) else SIGNAL_ACTIONS[role][request]
+    if action in (SignalAction.GRACEFUL, SignalAction.AWAIT_MASTER) and draining:
+        # Only a single process decides to force on its own; a worker waits
+        # for its master's SIGQUIT. A trigger never forces.
+        forces = role is Role.SINGLE and not isinstance(request, Trigger)
+        return SignalAction.CLOSE_NOW if forces else SignalAction.IGNORE
+    return action
+
+
+def describe(request: StopRequest) -> str:
+    """A signal's name (``SIGTERM``; the number if it has none), or a trigger's."""
+    if isinstance(request, Trigger):
+        return request.value
+    if request == DRAIN_SIGNAL:
+        return "the master's drain order"
+    try:
+        return signal.Signals(request).name
+    except ValueError:
+        return f"signal {request}"
 
 
 class Runner:
@@ -57,11 +159,18 @@ class Runner:
         readiness: the readiness wrapper to turn unready, if any.
         shutdown_trigger: blocks until a graceful shutdown should begin, as
             an alternative to signals (tests, embedding).
-        pidfile: written at start, removed at exit.
+        pidfile: written at start, removed at exit (single process only).
+        install_signals: handle the signals of ``SIGNAL_ACTIONS``.
         hooks: on-shutdown hooks of the whole process (``gshutdown.on_shutdown``):
             "drain" ones run as the shutdown starts, "stopped" ones once every
             server has drained.
-        on_ready: called once every server is listening.
+        on_ready: called once every server is listening (default: tell
+            systemd, or the master).
+        link: this worker's pipes to its master; makes the runner a worker.
+        max_requests: with ``link``: after about this many requests, ask the
+            master for a replacement (``--max-requests``; None: never).
+        role: what signals mean (``SIGNAL_ACTIONS``); by default a worker
+            with ``link``, the single process without.
     """
 
     def __init__(
@@ -76,6 +185,9 @@ class Runner:
         install_signals: bool = True,
         hooks: Optional[HookList] = None,
         on_ready: Optional[Callable[[], Any]] = None,
+        link: Optional[WorkerLink] = None,
+        max_requests: Optional[int] = None,
+        role: Optional[Role] = None,
     ) -> None:
         self.servers = list(servers)
         self.graceful_timeout = graceful_timeout
@@ -86,71 +198,155 @@ class Runner:
         self.install_signals = install_signals
         self.hooks = hooks if hooks is not None else HookList()
         self.on_ready = on_ready
+        self.link = link
+        self.role = role or (Role.WORKER if link is not None else Role.SINGLE)
+        self.max_requests = max_requests
         self.hook_outcomes: list[HookOutcome] = []
-        self._events: Queue[Any] = Queue()
         self.results: list[ShutdownResult] = []
+        self._requests: Queue[StopRequest] = Queue()
 
-    def _on_signal(self, signum: int) -> None:
-        # Only record: the runner greenlet decides what the signal means now.
-        self._events.put_nowait(signum)
+    def deliver(self, request: StopRequest) -> None:
+        """Act on ``request`` (a signal number or a ``Trigger``) as on a received signal.
 
-    def _on_unsupported(self, signum: int) -> None:
-        log.warning("%s ignored: reload and upgrade need a master (--workers N)", _signame(signum))
+        For code that owns the signal handlers (``gshutdown.gunicorn``); safe
+        from any greenlet of the runner's hub.
+        """
+        self._requests.put_nowait(request)
 
-    def run(self) -> int:
+    # -- serving -------------------------------------------------------------------
+
+    def run(self) -> ExitStatus:
         """Serve until told to stop; return the process exit status."""
         handlers = []
         if self.install_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-                handlers.append(gevent.signal_handler(signum, self._on_signal, signum))
-            for signum in (signal.SIGHUP, signal.SIGUSR2):
-                # Their default action would end the process mid-request.
-                handlers.append(gevent.signal_handler(signum, self._on_unsupported, signum))
-        trigger = None
+            for signum in SIGNAL_ACTIONS[self.role]:
+                # Only record: the runner's greenlet decides what it means now.
+                handlers.append(gevent.signal_handler(signum, self.deliver, signum))
+        helpers = []
         if self.shutdown_trigger is not None:
-            trigger = gevent.spawn(self._wait_trigger)
+            helpers.append(gevent.spawn(self._wait_trigger))
         try:
             for server in self.servers:
                 if not server.started:
                     server.start()
-            pidfile.write(self.pidfile)
+            if self.role is Role.SINGLE:
+                pidfile.write(self.pidfile)
             for server in self.servers:
                 log.info("listening on %s", describe_address(server.address))
+            if self.link is not None:
+                helpers += self._start_worker_duties(self.link)
             if self.on_ready is not None:
                 self.on_ready()
+            elif self.link is not None:
+                self.link.report_ready()
             else:
                 systemd.notify("READY=1")
             return self._serve_until_stopped()
         finally:
             for handler in handlers:
                 handler.cancel()
-            if trigger is not None:
-                trigger.kill(block=False)
-            pidfile.remove(self.pidfile)
+            for helper in helpers:
+                helper.kill(block=False)
+            if self.role is Role.SINGLE:
+                pidfile.remove(self.pidfile)
 
     def _wait_trigger(self) -> None:
         assert self.shutdown_trigger is not None
         self.shutdown_trigger()
-        self._events.put(signal.SIGTERM)
+        self._requests.put(Trigger.REQUESTED)
 
-    def _serve_until_stopped(self) -> int:
-        first = self._events.get()
-        systemd.notify("STOPPING=1")
-        if first == signal.SIGQUIT:
-            log.info("SIGQUIT: closing every connection now")
+    def _start_worker_duties(self, link: WorkerLink) -> list[gevent.Greenlet]:
+        def watch_master() -> None:
+            link.wait_master_gone()
+            self._requests.put(Trigger.MASTER_GONE)
+
+        helpers = [gevent.spawn(watch_master)]
+        if link.heartbeat:
+            helpers.append(gevent.spawn(self._beat, link, link.heartbeat))
+        if self.max_requests:
+            self._arm_request_limit(self.max_requests)
+        return helpers
+
+    def _beat(self, link: WorkerLink, interval: float) -> None:
+        # Runs on the hub like everything else: a greenlet that blocks the hub
+        # stops the heartbeats, which is what the master looks for.
+        while True:
+            link.beat(sum(len(server.registry) for server in self.servers))
+            gevent.sleep(interval)
+
+    def _arm_request_limit(self, limit: int) -> None:
+        served = sum(server.requests_total for server in self.servers)
+        if served >= limit:
+            log.info("worker %d: %d requests served (--max-requests): asking for a replacement", os.getpid(), served)
+            assert self.link is not None
+            self.link.ask_recycle()
+            return
+        for server in self.servers:
+            # Whichever server gets there first re-counts them all.
+            server.notify_after_requests(server.requests_total + limit - served, lambda: self._arm_request_limit(limit))
+
+    def _serve_until_stopped(self) -> ExitStatus:
+        first = self._next_request(draining=False, timeout=None)
+        assert first is not None
+        action = action_for(self.role, first, draining=False)
+        if action is SignalAction.AWAIT_MASTER:
+            if self.readiness is not None:
+                self.readiness.set_draining()
+            log.info("%s: unready; draining on the master's order", describe(first))
+            order = self._next_request(draining=False, timeout=MASTER_ORDER_WAIT, skip=SignalAction.AWAIT_MASTER)
+            if order is None:
+                log.info("no order from the master within %g s: draining on my own", MASTER_ORDER_WAIT)
+                action = SignalAction.GRACEFUL
+            else:
+                first = order
+                action = action_for(self.role, order, draining=False)
+        if action is SignalAction.CLOSE_NOW:
+            log.info("%s: closing every connection now", describe(first))
             return self._close_now()
-        log.info("%s: graceful shutdown", _signame(first))
+        if self.role is Role.SINGLE and self.on_ready is None:
+            # Only the service systemd watches: not an embedder's runner that
+            # reports readiness elsewhere.
+            systemd.notify("STOPPING=1")
+        log.info("%s: graceful shutdown", describe(first))
         if self.readiness is not None:
             self.readiness.set_draining()
         if self.drain_delay > 0:
             log.info("drain delay: readiness is 503; serving %g s more before closing", self.drain_delay)
-            try:
-                again = self._events.get(timeout=self.drain_delay)
-            except Empty:
-                pass
-            else:
-                log.info("%s during the drain delay: closing every connection now", _signame(again))
+            again = self._next_request(draining=True, timeout=self.drain_delay)
+            if again is not None:
+                log.info("%s during the drain delay: closing every connection now", describe(again))
                 return self._close_now()
+        return self._drain()
+
+    def _next_request(
+        self, *, draining: bool, timeout: Optional[float], skip: Optional[SignalAction] = None
+    ) -> Optional[StopRequest]:
+        """The next request to stop (or, draining, to force); None after ``timeout`` seconds.
+
+        Requests that stop nothing (reopen the logs, a master's signal, and
+        ``skip``) are dealt with here, whenever they come.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                request = self._requests.get(timeout=left)
+            except Empty:
+                return None
+            action = action_for(self.role, request, draining)
+            if action in _STOPS and action is not skip:
+                return request
+            if action is SignalAction.REOPEN_LOGS:
+                log.info("%s: reopened %d log file(s)", describe(request), logs.reopen())
+            elif action is SignalAction.NEEDS_MASTER:
+                log.warning(
+                    "%s ignored: reload, upgrade and worker counts need a master (--workers N)",
+                    describe(request),
+                )
+            elif draining or action is skip:
+                log.info("%s ignored: already stopping", describe(request))
+
+    def _drain(self) -> ExitStatus:
         started = time.monotonic()
         deadline = None if self.graceful_timeout is None else started + self.graceful_timeout
         drain_hooks = gevent.spawn(self.hooks.run, HookPhase.DRAIN, deadline)
@@ -159,12 +355,12 @@ class Runner:
             server.register_on_shutdown(drain_hooks.join, phase=HookPhase.DRAIN)
         shutdowns = [gevent.spawn(server.shutdown, self.graceful_timeout) for server in self.servers]
         all_done = gevent.spawn(gevent.joinall, shutdowns)
-        watcher = gevent.spawn(self._events.get)
+        watcher = gevent.spawn(self._next_request, draining=True, timeout=None)
         forced_by_signal = False
         try:
             gevent.wait([all_done, watcher], count=1)
             if not all_done.ready():
-                log.info("%s again: closing every connection now", _signame(watcher.value))
+                log.info("%s again: closing every connection now", describe(watcher.value))
                 forced_by_signal = True
                 for server in self.servers:
                     server.close()
@@ -185,9 +381,9 @@ class Runner:
             forced,
             jobs_killed,
         )
-        return EXIT_OK if clean else EXIT_FORCED
+        return ExitStatus.OK if clean else ExitStatus.FORCED
 
-    def _close_now(self) -> int:
+    def _close_now(self) -> ExitStatus:
         live = sum(len(server.registry) for server in self.servers)
         for server in self.servers:
             server.close()
@@ -199,20 +395,15 @@ class Runner:
             self.hook_outcomes += server.hooks.run(HookPhase.STOPPED, now)
         self.hook_outcomes += self.hooks.run(HookPhase.STOPPED, now)
         log.info("exit: closed %d connections", live)
-        return EXIT_FORCED if live else EXIT_OK
+        return ExitStatus.FORCED if live else ExitStatus.OK
 
 
-def _signame(signum: Any) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return str(signum)
-
-
-def build_app(app: WSGIApp, *, readiness_path: Optional[str], access_log: bool) -> tuple[WSGIApp, Optional[Readiness]]:
+def build_app(
+    app: WSGIApp, *, readiness_path: Optional[str], access_log: bool, access_log_format: Optional[str] = None
+) -> tuple[WSGIApp, Optional[Readiness]]:
     """Wrap ``app`` with the access log and the readiness probe, as configured."""
     if access_log:
-        app = AccessLog(app)
+        app = AccessLog(app, access_format.emitter(access_log_format, logs.access_log))
     readiness = None
     if readiness_path:
         readiness = Readiness(app, readiness_path)
@@ -231,7 +422,7 @@ def run(
     pidfile: Optional[str] = None,
     shutdown_trigger: Optional[Callable[[], Any]] = None,
     **options: Any,
-) -> int:
+) -> ExitStatus:
     """Serve ``app`` as the CLI does (signals included) and return the exit status.
 
     Args:
@@ -245,27 +436,247 @@ def run(
         shutdown_trigger: blocks until shutdown should start (besides signals).
         options: ``Config`` fields (``idle_timeout``, ``max_connections``, ...).
     """
-    from gshutdown import jobs
-
     binds: list[Listener] = list(bind) if isinstance(bind, list) else [bind]  # type: ignore[list-item]
     wrapped, readiness = build_app(app, readiness_path=readiness_path, access_log=access_log)
     servers = [Server(listener, wrapped, **options) for listener in binds]
-    servers[0].jobs.adopt(jobs.app_jobs)
-    runner = Runner(
+    return runner_for(
         servers,
         graceful_timeout=graceful_timeout,
         drain_delay=drain_delay,
         readiness=readiness,
         shutdown_trigger=shutdown_trigger,
         pidfile=pidfile,
-        hooks=adopt_app_hooks(),
-    )
-    return runner.run()
+    ).run()
 
 
-def adopt_app_hooks() -> HookList:
-    """Take the hooks declared with ``gshutdown.on_shutdown`` so far."""
+def runner_for(servers: list[Server], **kwargs: Any) -> Runner:
+    """A runner for ``servers`` that takes over the application's declared hooks and jobs."""
+    from gshutdown import jobs
+
+    servers[0].jobs.adopt(jobs.app_jobs)
     hooks = HookList()
     hooks.hooks.extend(app_hooks.hooks)
     app_hooks.hooks.clear()
-    return hooks
+    return Runner(servers, hooks=hooks, **kwargs)
+
+
+def warn_if_over_kubernetes_grace(args: argparse.Namespace) -> None:
+    """Warn when drain delay + graceful timeout exceed Kubernetes' default grace period."""
+    total = args.drain_delay + args.graceful_timeout
+    if total > KUBERNETES_GRACE:
+        log.warning(
+            "drain delay + graceful timeout = %g s, over Kubernetes' default %g s grace: "
+            "raise terminationGracePeriodSeconds to match",
+            total,
+            KUBERNETES_GRACE,
+        )
+
+
+def monkey_patch(args: argparse.Namespace) -> None:
+    """``gevent.monkey.patch_all()`` unless ``--no-monkey-patch``: before the app is imported.
+
+    Legacy apps rely on patched sockets, and modules that bind socket or
+    threading names at import must see the patched ones.
+    """
+    if not args.no_monkey_patch:
+        from gevent import monkey
+
+        monkey.patch_all()
+
+
+def watch_blocking(max_blocking_time: Optional[float]) -> None:
+    """Log, with its stack, every greenlet that blocks the hub over ``max_blocking_time`` seconds.
+
+    gevent's own monitor thread does the watching (``gevent.config.monitor_thread``);
+    this only routes its reports to the log.
+    """
+    if not max_blocking_time:
+        return
+    import gevent.events
+
+    blocking_log = logging.getLogger("gshutdown.blocking")
+
+    def report(event: Any) -> None:
+        if isinstance(event, gevent.events.EventLoopBlocked):
+            blocking_log.warning(
+                "the hub was blocked for over %g ms by %r:\n%s",
+                event.blocking_time * 1000,
+                event.greenlet,
+                "\n".join(event.info),
+            )
+
+    gevent.config.max_blocking_time = max_blocking_time
+    gevent.config.monitor_thread = True
+    gevent.config.print_blocking_reports = False  # reported through the log instead
+    gevent.events.subscribers.append(report)
+    gevent.get_hub().start_periodic_monitoring_thread()
+
+
+def prepare_process(args: argparse.Namespace) -> Optional[ExitStatus]:
+    """``--umask``, ``--chdir`` and ``--env``: before anything is bound or imported.
+
+    Returns a usage error status (after reporting it), or None.
+    """
+    if args.umask is not None:
+        os.umask(args.umask)
+    if args.chdir:
+        try:
+            os.chdir(args.chdir)
+        except OSError as exc:
+            return fail(f"--chdir {args.chdir}: {exc.strerror}", ExitStatus.USAGE)
+    for item in args.raw_env:
+        name, _, value = item.partition("=")
+        os.environ[name] = value
+    return None
+
+
+def drop_privileges(user: Optional[str], group: Optional[str]) -> Optional[ExitStatus]:
+    """``--user``/``--group``: switch to them once the listeners are bound.
+
+    Returns a usage error status (after reporting it), or None.
+    """
+    if not user and not group:
+        return None
+    import grp
+    import pwd
+
+    try:
+        account = pwd.getpwuid(int(user)) if user and user.isdigit() else pwd.getpwnam(user) if user else None
+    except KeyError:
+        return fail(f"--user: no such user: {user}", ExitStatus.USAGE)
+    try:
+        gid = (int(group) if group.isdigit() else grp.getgrnam(group).gr_gid) if group else account.pw_gid  # type: ignore[union-attr]
+    except KeyError:
+        return fail(f"--group: no such group: {group}", ExitStatus.USAGE)
+    try:
+        # Groups first: once the user is switched, they can no longer change.
+        os.setgroups([gid])
+        os.setgid(gid)
+        if account is not None:
+            os.setuid(account.pw_uid)
+    except OSError as exc:
+        return fail(f"cannot switch to user {user or '-'} / group {group or '-'}: {exc.strerror}", ExitStatus.USAGE)
+    return None
+
+
+def configure_logging(args: argparse.Namespace) -> Optional[ExitStatus]:
+    """Logging as the settings say; then the config file's warnings. A usage error status, or None."""
+    try:
+        logs.configure(
+            args.log_level,
+            access_log_path=args.access_log,
+            error_log_path=args.error_log,
+            dict_config=args.log_config,
+        )
+    except ValueError as exc:
+        return fail(str(exc), ExitStatus.USAGE)
+    for warning in getattr(args, "warnings", ()):
+        log.warning("%s", warning)
+    warn_if_over_kubernetes_grace(args)
+    return None
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Config`` fields the settings give."""
+    return dict(
+        idle_timeout=args.idle_timeout,
+        read_header_timeout=args.read_header_timeout,
+        read_body_timeout=args.read_body_timeout,
+        write_timeout=args.write_timeout,
+        idle_grace=args.idle_grace,
+        max_connections=args.max_connections,
+        max_body_size=args.max_body_size,
+        min_body_rate=args.min_body_rate,
+        unix_socket_mode=args.unix_socket_mode,
+        backlog=args.backlog,
+        max_request_line=args.limit_request_line,
+        max_header_count=args.limit_request_fields,
+        max_field_size=args.limit_request_field_size,
+        keep_alive=not args.no_keep_alive,
+        server_header=args.server_header,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        proxy_headers=not args.no_proxy_headers,
+        proxy_protocol=args.proxy_protocol,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+        ca_certs=args.ca_certs,
+        cert_reqs=args.cert_reqs,
+        ciphers=args.ciphers,
+    )
+
+
+def serve(
+    args: argparse.Namespace,
+    listeners: Optional[Sequence[Any]] = None,
+    *,
+    link: Optional[WorkerLink] = None,
+) -> ExitStatus:
+    """Serve ``args.app`` in this process until told to stop; return the exit status.
+
+    Args:
+        args: the settings (``gshutdown.cli``).
+        listeners: sockets to serve on instead of binding ``args.bind``
+            (a worker gets its master's).
+        link: a worker's pipes to its master (None: the single process).
+    """
+    if link is None:
+        # A worker's master did all this already, and a worker inherits its
+        # master's log handlers: adding them again would write every line twice.
+        failed = prepare_process(args)
+        if failed is None:
+            monkey_patch(args)
+            failed = configure_logging(args)
+        if failed is not None:
+            return failed
+    else:
+        monkey_patch(args)
+    watch_blocking(args.max_blocking_time)
+    try:
+        app = load_app(args.app)
+    except AppNotLoadable as exc:
+        return fail(str(exc), ExitStatus.USAGE)
+    wrapped, readiness = build_app(
+        app,
+        readiness_path=args.readiness_path or None,
+        access_log=bool(args.access_log),
+        access_log_format=args.access_log_format,
+    )
+    if listeners is None:
+        listeners = systemd.listen_fds() or args.bind
+    options = server_options(args)
+    servers = []
+    try:
+        for listener in listeners:
+            server = Server(listener, wrapped, multiprocess=link is not None, **options)
+            server.init_socket()  # bind now, to report a busy port before anything else
+            servers.append(server)
+    except (OSError, ValueError) as exc:
+        for server in servers:
+            server.close()
+        if isinstance(exc, ValueError):  # a setting (a TLS file, forwarded_allow_ips)
+            return fail(str(exc), ExitStatus.USAGE)
+        return fail(cannot_listen(listener, exc), ExitStatus.START_FAILED)
+    if link is None:
+        failed = drop_privileges(args.user, args.group)
+        if failed is not None:
+            return failed
+    # Only now: a usage or bind error must stay the one line on stderr.
+    log.info(
+        "gevent monkey-patching %s",
+        "disabled (--no-monkey-patch)" if args.no_monkey_patch else "applied before importing the app",
+    )
+    if link is not None and args.max_requests:
+        # Spread the recycles: workers that started together must not all
+        # restart together (gunicorn's max_requests_jitter).
+        max_requests: Optional[int] = args.max_requests + random.randint(0, args.max_requests_jitter)
+    else:
+        max_requests = None
+    return runner_for(
+        servers,
+        graceful_timeout=args.graceful_timeout,
+        drain_delay=args.drain_delay,
+        readiness=readiness,
+        pidfile=args.pid,
+        link=link,
+        max_requests=max_requests,
+    ).run()

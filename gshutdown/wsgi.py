@@ -25,6 +25,7 @@ from urllib.parse import unquote_to_bytes
 from gevent import GreenletExit
 
 from gshutdown.conn import BadRequestBody, ClientDisconnected
+from gshutdown.forwarded import apply_forwarded
 from gshutdown.protocol.events import Request
 from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
 from gshutdown.state import ConnState
@@ -323,16 +324,17 @@ class WSGIAdapter:
     def __init__(self, app: WSGIApp, server: Server) -> None:
         self.app = app
         self.server = server
+        self._warned_untrusted_proxy = False
         host, port = server.server_host_port()
         self.base_environ: dict[str, Any] = {
             "SERVER_NAME": host,
             "SERVER_PORT": port,
             "SCRIPT_NAME": "",
             "wsgi.version": (1, 0),
-            "wsgi.url_scheme": "http",
+            "wsgi.url_scheme": "https" if server.ssl_context else "http",
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": False,
-            "wsgi.multiprocess": False,
+            "wsgi.multiprocess": server.multiprocess,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,
             "gshutdown.shutting_down": server.shutting_down,
@@ -345,6 +347,7 @@ class WSGIAdapter:
             base = conn.environ_base = self._connection_environ(conn)
         env = base.copy()
         target = request.target
+        authority = None
         if target[:1] == "/":
             path, _, query = target.partition("?")
         elif target == "*":
@@ -352,7 +355,9 @@ class WSGIAdapter:
         else:  # absolute-form: the path only (RFC 9112 3.2.2)
             rest = target.partition("://")[2]
             ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
-            path, _, query = rest[min(ends, default=len(rest)) :].partition("?")
+            start = min(ends, default=len(rest))
+            authority = rest[:start]
+            path, _, query = rest[start:].partition("?")
             path = path or "/"
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
@@ -369,6 +374,13 @@ class WSGIAdapter:
                 env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
             else:
                 env[key] = value
+        if authority is not None:
+            # RFC 9112 3.2.2: the target's authority replaces the Host field.
+            env["HTTP_HOST"] = authority
+        if conn.forwarded_trusted and (
+            "HTTP_X_FORWARDED_FOR" in env or "HTTP_X_FORWARDED_PROTO" in env or "HTTP_FORWARDED" in env
+        ):
+            apply_forwarded(env, self.server.trusted_proxies)
         env["wsgi.input"] = Input(conn)
         env["gshutdown.hijack"] = conn.hijack
         env["gshutdown.connection"] = conn
@@ -377,7 +389,25 @@ class WSGIAdapter:
     def _connection_environ(self, conn: Connection) -> dict[str, Any]:
         """The part of the environ that is the same for every request of ``conn``."""
         env = self.base_environ.copy()
+        server = self.server
         peer = conn.peer
+        proxied = conn.proxy_header
+        if proxied is not None:
+            env["gshutdown.proxy_header"] = proxied
+            if proxied.source is not None:
+                # Believed only from a trusted peer, as nginx's realip module
+                # does (set_real_ip_from); otherwise the real peer stands.
+                if server.trusted_proxies.trusts_peer(peer):
+                    peer = proxied.source
+                elif not self._warned_untrusted_proxy:
+                    self._warned_untrusted_proxy = True
+                    log.warning(
+                        "PROXY protocol addresses from %s ignored (logged once): the peer is not in "
+                        "forwarded_allow_ips (%s)",
+                        peer[0],
+                        server.trusted_proxies.spec,
+                    )
+        conn.forwarded_trusted = server.config.proxy_headers and server.trusted_proxies.trusts_peer(peer)
         if isinstance(peer, tuple):
             env["REMOTE_ADDR"] = peer[0]
             env["REMOTE_PORT"] = str(peer[1])

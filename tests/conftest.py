@@ -5,6 +5,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from tests.helpers import ServerThread
+from tests.tls_helpers import TLSFiles, make_tls_files
 
 
 @pytest.fixture
@@ -20,3 +21,9 @@ def serve() -> Iterator[Callable[..., ServerThread]]:
     yield start
     for thread in started:
         thread.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """Certificates made with ``openssl`` for this run (see ``tests.tls_helpers``)."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))

@@ -1,10 +1,7 @@
 """The master (``--workers``): drain, worker replacement, SIGHUP reload, SIGUSR2 upgrade.
 
-Real processes, real signals, real clients on loopback. The load clients use
-a urllib3-like retry policy: a request on a *reused* keep-alive connection
-that is closed or reset before any response byte is retried once on a new
-connection (that is the contract of HTTP keep-alive); anything else counts as
-a failure, refused connections included.
+Real processes, real signals, real clients on loopback; the load clients
+(``LoadClients``) retry once only a request on a reused keep-alive connection.
 """
 
 from __future__ import annotations
@@ -13,83 +10,25 @@ import http.client
 import os
 import re
 import signal
-import threading
-import time
 from pathlib import Path
 
-from tests.process_helpers import PROBE, GProcess, free_port, get, gshutdown_argv, wait_until
+import pytest
 
-READY = r"master (\d+): (\d+) worker\(s\) ready"
+from tests.process_helpers import (
+    PROBE,
+    GProcess,
+    LoadClients,
+    free_port,
+    get,
+    gone,
+    gshutdown_argv,
+    start_master,
+    wait_until,
+)
 
-
-class LoadClients:
-    """``count`` threads looping keep-alive GETs until stopped; bounded by ``limit`` seconds."""
-
-    def __init__(self, port: int, count: int = 4, limit: float = 30.0) -> None:
-        self.port = port
-        self.limit = limit
-        self.ok = 0
-        self.retries = 0
-        self.failures: list[str] = []
-        self.pids: list[bytes] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(count)]
-
-    def __enter__(self) -> LoadClients:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
-
-    def _loop(self) -> None:
-        deadline = time.monotonic() + self.limit
-        conn: http.client.HTTPConnection | None = None
-        reused = False
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                reused = False
-            try:
-                conn.request("GET", "/pid")
-                response = conn.getresponse()
-                body = response.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
-                conn.close()
-                conn = None
-                if reused:
-                    with self._lock:
-                        self.retries += 1
-                    continue  # retry once on a fresh connection
-                with self._lock:
-                    self.failures.append(f"fresh connection: {exc!r}")
-                continue
-            except OSError as exc:
-                conn.close()
-                conn = None
-                with self._lock:
-                    self.failures.append(repr(exc))
-                continue
-            with self._lock:
-                if response.status == 200:
-                    self.ok += 1
-                    self.pids.append(body)
-                else:
-                    self.failures.append(f"status {response.status}")
-            reused = True
-            if response.getheader("Connection", "").lower() == "close":
-                conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
-
-    def served_since(self, mark: int) -> list[bytes]:
-        with self._lock:
-            return self.pids[mark:]
+#: Each master test runs twice: signals to the master's pid, and to its whole
+#: process group (systemd's KillMode=control-group, tini -g, Ctrl-C).
+by_pid_and_group = pytest.mark.parametrize("group", [False, True], ids=["pid", "group"])
 
 
 def _app_file(tmp_path: Path, body: str = "v1") -> Path:
@@ -105,26 +44,18 @@ def _app_file(tmp_path: Path, body: str = "v1") -> Path:
 
 
 def _start(tmp_path: Path, app: str, port: int, *extra: str) -> GProcess:
-    proc = GProcess(
-        gshutdown_argv(app, "-b", f"127.0.0.1:{port}", "-w", "2", "--ready-timeout", "10", *extra),
-        tmp_path / "master.log",
-    )
-    try:
-        proc.wait_for_log(READY, timeout=20)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    return start_master(tmp_path / "master.log", app, port, *extra)
 
 
-def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path: Path) -> None:
+@by_pid_and_group
+def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path: Path, group: bool) -> None:
     port = free_port()
     with _start(tmp_path, PROBE, port) as master:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
             conn.request("GET", "/slow?s=0.5")
             master.wait_for_log("slow request started")
-            master.send_signal(signal.SIGTERM)
+            master.send_signal(signal.SIGTERM, group=group)
             response = conn.getresponse()
             assert response.status == 200
             assert response.read() == b"slept 0.5"
@@ -135,7 +66,8 @@ def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path: Path) -> N
         assert len(re.findall(r"worker \d+ exited with status 0", master.log())) == 2
 
 
-def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
+@by_pid_and_group
+def test_a_killed_worker_is_replaced(tmp_path: Path, group: bool) -> None:
     port = free_port()
     with _start(tmp_path, PROBE, port) as master:
         victim = int(re.findall(r"worker (\d+) ready", master.log())[0])
@@ -144,36 +76,38 @@ def test_a_killed_worker_is_replaced(tmp_path: Path) -> None:
         mark = master.wait_for_log(r"restarting").end()
         master.wait_for_log(r"worker \d+ ready", start=mark)
         assert get(port, "/")[2] == b"Hello, World!"
-        master.send_signal(signal.SIGTERM)
+        master.send_signal(signal.SIGTERM, group=group)
         assert master.wait() == 0
 
 
-def test_sighup_reload_under_load_loses_no_request(tmp_path: Path) -> None:
+@by_pid_and_group
+def test_sighup_reload_under_load_loses_no_request(tmp_path: Path, group: bool) -> None:
     app = _app_file(tmp_path, "v1")
     port = free_port()
     with _start(tmp_path, str(app), port) as master:
         with LoadClients(port) as load:
             wait_until(lambda: load.ok > 50)
             app.write_text(app.read_text().replace("'v1 '", "'v2 '"))
-            master.send_signal(signal.SIGHUP)
+            master.send_signal(signal.SIGHUP, group=group)
             master.wait_for_log(r"reload done: generation 2 serving")
-            mark = len(load.pids)
+            mark = len(load.bodies)
             wait_until(lambda: any(pid.startswith(b"v2") for pid in load.served_since(mark)))
             wait_until(lambda: len(re.findall(r"exited with status 0", master.log())) == 2)
             wait_until(lambda: len(load.served_since(mark)) > 100)
-        master.send_signal(signal.SIGTERM)
+        master.send_signal(signal.SIGTERM, group=group)
         assert master.wait() == 0
     assert load.failures == []
     assert load.ok > 150
-    assert all(pid.startswith(b"v2") for pid in load.pids[-20:]), load.pids[-20:]
+    assert all(pid.startswith(b"v2") for pid in load.bodies[-20:]), load.bodies[-20:]
 
 
-def test_reload_with_a_broken_app_keeps_the_old_workers(tmp_path: Path) -> None:
+@by_pid_and_group
+def test_reload_with_a_broken_app_keeps_the_old_workers(tmp_path: Path, group: bool) -> None:
     app = _app_file(tmp_path, "v1")
     port = free_port()
     with _start(tmp_path, str(app), port) as master:
         app.write_text("raise RuntimeError('broken deploy')\n")
-        master.send_signal(signal.SIGHUP)
+        master.send_signal(signal.SIGHUP, group=group)
         master.wait_for_log(r"reload failed")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
@@ -182,11 +116,12 @@ def test_reload_with_a_broken_app_keeps_the_old_workers(tmp_path: Path) -> None:
                 assert conn.getresponse().read().startswith(b"v1 ")
         finally:
             conn.close()
-        master.send_signal(signal.SIGTERM)
+        master.send_signal(signal.SIGTERM, group=group)
         assert master.wait() == 0
 
 
-def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Path) -> None:
+@by_pid_and_group
+def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Path, group: bool) -> None:
     port = free_port()
     pidfile = tmp_path / "gshutdown.pid"
     with _start(tmp_path, PROBE, port, "--pid", str(pidfile)) as master:
@@ -195,36 +130,48 @@ def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Pa
         try:
             with LoadClients(port) as load:
                 wait_until(lambda: load.ok > 50)
-                master.send_signal(signal.SIGUSR2)
+                master.send_signal(signal.SIGUSR2, group=group)
                 match = master.wait_for_log(r"upgrade: new master (\d+) is serving", timeout=20)
                 new_pid = int(match.group(1))
                 assert master.wait() == 0  # the old master drained and left
-                mark = len(load.pids)
+                mark = len(load.bodies)
                 wait_until(lambda: len(load.served_since(mark)) > 100)
             assert load.failures == []
             assert pidfile.read_text().strip() == str(new_pid)
         finally:
             if new_pid:
                 os.kill(new_pid, signal.SIGTERM)  # started by our master's upgrade
-                wait_until(lambda: not Path(f"/proc/{new_pid}").exists() or _zombie(new_pid), timeout=20)
+                wait_until(lambda: gone(new_pid), timeout=20)
     assert not pidfile.exists()
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def test_single_process_ignores_sighup_and_sigusr2_and_keeps_serving(tmp_path: Path) -> None:
+def test_single_process_ignores_the_master_signals_and_keeps_serving(tmp_path: Path) -> None:
     port = free_port()
     proc = GProcess(gshutdown_argv(PROBE, "-b", f"127.0.0.1:{port}"), tmp_path / "single.log")
     with proc:
         proc.wait_listening(timeout=20)
-        for signum, name in ((signal.SIGHUP, "SIGHUP"), (signal.SIGUSR2, "SIGUSR2")):
+        for signum in (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU):
             proc.send_signal(signum)
-            proc.wait_for_log(rf"{name} ignored: reload and upgrade need a master")
+            proc.wait_for_log(rf"{signum.name} ignored: reload, upgrade and worker counts need a master")
         assert get(port, "/")[2] == b"Hello, World!"
+        assert get(port, "/multiprocess")[2] == b"False"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait() == 0
+
+
+def test_single_process_sigusr1_reopens_the_access_log(tmp_path: Path) -> None:
+    port = free_port()
+    access = tmp_path / "access.log"
+    proc = GProcess(gshutdown_argv(PROBE, "-b", f"127.0.0.1:{port}", "--access-log", str(access)), tmp_path / "log")
+    with proc:
+        proc.wait_listening(timeout=20)
+        get(port, "/first")
+        wait_until(lambda: access.exists() and "/first" in access.read_text())
+        access.rename(tmp_path / "access.log.1")
+        proc.send_signal(signal.SIGUSR1)
+        proc.wait_for_log(r"SIGUSR1: reopened 1 log file\(s\)")
+        get(port, "/second")
+        wait_until(lambda: access.exists() and "/second" in access.read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == 0
+    assert "/second" not in (tmp_path / "access.log.1").read_text()

@@ -24,7 +24,8 @@ from gevent.event import Event
 
 import gshutdown
 from gshutdown import Server, hooks, jobs
-from gshutdown.runner import EXIT_FORCED, EXIT_OK, Runner, run
+from gshutdown.exit_status import ExitStatus
+from gshutdown.runner import SIGNAL_ACTIONS, Role, Runner, SignalAction, Trigger, run
 from tests.process_helpers import GProcess, free_port, get, recv_eof, request_bytes
 
 #: Any runner that hangs fails the test instead of the run.
@@ -89,7 +90,7 @@ def test_run_serves_until_the_trigger_returns_then_exits_0(tmp_path: Path) -> No
             status = run(slow_app(0, Event()), listener, pidfile=str(pidfile), shutdown_trigger=trigger)
     finally:
         listener.close()
-    assert status == EXIT_OK
+    assert status == ExitStatus.OK
     assert seen["root"].startswith(b"HTTP/1.1 200 ") and seen["root"].endswith(b"\r\n\r\nok")
     assert seen["ready"].startswith(b"HTTP/1.1 200 ")
     assert seen["pid"] == str(os.getpid())
@@ -114,7 +115,7 @@ def test_run_lets_an_in_flight_request_finish_with_connection_close() -> None:
             response = client[0].get(timeout=5)
     finally:
         listener.close()
-    assert status == EXIT_OK
+    assert status == ExitStatus.OK
     assert took >= 0.25, "run() returned before the in-flight request ended"
     assert response.startswith(b"HTTP/1.1 200 ")
     assert b"\r\nConnection: close\r\n" in response
@@ -139,7 +140,7 @@ def test_run_returns_exit_forced_when_the_graceful_timeout_expires() -> None:
             response = client[0].get(timeout=5)
     finally:
         listener.close()
-    assert status == EXIT_FORCED
+    assert status == ExitStatus.FORCED
     assert took < 3.0
     assert response == b"", "a forced connection closes without a response"
 
@@ -173,7 +174,7 @@ def test_run_starts_module_level_jobs_and_runs_declared_hooks_in_phase_order() -
             gevent.sleep(0.05)
     finally:
         listener.close()
-    assert status == EXIT_OK
+    assert status == ExitStatus.OK
     assert runs_at_exit >= 3
     assert runs[0] == runs_at_exit, "the job kept running after run() returned"
     assert events == ["drain", "stopped"]
@@ -192,7 +193,7 @@ def test_runner_exit_forced_when_a_job_is_still_running_at_the_deadline() -> Non
     runner = Runner([server], graceful_timeout=0.2, install_signals=False, shutdown_trigger=lambda: running.wait(5))
     with gevent.Timeout(RUN_BOUND):
         status = runner.run()
-    assert status == EXIT_FORCED
+    assert status == ExitStatus.FORCED
     assert runner.results[0].jobs_killed == ("stuck",)
     assert runner.results[0].forced == ()
 
@@ -214,11 +215,68 @@ def test_runner_shuts_every_server_down_and_calls_on_ready_once() -> None:
     )
     with gevent.Timeout(RUN_BOUND):
         status = runner.run()
-    assert status == EXIT_OK
+    assert status == ExitStatus.OK
     assert ready_calls == [True]
     assert len(answers) == 2 and all(answer.endswith(b"\r\n\r\nok") for answer in answers)
     assert [result.clean for result in runner.results] == [True, True]
     assert all(server.phase is gshutdown.ShutdownPhase.STOPPED for server in servers)
+
+
+@pytest.mark.parametrize(
+    ("events", "role"),
+    [([Trigger.MAX_REQUESTS, signal.SIGQUIT], Role.SINGLE), ([signal.SIGINT], Role.GUNICORN_WORKER)],
+    ids=["reason-drains-then-SIGQUIT-closes", "SIGINT-to-a-gunicorn-worker-closes"],
+)
+def test_deliver_drains_on_a_reason_and_closes_at_once_on_an_immediate_signal(events: list[Any], role: Role) -> None:
+    started = Event()
+    server = Server(("127.0.0.1", 0), slow_app(30, started))
+    runner = Runner([server], install_signals=False, graceful_timeout=20, role=role)
+    immediate = [signum for signum, action in SIGNAL_ACTIONS[role].items() if action is SignalAction.CLOSE_NOW]
+    replies: list[gevent.Greenlet] = []
+
+    def client() -> None:
+        replies.append(gevent.spawn(fetch, server.address[1], "/slow"))
+        started.wait(5)
+        for event in events:
+            runner.deliver(event)
+            while event not in immediate and server.phase is not gshutdown.ShutdownPhase.DRAINING:
+                gevent.sleep(0.01)  # bounded by the test's gevent.Timeout
+
+    helper = gevent.spawn(client)
+    with gevent.Timeout(RUN_BOUND):
+        status = runner.run()
+        helper.get()
+        reply = replies[0].get()
+    assert status == ExitStatus.FORCED
+    assert reply == b""  # forced: closed, no fake response
+    assert server.phase is gshutdown.ShutdownPhase.STOPPED
+    assert len(runner.results) == (0 if events[0] in immediate else 1)  # a drain ran, or none
+
+
+@pytest.mark.parametrize("with_on_ready", [False, True], ids=["service", "worker"])
+def test_only_a_runner_without_on_ready_speaks_to_systemd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_on_ready: bool
+) -> None:
+    address = str(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(address)
+        manager.setblocking(False)
+        runner = Runner(
+            [Server(("127.0.0.1", 0), slow_app(0, Event()))],
+            install_signals=False,
+            shutdown_trigger=lambda: None,
+            on_ready=(lambda: None) if with_on_ready else None,
+        )
+        with gevent.Timeout(RUN_BOUND):
+            assert runner.run() == ExitStatus.OK
+        received = []
+        while True:
+            try:
+                received.append(manager.recv(4096).decode())
+            except BlockingIOError:
+                break
+    assert received == ([] if with_on_ready else ["READY=1", "STOPPING=1"])
 
 
 EMBEDDED = textwrap.dedent(
@@ -242,7 +300,7 @@ EMBEDDED = textwrap.dedent(
 
 @pytest.mark.parametrize(
     ("graceful_timeout", "slow", "expected"),
-    [("10", "0.5", EXIT_OK), ("0.3", "30", EXIT_FORCED)],
+    [("10", "0.5", ExitStatus.OK), ("0.3", "30", ExitStatus.FORCED)],
     ids=["drained", "forced"],
 )
 def test_embedded_run_handles_sigterm_and_returns_the_exit_status(
@@ -259,7 +317,7 @@ def test_embedded_run_handles_sigterm_and_returns_the_exit_status(
             reply = recv_eof(sock)
             status = proc.wait()
     assert status == expected
-    if expected == EXIT_OK:
+    if expected == ExitStatus.OK:
         assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"slept 0.5")
     else:
         assert reply == b""
@@ -275,4 +333,4 @@ def test_embedded_run_serves_on_a_plain_blocking_listening_socket(tmp_path: Path
         proc.send_signal(signal.SIGTERM)
         status = proc.wait()
     assert answers == [b"Hello, World!"] * 3
-    assert status == EXIT_OK
+    assert status == ExitStatus.OK

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gshutdown.runner import EXIT_FORCED
+from gshutdown.exit_status import ExitStatus
 from tests.process_helpers import (
     PROBE,
     connect,
@@ -88,7 +88,7 @@ def test_second_sigterm_during_the_drain_forces_exit_3_at_once(tmp_path: Path) -
         exited_after = time.monotonic() - sent
         # Closed under the request: no response at all.
         assert recv_eof(slow) == b""
-    assert status_code == EXIT_FORCED
+    assert status_code == ExitStatus.FORCED
     assert exited_after < 3.0
     log = server.log()
     assert "SIGTERM again: closing every connection now" in log
@@ -104,7 +104,7 @@ def test_sigquit_closes_every_connection_at_once_with_exit_3(tmp_path: Path) -> 
         status_code = server.wait()
         exited_after = time.monotonic() - sent
         assert recv_eof(slow) == b""
-    assert status_code == EXIT_FORCED
+    assert status_code == ExitStatus.FORCED
     assert exited_after < 3.0
     log = server.log()
     assert "SIGQUIT: closing every connection now" in log
@@ -123,7 +123,7 @@ def test_graceful_timeout_forces_a_long_request_at_the_deadline_and_logs_it(tmp_
         status_code = server.wait()
         exited_after = time.monotonic() - sent
         assert recv_eof(slow) == b""
-    assert status_code == EXIT_FORCED
+    assert status_code == ExitStatus.FORCED
     assert 0.9 <= exited_after < 4.0
     log = server.log()
     assert "shutdown: started (timeout 1 s)" in log

@@ -1,0 +1,119 @@
+"""Log handlers: configured once per process tree, reopened on SIGUSR1.
+
+The master (or the single process) configures logging before it forks, and
+workers inherit the handlers: configuring again in a worker would add a second
+handler and write every line twice. The files are opened in append mode, so
+lines from several processes never overwrite each other.
+
+``reopen()`` is logrotate's ``postrotate`` step: after the file was renamed,
+new lines go to a new file at the configured path (no ``copytruncate``).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import logging.config
+import sys
+from typing import Any, Optional, TextIO, Union
+
+#: The application's request lines (``--access-log``).
+access_log = logging.getLogger("gshutdown.access")
+
+_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
+#: Handlers writing to files, by logger: the ones ``reopen()`` replaces.
+_file_handlers: list[tuple[logging.Logger, logging.FileHandler]] = []
+_stack_dump_signal: Optional[int] = None
+
+
+def configure(
+    level: str,
+    *,
+    access_log_path: Optional[str] = None,
+    error_log_path: Optional[str] = None,
+    dict_config: Union[str, dict[str, Any], None] = None,
+) -> None:
+    """Send gshutdown's log (and the root logger's) to ``error_log_path``.
+
+    Args:
+        level: a logging level name (``"info"``).
+        access_log_path: file for request lines, ``"-"`` for stderr, None for none.
+        error_log_path: file for everything else, ``"-"`` or None for stderr.
+        dict_config: a ``logging.config.dictConfig()`` dictionary, or the path
+            of a JSON file holding one, applied after the rest (so it may
+            replace any of it; files it opens are not reopened by SIGUSR1).
+
+    Raises:
+        ValueError: ``dict_config`` cannot be read or applied (one line).
+    """
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, level.upper()))
+    root.addHandler(_handler(root, error_log_path, logging.Formatter(_FORMAT)))
+    access_log.propagate = False
+    if access_log_path:
+        access_log.addHandler(_handler(access_log, access_log_path, logging.Formatter("%(message)s")))
+        access_log.setLevel(logging.INFO)
+    if dict_config is not None:
+        _apply_dict_config(dict_config)
+
+
+def _apply_dict_config(config: Union[str, dict[str, Any]]) -> None:
+    try:
+        if isinstance(config, str):
+            with open(config, encoding="utf-8") as fh:
+                config = json.load(fh)
+        assert isinstance(config, dict)
+        config.setdefault("version", 1)
+        config.setdefault("disable_existing_loggers", False)
+        logging.config.dictConfig(config)
+    except (OSError, ValueError, TypeError, AttributeError, ImportError, AssertionError) as exc:
+        raise ValueError(f"--log-config: {exc}") from None
+
+
+def _handler(logger: logging.Logger, path: Optional[str], formatter: logging.Formatter) -> logging.Handler:
+    handler: logging.Handler
+    if path in (None, "", "-"):
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        assert path is not None
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        _file_handlers.append((logger, handler))
+    handler.setFormatter(formatter)
+    return handler
+
+
+def reopen() -> int:
+    """Reopen every log file at its path (after logrotate renamed it); the number reopened."""
+    for index, (logger, old) in enumerate(_file_handlers):
+        new = logging.FileHandler(old.baseFilename, mode="a", encoding="utf-8")
+        new.setFormatter(old.formatter)
+        new.setLevel(old.level)
+        # Add first, then remove: no record falls between the two.
+        logger.addHandler(new)
+        logger.removeHandler(old)
+        old.close()
+        _file_handlers[index] = (logger, new)
+    if _stack_dump_signal is not None:
+        install_stack_dump(_stack_dump_signal)
+    return len(_file_handlers)
+
+
+def error_stream() -> TextIO:
+    """Where the error log goes now: its file, or stderr."""
+    for logger, handler in _file_handlers:
+        if logger is logging.getLogger() and handler.stream is not None:
+            return handler.stream
+    return sys.stderr
+
+
+def install_stack_dump(signum: int) -> None:
+    """On ``signum``, write every thread's stack to the error log, from C.
+
+    From C, because the stack is wanted exactly when Python cannot run a
+    handler: the hub is blocked by a CPU loop or an unpatched C call, and the
+    running frame is the blocking greenlet's.
+    """
+    global _stack_dump_signal
+    _stack_dump_signal = signum
+    faulthandler.register(signum, file=error_stream(), all_threads=True, chain=False)
