@@ -200,6 +200,14 @@ class TLSConnection(Connection):
 
     # -- closing -----------------------------------------------------------------
 
+    def send_parts(self, head: bytes, body: bytes) -> None:
+        self.send(head + body)  # one TLS record stream: no sendmsg on the plain socket
+
+    def _bytes_waiting(self) -> bool:
+        # Decrypted bytes OpenSSL holds are not in the kernel's count.
+        tls = self._tls
+        return (tls is not None and tls.pending() > 0) or super()._bytes_waiting()
+
     def _send_close_notify(self) -> None:
         """Tell the client, over TLS, that we are done writing (without waiting for its reply)."""
         tls, self._tls = self._tls, None

@@ -436,6 +436,37 @@ def test_close_is_called_when_client_disconnects_mid_body(server: tuple[ServerTh
 # -- integrity ---------------------------------------------------------------------
 
 
+def test_big_bodies_arrive_whole_behind_their_head_to_a_client_that_reads_late(
+    server: tuple[ServerThread, Router],
+) -> None:
+    # A first write of 16 KiB or more goes out beside the head (sendmsg); a
+    # client that does not read at once makes the kernel take only part of
+    # it, and the rest follows. Every byte must arrive, in order.
+    st, router = server
+    body = bytes(range(256)) * (16 * 1024)  # 4 MiB, more than any socket buffer here
+
+    def listed(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return [body]
+
+    def streamed(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Length", str(2 * len(body)))])
+        yield body
+        yield body
+
+    for app, expected in ((listed, body), (streamed, body + body)):
+        path = router.mount(app)
+        with Client(st) as client:
+            for _ in range(2):  # and the connection stays usable
+                client.request(path)
+                time.sleep(0.2)  # the server fills the socket buffers meanwhile
+                code, fields, _ = client.read_head()
+                assert code == 200
+                assert header(fields, "Content-Length") == str(len(expected))
+                assert client.read_exact(len(expected)) == expected
+    assert_still_serving(st)
+
+
 def test_body_longer_than_content_length_is_cut_and_closed(server: tuple[ServerThread, Router]) -> None:
     st, router = server
 
