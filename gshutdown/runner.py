@@ -48,6 +48,7 @@ from gshutdown.addresses import cannot_listen, describe_address
 from gshutdown.app_loader import AppNotLoadable, load_app
 from gshutdown.exit_status import ExitStatus, fail
 from gshutdown.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
+from gshutdown.metrics import MetricsUnavailable, ProcessMetrics, check_path
 from gshutdown.middleware import AccessLog, Readiness
 from gshutdown.server import Listener, Server, ShutdownResult
 from gshutdown.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
@@ -160,6 +161,7 @@ class Runner:
         link: this worker's pipes to its master; makes the runner a worker.
         max_requests: with ``link``: after about this many requests, ask the
             master for a replacement (``--max-requests``; None: never).
+        metrics: observes the servers and records the shutdown (``--metrics-path``).
     """
 
     def __init__(
@@ -176,6 +178,7 @@ class Runner:
         on_ready: Optional[Callable[[], Any]] = None,
         link: Optional[WorkerLink] = None,
         max_requests: Optional[int] = None,
+        metrics: Optional[ProcessMetrics] = None,
     ) -> None:
         self.servers = list(servers)
         self.graceful_timeout = graceful_timeout
@@ -189,8 +192,15 @@ class Runner:
         self.link = link
         self.role = Role.WORKER if link is not None else Role.SINGLE
         self.max_requests = max_requests
+        self.metrics = metrics
         self.hook_outcomes: list[HookOutcome] = []
         self.results: list[ShutdownResult] = []
+        #: A stop was asked for: readiness answers 503 (if there is a probe).
+        self.unready = False
+        #: Seconds the graceful shutdown took, hooks included (None: none ran).
+        self.drain_duration: Optional[float] = None
+        #: Connections closed by force: at the deadline, or by a second signal or SIGQUIT.
+        self.forced_connections = 0
         self._requests: Queue[StopRequest] = Queue()
 
     # -- serving -------------------------------------------------------------------
@@ -206,6 +216,8 @@ class Runner:
         if self.shutdown_trigger is not None:
             helpers.append(gevent.spawn(self._wait_trigger))
         try:
+            if self.metrics is not None:
+                self.metrics.attach(self)
             for server in self.servers:
                 if not server.started:
                     server.start()
@@ -227,6 +239,8 @@ class Runner:
                 handler.cancel()
             for helper in helpers:
                 helper.kill(block=False)
+            if self.metrics is not None:
+                self.metrics.detach()
             if self.role is Role.SINGLE:
                 pidfile.remove(self.pidfile)
 
@@ -270,8 +284,7 @@ class Runner:
         assert first is not None
         action = action_for(self.role, first, draining=False)
         if action is SignalAction.AWAIT_MASTER:
-            if self.readiness is not None:
-                self.readiness.set_draining()
+            self._turn_unready()
             log.info("%s: unready; draining on the master's order", describe(first))
             order = self._next_request(draining=False, timeout=MASTER_ORDER_WAIT, skip=SignalAction.AWAIT_MASTER)
             if order is None:
@@ -286,8 +299,7 @@ class Runner:
         if self.role is Role.SINGLE:
             systemd.notify("STOPPING=1")
         log.info("%s: graceful shutdown", describe(first))
-        if self.readiness is not None:
-            self.readiness.set_draining()
+        self._turn_unready()
         if self.drain_delay > 0:
             log.info("drain delay: readiness is 503; serving %g s more before closing", self.drain_delay)
             again = self._next_request(draining=True, timeout=self.drain_delay)
@@ -295,6 +307,11 @@ class Runner:
                 log.info("%s during the drain delay: closing every connection now", describe(again))
                 return self._close_now()
         return self._drain()
+
+    def _turn_unready(self) -> None:
+        self.unready = True
+        if self.readiness is not None:
+            self.readiness.set_draining()
 
     def _next_request(
         self, *, draining: bool, timeout: Optional[float], skip: Optional[SignalAction] = None
@@ -340,6 +357,7 @@ class Runner:
             if not all_done.ready():
                 log.info("%s again: closing every connection now", describe(watcher.value))
                 forced_by_signal = True
+                self.forced_connections += sum(len(server.registry) for server in self.servers)
                 for server in self.servers:
                     server.close()
                 all_done.join()
@@ -348,21 +366,23 @@ class Runner:
         self.results = [glet.get() for glet in shutdowns]
         self.hook_outcomes = join_drain_hooks(drain_hooks, deadline)
         self.hook_outcomes += self.hooks.run(HookPhase.STOPPED, deadline)
-        forced = sum(len(result.forced) for result in self.results)
+        self.forced_connections += sum(len(result.forced) for result in self.results)
+        self.drain_duration = time.monotonic() - started
         jobs_killed = sum(len(result.jobs_killed) for result in self.results)
         clean = not forced_by_signal and all(result.clean for result in self.results)
         log.info(
             "exit: %s after %.3f s; %d requests served, %d connections forced, %d jobs killed",
             "clean" if clean else "forced",
-            time.monotonic() - started,
+            self.drain_duration,
             sum(server.requests_total for server in self.servers),
-            forced,
+            self.forced_connections,
             jobs_killed,
         )
         return ExitStatus.OK if clean else ExitStatus.FORCED
 
     def _close_now(self) -> ExitStatus:
         live = sum(len(server.registry) for server in self.servers)
+        self.forced_connections += live
         for server in self.servers:
             server.close()
             server.jobs.stop(time.monotonic())
@@ -376,15 +396,36 @@ class Runner:
         return ExitStatus.FORCED if live else ExitStatus.OK
 
 
-def build_app(app: WSGIApp, *, readiness_path: Optional[str], access_log: bool) -> tuple[WSGIApp, Optional[Readiness]]:
-    """Wrap ``app`` with the access log and the readiness probe, as configured."""
+def build_app(
+    app: WSGIApp,
+    *,
+    readiness_path: Optional[str],
+    access_log: bool,
+    metrics: Optional[ProcessMetrics] = None,
+) -> tuple[WSGIApp, Optional[Readiness]]:
+    """Wrap ``app`` with the access log, the readiness probe and the metrics path, as configured."""
     if access_log:
         app = AccessLog(app)
     readiness = None
     if readiness_path:
         readiness = Readiness(app, readiness_path)
         app = readiness
+    if metrics is not None:
+        app = metrics.endpoint(app)
     return app, readiness
+
+
+def process_metrics(
+    metrics_path: Optional[str], readiness_path: Optional[str], *, multiprocess: bool = False
+) -> Optional[ProcessMetrics]:
+    """The process's metrics for ``metrics_path`` (None: off).
+
+    Raises:
+        MetricsUnavailable: prometheus-client is missing, or the path is unusable.
+    """
+    if not metrics_path:
+        return None
+    return ProcessMetrics(check_path(metrics_path, readiness_path), multiprocess=multiprocess)
 
 
 def run(
@@ -397,6 +438,7 @@ def run(
     access_log: bool = False,
     pidfile: Optional[str] = None,
     shutdown_trigger: Optional[Callable[[], Any]] = None,
+    metrics_path: Optional[str] = None,
     **options: Any,
 ) -> ExitStatus:
     """Serve ``app`` as the CLI does (signals included) and return the exit status.
@@ -410,10 +452,13 @@ def run(
         access_log: log each request to the ``gshutdown.access`` logger.
         pidfile: path to write the pid to.
         shutdown_trigger: blocks until shutdown should start (besides signals).
+        metrics_path: path answered with Prometheus metrics (None: off; needs
+            the ``metrics`` extra, else ``MetricsUnavailable``).
         options: ``Config`` fields (``idle_timeout``, ``max_connections``, ...).
     """
     binds: list[Listener] = list(bind) if isinstance(bind, list) else [bind]  # type: ignore[list-item]
-    wrapped, readiness = build_app(app, readiness_path=readiness_path, access_log=access_log)
+    metrics = process_metrics(metrics_path, readiness_path)
+    wrapped, readiness = build_app(app, readiness_path=readiness_path, access_log=access_log, metrics=metrics)
     servers = [Server(listener, wrapped, **options) for listener in binds]
     return _runner_for(
         servers,
@@ -422,6 +467,7 @@ def run(
         readiness=readiness,
         shutdown_trigger=shutdown_trigger,
         pidfile=pidfile,
+        metrics=metrics,
     ).run()
 
 
@@ -509,11 +555,19 @@ def serve(
         logs.configure(args.log_level, access_log_path=args.access_log, error_log_path=args.error_log)
         warn_if_over_kubernetes_grace(args)
     watch_blocking(args.max_blocking_time)
+    readiness_path = args.readiness_path or None
+    try:
+        # A worker's metrics add up with its siblings' (the master set that up).
+        metrics = process_metrics(getattr(args, "metrics_path", None), readiness_path, multiprocess=link is not None)
+    except MetricsUnavailable as exc:
+        return fail(str(exc), ExitStatus.USAGE)
     try:
         app = load_app(args.app)
     except AppNotLoadable as exc:
         return fail(str(exc), ExitStatus.USAGE)
-    wrapped, readiness = build_app(app, readiness_path=args.readiness_path or None, access_log=bool(args.access_log))
+    wrapped, readiness = build_app(
+        app, readiness_path=readiness_path, access_log=bool(args.access_log), metrics=metrics
+    )
     if listeners is None:
         listeners = systemd.listen_fds() or args.bind
     options = dict(
@@ -551,4 +605,5 @@ def serve(
         pidfile=args.pid,
         link=link,
         max_requests=max_requests,
+        metrics=metrics,
     ).run()
