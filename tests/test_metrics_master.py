@@ -15,7 +15,7 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -207,3 +207,41 @@ def test_a_directory_the_user_gave_is_used_and_kept(tmp_path: Path) -> None:
     names = {path.name for path in given.iterdir()}
     assert any(name.startswith("counter_") for name in names), names
     assert not any(name.startswith(("gauge_livesum_", "gauge_liveall_")) for name in names), names
+
+
+def _restarts_match(master: Master, expected: Callable[[], dict[str, float]]) -> None:
+    """Poll until the restarts by reason are ``expected()`` (which may read the log)."""
+    seen: list[tuple[dict[str, float], dict[str, float]]] = []
+
+    def matched() -> bool:
+        seen.append((master.scrape().by_label("gshutdown_worker_restarts_total", "reason"), expected()))
+        return seen[-1][0] == seen[-1][1]
+
+    try:
+        wait_until(matched, timeout=SETTLE, interval=0.2)
+    except AssertionError:
+        raise AssertionError(f"restarts (counted, expected): {seen[-1]}") from None
+
+
+def test_max_requests_restarts_are_counted(tmp_path: Path) -> None:
+    with _master(tmp_path, "--max-requests", "5") as master:
+        _serve_on_both_workers(master, minimum=30)
+
+        def as_logged() -> dict[str, float]:
+            recycled = len(re.findall(r"reached --max-requests: starting its replacement", master.proc.log()))
+            # Thirty requests, each worker asking to go after five: never fewer than two.
+            return {"died": 0, "max-requests": max(recycled, 2), "timeout": 0, "reload": 0}
+
+        _restarts_match(master, as_logged)
+        master.stop_and_check_nothing_is_left()
+
+
+def test_a_worker_killed_for_timeout_is_counted(tmp_path: Path) -> None:
+    with _master(tmp_path, "--timeout", "2") as master:
+        with connect(master.port) as spinning:
+            spinning.sendall(request_bytes("/spin?s=30"))
+            stuck = int(master.proc.wait_for_log(r"\[(\d+)\] \[INFO\] spin started").group(1))
+            master.proc.wait_for_log(rf"worker {stuck} exited with signal SIGKILL", timeout=SETTLE)
+        _restarts_match(master, lambda: {"died": 0, "max-requests": 0, "timeout": 1, "reload": 0})
+        # A worker killed for --timeout had its connections forced: exit status 3.
+        master.stop_and_check_nothing_is_left(ExitStatus.FORCED)
