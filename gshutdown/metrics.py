@@ -13,7 +13,7 @@ prometheus-client's metric objects: at every scrape, and in a worker also
 every ``FLUSH_INTERVAL`` seconds and once more when it has drained. Writing to
 those objects on every request instead would cost about 3 us a request in one
 process and 8 us in prometheus-client's multiprocess mode, which writes each
-change to a memory-mapped file.
+change to a memory-mapped file (two counters and the histogram alone).
 
 Master mode uses that multiprocess mode. The master (``MasterMetrics``) makes
 a private directory for the files (or uses ``PROMETHEUS_MULTIPROC_DIR`` if the
@@ -209,7 +209,7 @@ class ProcessMetrics:
             ["status_class"],
             registry=registry,
         )
-        self._responses = {digit: responses.labels(f"{digit}xx") for digit in "12345"}
+        self._responses = {name[0]: responses.labels(name) for name in STATUS_CLASSES}
         self._responses_child = responses.labels
         self._duration = pc.Histogram(
             "gshutdown_request_duration_seconds",
