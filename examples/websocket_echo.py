@@ -15,7 +15,9 @@ ends. So each session starts the close handshake itself (a second greenlet
 waits on ``environ['gshutdown.shutting_down']`` and sends Close, while the
 echo loop reads on until the client's Close arrives), and a "drain" shutdown
 hook holds the shutdown until the sessions are over, at most 5 s. The
-hijacked socket is a gevent socket: reading it is cooperative.
+hijacked socket is a gevent socket (reading it is cooperative) with no
+timeout: an idle session stays open until the client or a shutdown ends it;
+an application that wants an idle limit sets one (``sock.settimeout``).
 """
 
 import logging

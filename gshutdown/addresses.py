@@ -10,7 +10,7 @@ import errno
 import os
 import socket
 import stat
-from typing import Any
+from typing import Any, Optional
 
 
 def describe_address(address: Any) -> str:
@@ -41,22 +41,53 @@ def cannot_listen(listener: Any, exc: OSError) -> str:
     return f"cannot listen on {describe_listener(listener)}: {bind_failure_reason(exc)}"
 
 
-def bind_unix(path: str, backlog: int = 2048) -> socket.socket:
-    """A listening unix socket at ``path`` (a stale socket file is replaced)."""
-    if os.path.exists(path):
-        if not stat.S_ISSOCK(os.stat(path).st_mode):
+def bind_unix(path: str, backlog: int = 2048, *, mode: Optional[int] = None) -> socket.socket:
+    """A listening unix socket at ``path``.
+
+    A socket file already there is replaced only when it is stale: connecting
+    to it is refused (ECONNREFUSED), so nobody listens. Any other outcome
+    (a server answers, its backlog is full, permission denied, ...) raises
+    and leaves it alone.
+
+    Args:
+        path: the socket file's path.
+        backlog: the listen backlog.
+        mode: the socket file's permission bits (e.g. ``0o660``; connecting
+            needs write permission); None leaves what the umask gives. The
+            file is created with no permissions and then given ``mode``, so
+            no one can connect under looser bits in between.
+    """
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
             raise OSError(errno.EADDRINUSE, f"{path} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.setblocking(False)  # a live server with a full backlog: EAGAIN, not a hang
         try:
             probe.connect(path)
-        except OSError:
+        except ConnectionRefusedError:
             os.unlink(path)  # nobody listens: a leftover from a dead process
+        except FileNotFoundError:
+            pass  # removed meanwhile
+        except OSError as exc:
+            raise OSError(exc.errno, f"{path}: cannot tell whether a server uses it: {exc.strerror}") from None
         else:
             raise OSError(f"{path} is in use by a running server")
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    sock.listen(backlog)
+    try:
+        if mode is None:
+            sock.bind(path)
+        else:
+            old_umask = os.umask(0o777)
+            try:
+                sock.bind(path)
+            finally:
+                os.umask(old_umask)
+            os.chmod(path, mode)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock

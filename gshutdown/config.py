@@ -30,6 +30,18 @@ class Config:
     #: Longest wait for the next piece of a request body the application is
     #: reading (gunicorn's ``timeout=30`` bounds the same stall).
     read_body_timeout: Optional[float] = 30.0
+    #: Slowest request body accepted, in bytes per second: the time spent
+    #: waiting for a body's bytes may total ``read_body_timeout`` plus one
+    #: second per ``min_body_rate`` bytes received, so a client trickling a
+    #: byte at a time cannot hold a connection for ever (Apache
+    #: mod_reqtimeout's ``body=20,MinRate=500``; Go bounds the whole request
+    #: with ``ReadTimeout``). Time the application spends between reads does
+    #: not count. None: only ``read_body_timeout`` per read.
+    min_body_rate: Optional[float] = 500.0
+    #: Largest request body, in bytes: a larger Content-Length is answered 413
+    #: before the application runs, a chunked body with 413 when it passes
+    #: the limit (nginx ``client_max_body_size``). None: no limit.
+    max_body_size: Optional[int] = None
     #: Longest time one response write may take against a client not reading
     #: (Go's ``WriteTimeout``; gunicorn ``timeout=30``).
     write_timeout: Optional[float] = 30.0
@@ -49,11 +61,18 @@ class Config:
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     #: Most header fields in a request (431 beyond).
     max_header_count: int = DEFAULT_MAX_HEADER_COUNT
+    #: Longest single header field, name and value, in bytes (431 beyond);
+    #: None: only ``max_header_bytes`` (gunicorn ``limit_request_field_size=8190``).
+    max_field_size: Optional[int] = None
     #: Most connections served at once; the rest wait in the accept backlog
-    #: (gunicorn ``worker_connections=1000`` for its gevent worker). None: no limit.
-    max_connections: Optional[int] = None
+    #: until one closes (gunicorn ``worker_connections=1000`` for its gevent
+    #: worker). None: no limit.
+    max_connections: Optional[int] = 1000
     #: Listen backlog for sockets the server binds (gunicorn ``backlog=2048``).
     backlog: int = 2048
+    #: Permission bits of a unix socket the server binds, e.g. ``0o660``
+    #: (connecting needs write permission); None: as the umask leaves them.
+    unix_socket_mode: Optional[int] = None
     #: Whether connections may be kept alive between requests.
     keep_alive: bool = True
     #: ``Server`` header value; empty to send none.
@@ -66,6 +85,10 @@ class Config:
                 raise ValueError(f"{field.name} must not be negative, got {value!r}")
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if self.min_body_rate is not None and self.min_body_rate <= 0:
+            raise ValueError("min_body_rate must be more than 0 bytes per second (None: no minimum)")
+        if self.unix_socket_mode is not None and self.unix_socket_mode > 0o777:
+            raise ValueError(f"unix_socket_mode must be permission bits (0 to 0o777), got {self.unix_socket_mode:#o}")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (unknown names raise TypeError)."""

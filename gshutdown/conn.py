@@ -110,6 +110,8 @@ class Connection:
             max_request_line=self.config.max_request_line,
             max_header_bytes=self.config.max_header_bytes,
             max_header_count=self.config.max_header_count,
+            max_field_size=self.config.max_field_size,
+            max_body_size=self.config.max_body_size,
         )
         self._hub = get_hub()
         self._read_watcher: Any = None
@@ -119,6 +121,9 @@ class Connection:
         self.request: Optional[Request] = None
         self.body_done = True
         self.body_received = 0
+        # Seconds read_body() may still wait for the client, this body (see
+        # Config.min_body_rate); None: no total bound.
+        self._body_wait_left: Optional[float] = None
         self.expect_continue = False
         self.response_started = False
         self.response_status = ""
@@ -203,23 +208,35 @@ class Connection:
         yet: wait for readability before reading rather than read, fail with
         EAGAIN, and then wait anyway.
         """
-        grace = self.server.shutdown_started
-        timeout = self.config.idle_grace if grace else self.config.idle_timeout
+        server = self.server
+        parser = self._parser
+        timeout = self.config.idle_grace if server.shutdown_started else self.config.idle_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         data = self._recv(timeout, wait_first=after_response)
-        if data is None and self.server.shutdown_started:
-            # The deadline and a request may have crossed: take what is
-            # already here rather than close under it.
-            data = self._recv(0)
-        if not data:
-            # At EOF, or on an idle connection at shutdown (nothing of ours is
-            # unread), serve() closes at once: a client that keeps its end
-            # open cannot hold up the shutdown. An idle timeout lingers.
-            if data is None and not self.server.shutdown_started:
-                self._linger_close()
-            return False
-        move(self, ConnState.ACTIVE)
-        self._parser.feed(data)
-        return True
+        while True:
+            if data is None and server.shutdown_started:
+                # The deadline and a request may have crossed: take what is
+                # already here rather than close under it.
+                data = self._recv(0)
+            if not data:
+                # At EOF, or on an idle connection at shutdown (nothing of ours
+                # is unread), serve() closes at once: a client that keeps its
+                # end open cannot hold up the shutdown. An idle timeout lingers.
+                if data is None and not server.shutdown_started:
+                    self._linger_close()
+                return False
+            parser.feed(data)
+            if parser.in_message or parser.has_events:
+                move(self, ConnState.ACTIVE)
+                return True
+            # Empty lines only, which RFC 9112 2.2 says to ignore: still idle,
+            # and the wait goes on to the same deadline. A shutdown that began
+            # meanwhile could not shorten this wait (none was pending): cut it.
+            now = time.monotonic()
+            if server.shutdown_started:
+                grace_end = now + self.config.idle_grace
+                deadline = grace_end if deadline is None else min(deadline, grace_end)
+            data = self._recv(None if deadline is None else deadline - now, wait_first=True)
 
     def _read_head(self) -> Optional[Event]:
         """The next request head (or error); sends 408 itself on a timeout."""
@@ -240,6 +257,11 @@ class Connection:
         self.request = request
         self.body_done = not request.has_body
         self.body_received = 0
+        config = self.config
+        if self.body_done or config.min_body_rate is None or config.read_body_timeout is None:
+            self._body_wait_left = None
+        else:
+            self._body_wait_left = config.read_body_timeout
         if self.body_done:
             # Pull the EndOfMessage that follows a body-less head right away,
             # so the connection knows the request is complete.
@@ -272,14 +294,26 @@ class Connection:
             self.expect_continue = False
             if not self.response_started:
                 self.send(_CONTINUE)
-        timeout = self.config.read_body_timeout
+        config = self.config
+        per_wait = config.read_body_timeout
+        wait_left = self._body_wait_left  # None unless per_wait and min_body_rate are set
+        slow = wait_left is not None and per_wait is not None and wait_left < per_wait
+        timeout = wait_left if slow else per_wait
+        started = time.monotonic()
         try:
-            event = self._next_event(None if timeout is None else time.monotonic() + timeout, BODY_RECV_SIZE)
+            event = self._next_event(None if timeout is None else started + timeout, BODY_RECV_SIZE)
         except _ReadTimeout:
-            raise ClientDisconnected("timed out reading the request body") from None
+            raise ClientDisconnected(
+                "request body slower than min_body_rate" if slow else "timed out reading the request body"
+            ) from None
         kind = type(event)
         if kind is Data:
-            self.body_received += len(event.data)  # type: ignore[union-attr]
+            size = len(event.data)  # type: ignore[union-attr]
+            self.body_received += size
+            rate = config.min_body_rate
+            if wait_left is not None and rate is not None:
+                # Waiting for the client costs budget; bytes received earn it.
+                self._body_wait_left = wait_left - (time.monotonic() - started) + size / rate
             return event.data  # type: ignore[union-attr]
         if kind is EndOfMessage:
             self.body_done = True
@@ -308,12 +342,19 @@ class Connection:
             raise ClientDisconnected(f"sending the response failed: {exc}") from exc
 
     def hijack(self) -> tuple[socket.socket, bytes]:
-        """Hand the socket to the application; see ``environ['gshutdown.hijack']``."""
+        """Hand the socket to the application; see ``environ['gshutdown.hijack']``.
+
+        Returns the socket, with no timeout (a gevent socket: blocking calls
+        are cooperative), and the bytes already received after the head.
+        """
         if self.response_started:
             raise RuntimeError("cannot hijack after the response has started")
         if self.state is not ConnState.ACTIVE:
             raise RuntimeError(f"cannot hijack a {self.state.name} connection")
         move(self, ConnState.HIJACKED)
+        # The application decides how long its protocol may stay quiet: the
+        # server's write_timeout would end every idle WebSocket, say.
+        self.sock.settimeout(None)
         return self.sock, self._parser.tunnel_bytes
 
     def detach(self) -> None:

@@ -12,9 +12,11 @@ new lines go to a new file at the configured path (no ``copytruncate``).
 from __future__ import annotations
 
 import faulthandler
+import json
 import logging
+import logging.config
 import sys
-from typing import Optional, TextIO
+from typing import Any, Optional, TextIO, Union
 
 #: The application's request lines (``--access-log``).
 access_log = logging.getLogger("gshutdown.access")
@@ -25,13 +27,25 @@ _file_handlers: list[tuple[logging.Logger, logging.FileHandler]] = []
 _stack_dump_signal: Optional[int] = None
 
 
-def configure(level: str, *, access_log_path: Optional[str] = None, error_log_path: Optional[str] = None) -> None:
+def configure(
+    level: str,
+    *,
+    access_log_path: Optional[str] = None,
+    error_log_path: Optional[str] = None,
+    dict_config: Union[str, dict[str, Any], None] = None,
+) -> None:
     """Send gshutdown's log (and the root logger's) to ``error_log_path``.
 
     Args:
         level: a logging level name (``"info"``).
         access_log_path: file for request lines, ``"-"`` for stderr, None for none.
         error_log_path: file for everything else, ``"-"`` or None for stderr.
+        dict_config: a ``logging.config.dictConfig()`` dictionary, or the path
+            of a JSON file holding one, applied after the rest (so it may
+            replace any of it; files it opens are not reopened by SIGUSR1).
+
+    Raises:
+        ValueError: ``dict_config`` cannot be read or applied (one line).
     """
     root = logging.getLogger()
     root.setLevel(getattr(logging, level.upper()))
@@ -40,6 +54,21 @@ def configure(level: str, *, access_log_path: Optional[str] = None, error_log_pa
     if access_log_path:
         access_log.addHandler(_handler(access_log, access_log_path, logging.Formatter("%(message)s")))
         access_log.setLevel(logging.INFO)
+    if dict_config is not None:
+        _apply_dict_config(dict_config)
+
+
+def _apply_dict_config(config: Union[str, dict[str, Any]]) -> None:
+    try:
+        if isinstance(config, str):
+            with open(config, encoding="utf-8") as fh:
+                config = json.load(fh)
+        assert isinstance(config, dict)
+        config.setdefault("version", 1)
+        config.setdefault("disable_existing_loggers", False)
+        logging.config.dictConfig(config)
+    except (OSError, ValueError, TypeError, AttributeError, ImportError, AssertionError) as exc:
+        raise ValueError(f"--log-config: {exc}") from None
 
 
 def _handler(logger: logging.Logger, path: Optional[str], formatter: logging.Formatter) -> logging.Handler:

@@ -91,20 +91,29 @@ _WORKER_DEFAULTS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHL
 
 def main(args: argparse.Namespace) -> ExitStatus:
     """Bind the listeners and supervise ``args.workers`` workers; the exit status."""
-    logs.configure(args.log_level, access_log_path=args.access_log, error_log_path=args.error_log)
-    runner.warn_if_over_kubernetes_grace(args)
+    failed = runner.prepare_process(args) or runner.configure_logging(args)
+    if failed is not None:
+        return failed
     try:
-        listeners = bind_listeners(args.bind, args.backlog, reuse_port=args.reuse_port)
+        listeners = bind_listeners(
+            args.bind, args.backlog, reuse_port=args.reuse_port, unix_socket_mode=args.unix_socket_mode
+        )
     except OSError as exc:
         return fail(str(exc), ExitStatus.START_FAILED)
+    failed = runner.drop_privileges(args.user, args.group)
+    if failed is not None:
+        return failed
     try:
+        # After dropping privileges: the workers must be able to write there.
         with MasterMetrics.started(getattr(args, "metrics_path", None), args.readiness_path or None) as metrics:
             return Master(args, listeners, metrics).run()
     except MetricsUnavailable as exc:
         return fail(str(exc), ExitStatus.USAGE)
 
 
-def bind_listeners(binds: Sequence[Any], backlog: int, *, reuse_port: bool = False) -> list[socket.socket]:
+def bind_listeners(
+    binds: Sequence[Any], backlog: int, *, reuse_port: bool = False, unix_socket_mode: Optional[int] = None
+) -> list[socket.socket]:
     """Listening sockets: inherited from an old master, from systemd, or bound now.
 
     With ``reuse_port``, TCP sockets are bound with ``SO_REUSEPORT`` but not
@@ -120,7 +129,7 @@ def bind_listeners(binds: Sequence[Any], backlog: int, *, reuse_port: bool = Fal
     sockets = []
     try:
         for bind in binds:
-            sockets.append(_bind(bind, backlog, reuse_port))
+            sockets.append(_bind(bind, backlog, reuse_port, unix_socket_mode))
     except OSError:
         for sock in sockets:
             sock.close()
@@ -128,10 +137,10 @@ def bind_listeners(binds: Sequence[Any], backlog: int, *, reuse_port: bool = Fal
     return sockets
 
 
-def _bind(bind: Any, backlog: int, reuse_port: bool) -> socket.socket:
+def _bind(bind: Any, backlog: int, reuse_port: bool, unix_socket_mode: Optional[int]) -> socket.socket:
     try:
         if isinstance(bind, str):
-            return bind_unix(bind[len("unix:") :], backlog)
+            return bind_unix(bind[len("unix:") :], backlog, mode=unix_socket_mode)
         host, port = bind
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return _tcp_listener(family, (host, port), None if reuse_port else backlog, reuse_port)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from gshutdown import access_format
+from gshutdown.access_format import AccessEmit
+from gshutdown.logs import access_log
 from gshutdown.wsgi import WSGIApp
-
-access_log = logging.getLogger("gshutdown.access")
 
 
 class Readiness:
@@ -42,17 +42,25 @@ class Readiness:
 
 
 class AccessLog:
-    """Logs one line per request in the Common Log Format to ``gshutdown.access``."""
+    """Logs one line per request: by default in the Common Log Format to ``gshutdown.access``.
 
-    def __init__(self, app: WSGIApp) -> None:
+    Args:
+        app: the WSGI application.
+        emit: an ``AccessEmit`` that writes the line instead (another logger's format).
+    """
+
+    def __init__(self, app: WSGIApp, emit: Optional[AccessEmit] = None) -> None:
         self.app = app
+        self.emit: AccessEmit = emit or access_format.emitter(None, access_log)
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        status: list[str] = []
+        began = time.monotonic()
+        response: list[Any] = ["", []]  # status line, headers
+        sent = [0]
 
-        def recording_start_response(code: str, headers: Any, exc_info: Any = None) -> Any:
-            status[:] = [code[:3]]
-            write = start_response(code, headers, exc_info)
+        def recording_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            response[:] = [status, headers]
+            write = start_response(status, headers, exc_info)
 
             def counting_write(data: bytes) -> None:
                 sent[0] += len(data)
@@ -60,14 +68,16 @@ class AccessLog:
 
             return counting_write
 
-        sent = [0]
+        def finish(body_sent: int) -> None:
+            self.emit(environ, response[0], response[1], sent[0] + body_sent, time.monotonic() - began)
+
         result = self.app(environ, recording_start_response)
         if isinstance(result, list):
             # Stay a list, so the server still sees the whole body at once.
             logged_list = _LoggedList(result)
-            logged_list.log = lambda: _log(environ, status, sent[0] + sum(map(len, result)))
+            logged_list.log = lambda: finish(sum(map(len, result)))
             return logged_list
-        return _Logged(result, environ, status, sent)
+        return _Logged(result, finish)
 
 
 class _LoggedList(list):
@@ -78,15 +88,14 @@ class _LoggedList(list):
 
 
 class _Logged:
-    def __init__(self, result: Iterable[bytes], environ: dict[str, Any], status: list[str], sent: list[int]) -> None:
+    def __init__(self, result: Iterable[bytes], finish: Callable[[int], None]) -> None:
         self._result = result
-        self._environ = environ
-        self._status = status
-        self._sent = sent
+        self._finish = finish
+        self._sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
         for data in self._result:
-            self._sent[0] += len(data)
+            self._sent += len(data)
             yield data
 
     def close(self) -> None:
@@ -95,17 +104,4 @@ class _Logged:
             if close is not None:
                 close()
         finally:
-            _log(self._environ, self._status, self._sent[0])
-
-
-def _log(env: dict[str, Any], status: list[str], sent: int) -> None:
-    access_log.info(
-        '%s - - [%s] "%s %s %s" %s %d',
-        env.get("REMOTE_ADDR") or "-",
-        time.strftime("%d/%b/%Y:%H:%M:%S %z"),
-        env["REQUEST_METHOD"],
-        env.get("RAW_URI", env["PATH_INFO"]),
-        env["SERVER_PROTOCOL"],
-        status[0] if status else "-",
-        sent,
-    )
+            self._finish(self._sent)

@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import gevent
 from gevent.queue import Empty, Queue
 
-from gshutdown import logs, pidfile, systemd
+from gshutdown import access_format, logs, pidfile, systemd
 from gshutdown.addresses import cannot_listen, describe_address
 from gshutdown.app_loader import AppNotLoadable, load_app
 from gshutdown.exit_status import ExitStatus, fail
@@ -51,6 +51,7 @@ from gshutdown.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_dr
 from gshutdown.metrics import MetricsUnavailable, ProcessMetrics, check_path
 from gshutdown.middleware import AccessLog, Readiness
 from gshutdown.server import Listener, Server, ShutdownResult
+from gshutdown.state import ConnState
 from gshutdown.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
 from gshutdown.wsgi import WSGIApp
 
@@ -65,6 +66,8 @@ class Role(enum.Enum):
 
     SINGLE = "single"
     WORKER = "worker"
+    #: A worker of gunicorn's arbiter (``gshutdown.gunicorn``): its signals mean what gunicorn says.
+    GUNICORN_WORKER = "gunicorn worker"
 
 
 class SignalAction(enum.Enum):
@@ -86,6 +89,7 @@ class Trigger(enum.Enum):
 
     REQUESTED = "shutdown trigger"
     MASTER_GONE = "master gone"
+    MAX_REQUESTS = "max requests reached"
 
 
 _MASTER_ONLY = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
@@ -108,6 +112,12 @@ SIGNAL_ACTIONS: Mapping[Role, Mapping[int, SignalAction]] = {
         DRAIN_SIGNAL: SignalAction.GRACEFUL,
         **_COMMON,
         **{signum: SignalAction.IGNORE for signum in _MASTER_ONLY},
+    },
+    # gunicorn's worker contract: SIGTERM drains, SIGINT and SIGQUIT quit now.
+    Role.GUNICORN_WORKER: {
+        signal.SIGTERM: SignalAction.GRACEFUL,
+        signal.SIGINT: SignalAction.CLOSE_NOW,
+        **_COMMON,
     },
 }
 _STOPS = (SignalAction.GRACEFUL, SignalAction.AWAIT_MASTER, SignalAction.CLOSE_NOW)
@@ -162,6 +172,8 @@ class Runner:
         max_requests: with ``link``: after about this many requests, ask the
             master for a replacement (``--max-requests``; None: never).
         metrics: observes the servers and records the shutdown (``--metrics-path``).
+        role: what signals mean (``SIGNAL_ACTIONS``); by default a worker
+            with ``link``, the single process without.
     """
 
     def __init__(
@@ -179,6 +191,7 @@ class Runner:
         link: Optional[WorkerLink] = None,
         max_requests: Optional[int] = None,
         metrics: Optional[ProcessMetrics] = None,
+        role: Optional[Role] = None,
     ) -> None:
         self.servers = list(servers)
         self.graceful_timeout = graceful_timeout
@@ -190,7 +203,7 @@ class Runner:
         self.hooks = hooks if hooks is not None else HookList()
         self.on_ready = on_ready
         self.link = link
-        self.role = Role.WORKER if link is not None else Role.SINGLE
+        self.role = role or (Role.WORKER if link is not None else Role.SINGLE)
         self.max_requests = max_requests
         self.metrics = metrics
         self.hook_outcomes: list[HookOutcome] = []
@@ -203,6 +216,14 @@ class Runner:
         self.forced_connections = 0
         self._requests: Queue[StopRequest] = Queue()
 
+    def deliver(self, request: StopRequest) -> None:
+        """Act on ``request`` (a signal number or a ``Trigger``) as on a received signal.
+
+        For code that owns the signal handlers (``gshutdown.gunicorn``); safe
+        from any greenlet of the runner's hub.
+        """
+        self._requests.put_nowait(request)
+
     # -- serving -------------------------------------------------------------------
 
     def run(self) -> ExitStatus:
@@ -211,7 +232,7 @@ class Runner:
         if self.install_signals:
             for signum in SIGNAL_ACTIONS[self.role]:
                 # Only record: the runner's greenlet decides what it means now.
-                handlers.append(gevent.signal_handler(signum, self._requests.put_nowait, signum))
+                handlers.append(gevent.signal_handler(signum, self.deliver, signum))
         helpers = []
         if self.shutdown_trigger is not None:
             helpers.append(gevent.spawn(self._wait_trigger))
@@ -296,7 +317,9 @@ class Runner:
         if action is SignalAction.CLOSE_NOW:
             log.info("%s: closing every connection now", describe(first))
             return self._close_now()
-        if self.role is Role.SINGLE:
+        if self.role is Role.SINGLE and self.on_ready is None:
+            # Only the service systemd watches: not an embedder's runner that
+            # reports readiness elsewhere.
             systemd.notify("STOPPING=1")
         log.info("%s: graceful shutdown", describe(first))
         self._turn_unready()
@@ -357,7 +380,6 @@ class Runner:
             if not all_done.ready():
                 log.info("%s again: closing every connection now", describe(watcher.value))
                 forced_by_signal = True
-                self.forced_connections += sum(len(server.registry) for server in self.servers)
                 for server in self.servers:
                     server.close()
                 all_done.join()
@@ -366,6 +388,7 @@ class Runner:
         self.results = [glet.get() for glet in shutdowns]
         self.hook_outcomes = join_drain_hooks(drain_hooks, deadline)
         self.hook_outcomes += self.hooks.run(HookPhase.STOPPED, deadline)
+        # Those a second signal closed included: close() records them in the result.
         self.forced_connections += sum(len(result.forced) for result in self.results)
         self.drain_duration = time.monotonic() - started
         jobs_killed = sum(len(result.jobs_killed) for result in self.results)
@@ -382,7 +405,9 @@ class Runner:
 
     def _close_now(self) -> ExitStatus:
         live = sum(len(server.registry) for server in self.servers)
-        self.forced_connections += live
+        # As a shutdown's result counts them: hijacked sockets are not "forced".
+        served = (ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE)
+        self.forced_connections += sum(len(server.registry.in_state(*served)) for server in self.servers)
         for server in self.servers:
             server.close()
             server.jobs.stop(time.monotonic())
@@ -401,11 +426,12 @@ def build_app(
     *,
     readiness_path: Optional[str],
     access_log: bool,
+    access_log_format: Optional[str] = None,
     metrics: Optional[ProcessMetrics] = None,
 ) -> tuple[WSGIApp, Optional[Readiness]]:
     """Wrap ``app`` with the access log, the readiness probe and the metrics path, as configured."""
     if access_log:
-        app = AccessLog(app)
+        app = AccessLog(app, access_format.emitter(access_log_format, logs.access_log))
     readiness = None
     if readiness_path:
         readiness = Readiness(app, readiness_path)
@@ -460,7 +486,7 @@ def run(
     metrics = process_metrics(metrics_path, readiness_path)
     wrapped, readiness = build_app(app, readiness_path=readiness_path, access_log=access_log, metrics=metrics)
     servers = [Server(listener, wrapped, **options) for listener in binds]
-    return _runner_for(
+    return runner_for(
         servers,
         graceful_timeout=graceful_timeout,
         drain_delay=drain_delay,
@@ -471,7 +497,7 @@ def run(
     ).run()
 
 
-def _runner_for(servers: list[Server], **kwargs: Any) -> Runner:
+def runner_for(servers: list[Server], **kwargs: Any) -> Runner:
     """A runner for ``servers`` that takes over the application's declared hooks and jobs."""
     from gshutdown import jobs
 
@@ -534,6 +560,91 @@ def watch_blocking(max_blocking_time: Optional[float]) -> None:
     gevent.get_hub().start_periodic_monitoring_thread()
 
 
+def prepare_process(args: argparse.Namespace) -> Optional[ExitStatus]:
+    """``--umask``, ``--chdir`` and ``--env``: before anything is bound or imported.
+
+    Returns a usage error status (after reporting it), or None.
+    """
+    if args.umask is not None:
+        os.umask(args.umask)
+    if args.chdir:
+        try:
+            os.chdir(args.chdir)
+        except OSError as exc:
+            return fail(f"--chdir {args.chdir}: {exc.strerror}", ExitStatus.USAGE)
+    for item in args.raw_env:
+        name, _, value = item.partition("=")
+        os.environ[name] = value
+    return None
+
+
+def drop_privileges(user: Optional[str], group: Optional[str]) -> Optional[ExitStatus]:
+    """``--user``/``--group``: switch to them once the listeners are bound.
+
+    Returns a usage error status (after reporting it), or None.
+    """
+    if not user and not group:
+        return None
+    import grp
+    import pwd
+
+    try:
+        account = pwd.getpwuid(int(user)) if user and user.isdigit() else pwd.getpwnam(user) if user else None
+    except KeyError:
+        return fail(f"--user: no such user: {user}", ExitStatus.USAGE)
+    try:
+        gid = (int(group) if group.isdigit() else grp.getgrnam(group).gr_gid) if group else account.pw_gid  # type: ignore[union-attr]
+    except KeyError:
+        return fail(f"--group: no such group: {group}", ExitStatus.USAGE)
+    try:
+        # Groups first: once the user is switched, they can no longer change.
+        os.setgroups([gid])
+        os.setgid(gid)
+        if account is not None:
+            os.setuid(account.pw_uid)
+    except OSError as exc:
+        return fail(f"cannot switch to user {user or '-'} / group {group or '-'}: {exc.strerror}", ExitStatus.USAGE)
+    return None
+
+
+def configure_logging(args: argparse.Namespace) -> Optional[ExitStatus]:
+    """Logging as the settings say; then the config file's warnings. A usage error status, or None."""
+    try:
+        logs.configure(
+            args.log_level,
+            access_log_path=args.access_log,
+            error_log_path=args.error_log,
+            dict_config=args.log_config,
+        )
+    except ValueError as exc:
+        return fail(str(exc), ExitStatus.USAGE)
+    for warning in getattr(args, "warnings", ()):
+        log.warning("%s", warning)
+    warn_if_over_kubernetes_grace(args)
+    return None
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``Config`` fields the settings give."""
+    return dict(
+        idle_timeout=args.idle_timeout,
+        read_header_timeout=args.read_header_timeout,
+        read_body_timeout=args.read_body_timeout,
+        write_timeout=args.write_timeout,
+        idle_grace=args.idle_grace,
+        max_connections=args.max_connections,
+        max_body_size=args.max_body_size,
+        min_body_rate=args.min_body_rate,
+        unix_socket_mode=args.unix_socket_mode,
+        backlog=args.backlog,
+        max_request_line=args.limit_request_line,
+        max_header_count=args.limit_request_fields,
+        max_field_size=args.limit_request_field_size,
+        keep_alive=not args.no_keep_alive,
+        server_header=args.server_header,
+    )
+
+
 def serve(
     args: argparse.Namespace,
     listeners: Optional[Sequence[Any]] = None,
@@ -543,17 +654,22 @@ def serve(
     """Serve ``args.app`` in this process until told to stop; return the exit status.
 
     Args:
-        args: the parsed options (``gshutdown.cli``).
+        args: the settings (``gshutdown.cli``).
         listeners: sockets to serve on instead of binding ``args.bind``
             (a worker gets its master's).
         link: a worker's pipes to its master (None: the single process).
     """
-    monkey_patch(args)
     if link is None:
-        # A worker inherits its master's handlers: adding them again would
-        # write every line twice.
-        logs.configure(args.log_level, access_log_path=args.access_log, error_log_path=args.error_log)
-        warn_if_over_kubernetes_grace(args)
+        # A worker's master did all this already, and a worker inherits its
+        # master's log handlers: adding them again would write every line twice.
+        failed = prepare_process(args)
+        if failed is None:
+            monkey_patch(args)
+            failed = configure_logging(args)
+        if failed is not None:
+            return failed
+    else:
+        monkey_patch(args)
     watch_blocking(args.max_blocking_time)
     readiness_path = args.readiness_path or None
     try:
@@ -566,16 +682,15 @@ def serve(
     except AppNotLoadable as exc:
         return fail(str(exc), ExitStatus.USAGE)
     wrapped, readiness = build_app(
-        app, readiness_path=readiness_path, access_log=bool(args.access_log), metrics=metrics
+        app,
+        readiness_path=readiness_path,
+        access_log=bool(args.access_log),
+        access_log_format=args.access_log_format,
+        metrics=metrics,
     )
     if listeners is None:
         listeners = systemd.listen_fds() or args.bind
-    options = dict(
-        idle_timeout=args.idle_timeout or None,
-        read_header_timeout=args.read_header_timeout or None,
-        max_connections=args.max_connections,
-        backlog=args.backlog,
-    )
+    options = server_options(args)
     servers = []
     try:
         for listener in listeners:
@@ -586,6 +701,10 @@ def serve(
         for server in servers:
             server.close()
         return fail(cannot_listen(listener, exc), ExitStatus.START_FAILED)
+    if link is None:
+        failed = drop_privileges(args.user, args.group)
+        if failed is not None:
+            return failed
     # Only now: a usage or bind error must stay the one line on stderr.
     log.info(
         "gevent monkey-patching %s",
@@ -597,7 +716,7 @@ def serve(
         max_requests: Optional[int] = args.max_requests + random.randint(0, args.max_requests_jitter)
     else:
         max_requests = None
-    return _runner_for(
+    return runner_for(
         servers,
         graceful_timeout=args.graceful_timeout,
         drain_delay=args.drain_delay,

@@ -18,11 +18,21 @@ Shutdown timeline (``Server.shutdown(timeout)``), each step a private method:
    the connection greenlets.
 
 ``close()`` is the immediate version: listener and every connection, now.
+Every connection it ends is reported in the result of a shutdown it
+interrupts (or that follows it) as forced.
+
+Accept: when the process (EMFILE) or the system (ENFILE) is out of file
+descriptors, or the kernel out of buffers, accepting pauses, with a retry
+delay that doubles from 5 ms to 1 s (as Go's ``Server.Serve``), while open
+connections are served as usual; clients wait in the listen backlog meanwhile.
+It is logged at most once per ``ACCEPT_ERROR_LOG_INTERVAL``, and when
+accepting resumes after a pause that was logged.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
 import socket
@@ -51,6 +61,15 @@ log = logging.getLogger("gshutdown")
 Listener = Union[tuple, str, socket.socket]
 
 _NO_LIMIT = float("inf")
+
+#: Seconds between log lines while accepting is paused for lack of resources.
+ACCEPT_ERROR_LOG_INTERVAL = 10.0
+_ACCEPT_RETRY_FIRST = 0.005
+_ACCEPT_RETRY_MAX = 1.0
+# accept() errors that say "no room for another connection now".
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# accept() errors about one connection, gone before it was accepted.
+_CONNECTION_ABORTED = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
 
 class ShutdownPhase(enum.Enum):
@@ -121,7 +140,7 @@ class Server(StreamServer):
         self.config = (config or Config()).replace(**options) if options else (config or Config())
         self._owns_unix_path = False
         if isinstance(listener, str) and listener.startswith("unix:"):
-            listener = bind_unix(listener[5:], self.config.backlog)
+            listener = bind_unix(listener[5:], self.config.backlog, mode=self.config.unix_socket_mode)
             self._owns_unix_path = True
         if not isinstance(listener, (str, tuple)):
             # gevent's accept loop calls accept() until it would block: a
@@ -144,6 +163,18 @@ class Server(StreamServer):
         self._date = ""
         self._callers_in_handlers: set[Connection] = set()
         self._overflow: list[gevent.Greenlet] = []
+        # Connections force-closed (at the deadline or by close()), by id,
+        # and the hijacked sockets close() closed.
+        self._forced: dict[int, ForcedConnection] = {}
+        self._hijacked_closed_by_close = 0
+        # Accept paused for lack of resources: the retry timer, its delay,
+        # since when, and when it was last logged.
+        self._accept_retry_timer: Any = None
+        self._accept_retry_delay = 0.0
+        self._accept_paused_at = 0.0
+        self._accept_error_logged_at = -ACCEPT_ERROR_LOG_INTERVAL
+        self._accept_pause_logged = False
+        self._accept_errors = 0
         #: Requests read so far, on all connections.
         self.requests_total = 0
         #: ``requests_total`` at which ``_on_request_limit`` runs (see ``notify_after_requests``).
@@ -176,6 +207,69 @@ class Server(StreamServer):
     def init_socket(self) -> None:
         super().init_socket()
         self.wsgi = WSGIAdapter(self.application, self)
+
+    def do_read(self) -> Any:
+        """Accept one connection; None when there is none to accept now."""
+        try:
+            accepted = super().do_read()
+        except OSError as exc:
+            if exc.errno in _CONNECTION_ABORTED:
+                return None  # that client is gone; the next one may be fine
+            if exc.errno not in _OUT_OF_RESOURCES:
+                raise
+            self._pause_accepting(exc)
+            return None
+        if self._accept_retry_delay and accepted:
+            if self._accept_pause_logged:
+                log.info(
+                    "accept: resumed after %.1f s (%d attempts failed)",
+                    time.monotonic() - self._accept_paused_at,
+                    self._accept_errors,
+                )
+            self._accept_retry_delay = 0.0
+            self._accept_errors = 0
+            self._accept_pause_logged = False
+        return accepted
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors or buffers: stop watching the listener for a while.
+
+        Watching on would spin: the listener stays readable while the backlog
+        holds a connection that cannot be accepted.
+        """
+        now = time.monotonic()
+        if not self._accept_retry_delay:
+            self._accept_paused_at = now
+        self._accept_errors += 1
+        delay = min(max(2 * self._accept_retry_delay, _ACCEPT_RETRY_FIRST), _ACCEPT_RETRY_MAX)
+        self._accept_retry_delay = delay
+        if now - self._accept_error_logged_at >= ACCEPT_ERROR_LOG_INTERVAL:
+            self._accept_error_logged_at = now
+            self._accept_pause_logged = True
+            log.warning(
+                "accept: %s (%s); serving the %d open connections, new ones wait in the backlog; "
+                "retrying for %.1f s so far (logged every %g s)",
+                os.strerror(exc.errno or 0),
+                errno.errorcode.get(exc.errno or 0, exc.errno),
+                len(self.registry),
+                now - self._accept_paused_at,
+                ACCEPT_ERROR_LOG_INTERVAL,
+            )
+        self.stop_accepting()
+        self._cancel_accept_retry()
+        timer = self._accept_retry_timer = self.loop.timer(delay)
+        timer.start(self._retry_accepting)
+
+    def _retry_accepting(self) -> None:
+        self._cancel_accept_retry()
+        if hasattr(self, "socket") and self.started and not self.shutdown_started:
+            self.start_accepting()
+
+    def _cancel_accept_retry(self) -> None:
+        timer = self._accept_retry_timer
+        if timer is not None:
+            timer.close()
+            self._accept_retry_timer = None
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         """Serve one accepted socket in the calling greenlet."""
@@ -309,6 +403,11 @@ class Server(StreamServer):
         self.keep_alives_enabled = False
         self._close_listener()
         for conn in self.registry.all():
+            if conn.state is ConnState.HIJACKED:
+                if conn.sock.fileno() != -1:
+                    self._hijacked_closed_by_close += 1
+            else:
+                self._record_forced(conn)
             conn.force_close()
 
     def _caller_connection(self) -> Optional[Connection]:
@@ -343,19 +442,21 @@ class Server(StreamServer):
         progress = gevent.spawn(self._log_progress, deadline)
         self._begin_shutdown()
         idle_closed = self._close_idle()
-        forced = self._wait_drained(deadline)
+        self._wait_drained(deadline)
         self.phase = ShutdownPhase.STOPPING
         jobs_killed = tuple(jobs.get())
         outcomes = join_drain_hooks(drain_hooks, deadline)
         outcomes += self.hooks.run(HookPhase.STOPPED, deadline)
-        hijacked_closed = self._close_hijacked()
+        hijacked_closed = self._close_hijacked() + self._hijacked_closed_by_close
         self._join_connections()
         progress.kill(block=False)
         self.phase = ShutdownPhase.STOPPED
+        # Forced at the deadline, or ended by close() during or before this.
+        forced = tuple(self._forced.values())
         result = ShutdownResult(
             clean=not forced and not jobs_killed,
             jobs_killed=jobs_killed,
-            forced=tuple(forced),
+            forced=forced,
             hijacked_closed=hijacked_closed,
             hooks=tuple(outcomes),
             duration=time.monotonic() - started,
@@ -402,6 +503,7 @@ class Server(StreamServer):
                 self.do_handle(*accepted)
 
     def _close_listener(self) -> None:
+        self._cancel_accept_retry()
         if hasattr(self, "socket"):
             unix_path = None
             if self.socket.family == getattr(socket, "AF_UNIX", None):
@@ -418,15 +520,15 @@ class Server(StreamServer):
         grace = self.config.idle_grace
         return sum(conn.shorten_wait(grace) for conn in self.registry.in_state(ConnState.IDLE, ConnState.NEW))
 
-    def _wait_drained(self, deadline: Optional[float]) -> list[ForcedConnection]:
+    def _wait_drained(self, deadline: Optional[float]) -> None:
         # Steps 4 and 5.
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if self.registry.wait_drained(remaining):
-            return []
+            return
         self.phase = ShutdownPhase.FORCING
         exempt = self._callers_in_handlers
         forced = [
-            ForcedConnection(conn.state, conn.peer, conn.request_line, conn.age)
+            self._record_forced(conn)
             for conn in self.registry.in_state(ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE)
             if conn not in exempt
         ]
@@ -443,7 +545,13 @@ class Server(StreamServer):
             )
         # Killed greenlets close their sockets on the next loop turns.
         self.registry.wait_drained(1.0)
-        return forced
+
+    def _record_forced(self, conn: Connection) -> ForcedConnection:
+        """Note ``conn`` as forced (once: a killed greenlet closes it a little later)."""
+        item = self._forced.get(conn.id)
+        if item is None:
+            item = self._forced[conn.id] = ForcedConnection(conn.state, conn.peer, conn.request_line, conn.age)
+        return item
 
     def _close_hijacked(self) -> int:
         closed = 0

@@ -329,6 +329,7 @@ class WSGIAdapter:
             base = conn.environ_base = self._connection_environ(conn)
         env = base.copy()
         target = request.target
+        authority = None
         if target[:1] == "/":
             path, _, query = target.partition("?")
         elif target == "*":
@@ -336,7 +337,9 @@ class WSGIAdapter:
         else:  # absolute-form: the path only (RFC 9112 3.2.2)
             rest = target.partition("://")[2]
             ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
-            path, _, query = rest[min(ends, default=len(rest)) :].partition("?")
+            start = min(ends, default=len(rest))
+            authority = rest[:start]
+            path, _, query = rest[start:].partition("?")
             path = path or "/"
         if "%" in path:
             path = unquote_to_bytes(path).decode("latin-1")
@@ -353,6 +356,9 @@ class WSGIAdapter:
                 env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
             else:
                 env[key] = value
+        if authority is not None:
+            # RFC 9112 3.2.2: the target's authority replaces the Host field.
+            env["HTTP_HOST"] = authority
         env["wsgi.input"] = Input(conn)
         env["gshutdown.hijack"] = conn.hijack
         env["gshutdown.connection"] = conn

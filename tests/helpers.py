@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Optional
 
 import gevent
+from gevent.event import Event as GEvent
 from gevent.hub import get_hub
 
 from gshutdown import ConnState, Server
@@ -68,14 +69,16 @@ class ServerThread:
             self._error = exc
             self._ready.set()
             return
+        self._stop_seen = GEvent()
         self._async = hub.loop.async_()
         self._async.start(self._drain_calls)
         self._ready.set()
-        while not self._stopped:
-            gevent.sleep(0.5)  # the hub runs; calls arrive through the async watcher
+        self._stop_seen.wait()  # the hub runs; calls (and stop) arrive through the async watcher
         self._async.close()
 
     def _drain_calls(self) -> None:
+        if self._stopped:
+            self._stop_seen.set()
         while True:
             try:
                 fn, future = self._calls.get_nowait()

@@ -196,6 +196,22 @@ def start_gshutdown(
     return proc
 
 
+#: What a master logs once its first workers all serve.
+MASTER_READY = r"master (\d+): (\d+) worker\(s\) ready"
+
+
+def start_master(log_path: Path, app: str, port: int, *args: str, workers: int = 2) -> GProcess:
+    """``python -m gshutdown APP -b 127.0.0.1:PORT -w WORKERS ARGS``, waited for until its workers serve."""
+    argv = gshutdown_argv(app, "-b", f"127.0.0.1:{port}", "-w", str(workers), "--ready-timeout", "10", *args)
+    proc = GProcess(argv, log_path)
+    try:
+        proc.wait_for_log(MASTER_READY, timeout=STARTUP_TIMEOUT)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 # -- clients ---------------------------------------------------------------------
 
 
@@ -256,12 +272,15 @@ class LoadClients:
     Each thread follows the retry policy of a careful HTTP client (urllib3's,
     for idempotent requests): a request on a *reused* keep-alive connection that
     is closed or reset before any response byte is retried once on a new
-    connection; anything else is a failure. With ``stop_on_refused``, a thread
+    connection; anything else is a failure. With ``until_refused``, a thread
     stops when a new connection is refused or closed before any response byte
     (the server is going away); a reset on a new connection is still a failure.
 
+    Every request has an id, ``TID-N`` (thread, request number).
+
     Args:
-        path: the request target for thread ``tid``'s request ``n``.
+        path: the request target for a request id (by default ``/pid?rid=ID``,
+            which the probe app records in ``$PROBE_SEEN``).
     """
 
     def __init__(
@@ -270,20 +289,20 @@ class LoadClients:
         count: int = 4,
         limit: float = 30.0,
         *,
-        path: Callable[[int, int], str] = lambda tid, n: "/pid",
-        stop_on_refused: bool = False,
+        path: Callable[[str], str] = lambda rid: f"/pid?rid={rid}",
+        until_refused: bool = False,
     ) -> None:
         self.port = port
         self.limit = limit
         self.path = path
-        self.stop_on_refused = stop_on_refused
+        self.until_refused = until_refused
         self.ok = 0
         self.retries = 0
         self.closing_responses = 0
         self.failures: list[str] = []
         #: Bodies of the successful responses, in order.
         self.bodies: list[bytes] = []
-        #: Targets whose response arrived whole.
+        #: Ids of the requests whose response arrived whole.
         self.completed: set[str] = set()
         #: How each thread stopped: "refused", "closed fresh", "stopped" or "limit".
         self.stops: list[str] = []
@@ -330,7 +349,8 @@ class LoadClients:
             if conn is None:
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
                 reused = False
-            target = self.path(tid, n)
+            rid = f"{tid}-{n}"
+            target = self.path(rid)
             try:
                 conn.request("GET", target)
                 response = conn.getresponse()
@@ -342,17 +362,17 @@ class LoadClients:
                     with self._lock:
                         self.retries += 1
                     continue  # retry once on a fresh connection
-                if self.stop_on_refused and isinstance(exc, http.client.RemoteDisconnected):
+                if self.until_refused and isinstance(exc, http.client.RemoteDisconnected):
                     stop = "closed fresh"
                     break
                 self._fail(f"{target}: fresh connection: {exc!r}")
-                if self.stop_on_refused:
+                if self.until_refused:
                     break
                 continue
             except ConnectionRefusedError as exc:
                 conn.close()
                 conn = None
-                if self.stop_on_refused:
+                if self.until_refused:
                     stop = "refused"
                     break
                 self._fail(f"{target}: {exc!r}")
@@ -367,7 +387,7 @@ class LoadClients:
                 if response.status == 200:
                     self.ok += 1
                     self.bodies.append(body)
-                    self.completed.add(target)
+                    self.completed.add(rid)
                 else:
                     self.failures.append(f"{target}: status {response.status}")
             reused = True

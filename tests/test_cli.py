@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.process_helpers import (
     free_port,
     get,
     read_response,
+    recv_eof,
     request_bytes,
     run_cli,
     start_gshutdown,
@@ -63,6 +65,47 @@ def test_bad_bind_address_is_one_line_and_exit_2(address: str) -> None:
 def test_bad_seconds_value_is_one_line_and_exit_2() -> None:
     result = run_cli("--graceful-timeout", "soon", PROBE)
     assert "--graceful-timeout" in assert_one_line_error(result, 2)
+
+
+@pytest.mark.parametrize(("option", "value"), [("--idle-timeout", "0"), ("--read-header-timeout", "-0.5")])
+def test_zero_or_negative_timeout_is_one_line_and_exit_2(option: str, value: str) -> None:
+    """0 used to mean "no limit" without saying so: now it is an error that names 'none'."""
+    line = assert_one_line_error(run_cli(f"{option}={value}", PROBE), 2)
+    assert option in line
+    assert "more than 0 seconds, or 'none'" in line
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--unix-socket-mode", "rw", "not an octal mode"),
+        ("--unix-socket-mode", "1777", "permission bits go from 000 to 777"),
+        ("--max-body-size", "0", "must be at least 1"),
+        ("--max-body-size", "1k", "not a whole number"),
+        ("--idle-timeout", "-1", "more than 0 seconds, or 'none'"),
+        ("--read-header-timeout", "soon", "not a number of seconds"),
+    ],
+)
+def test_bad_limit_value_is_one_line_and_exit_2(
+    option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Parsed in this process (the subprocess cases above show the same path ends the CLI)."""
+    from gshutdown.cli import parse_args
+
+    with pytest.raises(SystemExit) as exited:
+        parse_args([option, value, PROBE])
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert option in line and message in line
+
+
+def test_none_means_no_limit_and_max_connections_defaults_to_1000() -> None:
+    from gshutdown.cli import parse_args
+
+    args = parse_args(["--idle-timeout", "none", "--read-header-timeout", "NONE", PROBE])
+    assert (args.idle_timeout, args.read_header_timeout) == (None, None)
+    assert parse_args([PROBE]).max_connections == 1000
+    assert (parse_args([PROBE]).idle_timeout, parse_args([PROBE]).read_header_timeout) == (5.0, 10.0)
 
 
 @pytest.mark.parametrize(
@@ -321,3 +364,39 @@ def test_no_monkey_patch_serves_several_requests_on_a_unix_socket(tmp_path: Path
         server.send_signal(signal.SIGTERM)
         assert server.wait() == 0
     assert answers == [b"Hello, World!"] * 3
+
+
+def test_limits_reach_the_server(tmp_path: Path) -> None:
+    """--max-body-size, --unix-socket-mode and --idle-timeout, as the running server applies them."""
+    port = free_port()
+    path = tmp_path / "gs.sock"
+    args = ("--max-body-size", "10", "--unix-socket-mode", "600", "--idle-timeout", "0.5")
+    with start_gshutdown(
+        tmp_path / "log", *args, "--bind", f"127.0.0.1:{port}", "--bind", f"unix:{path}", PROBE
+    ) as server:
+        server.wait_for_log(r"listening on unix:")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n" + b"x" * 11)
+            assert read_response(sock)[0] == 413
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(request_bytes("/"))
+            assert read_response(sock)[0] == 200
+            assert recv_eof(sock) == b""  # closed by the 0.5 s idle timeout
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+
+
+def test_unix_socket_mode_applies_to_the_masters_sockets_too(tmp_path: Path) -> None:
+    path = tmp_path / "gs.sock"
+    with start_gshutdown(
+        tmp_path / "log", "--workers", "1", "--unix-socket-mode", "640", "--bind", f"unix:{path}", PROBE
+    ) as server:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(path))
+            sock.sendall(request_bytes("/", close=True))
+            assert read_response(sock)[0] == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0

@@ -26,6 +26,8 @@ def test_defaults_are_present_and_documented_values() -> None:
         "idle_timeout": 5.0,
         "read_header_timeout": 10.0,
         "read_body_timeout": 30.0,
+        "min_body_rate": 500.0,
+        "max_body_size": None,
         "write_timeout": 30.0,
         "idle_grace": 0.1,
         "linger_timeout": 2.0,
@@ -33,8 +35,10 @@ def test_defaults_are_present_and_documented_values() -> None:
         "max_request_line": DEFAULT_MAX_REQUEST_LINE,
         "max_header_bytes": DEFAULT_MAX_HEADER_BYTES,
         "max_header_count": DEFAULT_MAX_HEADER_COUNT,
-        "max_connections": None,
+        "max_field_size": None,
+        "max_connections": 1000,
         "backlog": 2048,
+        "unix_socket_mode": None,
         "keep_alive": True,
         "server_header": "gshutdown",
     }
@@ -53,6 +57,8 @@ def test_numeric_fields_cover_every_timeout_and_limit() -> None:
         "max_request_line",
         "max_header_bytes",
         "max_header_count",
+        "max_connections",
+        "min_body_rate",
         "backlog",
     }
 
@@ -64,9 +70,29 @@ def test_negative_value_is_rejected_naming_the_field(name: str, bad: float) -> N
         Config(**{name: bad})
 
 
-@pytest.mark.parametrize("name", NUMERIC_FIELDS)
+# Zero is a value for these; a count of connections or a rate cannot be zero.
+ZERO_IS_A_VALUE = [name for name in NUMERIC_FIELDS if name not in ("max_connections", "min_body_rate")]
+
+
+@pytest.mark.parametrize("name", ZERO_IS_A_VALUE)
 def test_zero_is_accepted(name: str) -> None:
     assert getattr(Config(**{name: 0}), name) == 0
+
+
+def test_min_body_rate_must_be_more_than_zero_or_none() -> None:
+    assert Config(min_body_rate=None).min_body_rate is None
+    assert Config(min_body_rate=0.5).min_body_rate == 0.5
+    with pytest.raises(ValueError, match="min_body_rate must be more than 0"):
+        Config(min_body_rate=0)
+
+
+def test_unix_socket_mode_is_permission_bits() -> None:
+    assert Config(unix_socket_mode=0o660).unix_socket_mode == 0o660
+    assert Config(unix_socket_mode=0).unix_socket_mode == 0
+    with pytest.raises(ValueError, match="unix_socket_mode must be permission bits"):
+        Config(unix_socket_mode=0o1777)
+    with pytest.raises(ValueError, match="unix_socket_mode must not be negative"):
+        Config(unix_socket_mode=-1)
 
 
 @pytest.mark.parametrize("name", ["idle_timeout", "read_header_timeout", "read_body_timeout", "write_timeout"])
@@ -100,7 +126,7 @@ def test_replace_returns_a_changed_copy() -> None:
     changed = config.replace(idle_timeout=1.5, max_connections=10, server_header="x")
     assert (changed.idle_timeout, changed.max_connections, changed.server_header) == (1.5, 10, "x")
     assert config.idle_timeout == 5.0
-    assert config.max_connections is None
+    assert config.max_connections == 1000
     assert changed.read_header_timeout == config.read_header_timeout
     assert changed is not config
 

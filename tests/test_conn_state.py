@@ -59,7 +59,7 @@ class App:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[ServerThread, App]]:
-    # One server for the module: each stop costs the helper's 0.5 s poll.
+    # One server for the module, shared by its tests.
     app = App()
     with ServerThread(app) as st:
         yield st, app

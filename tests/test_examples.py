@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -208,6 +209,36 @@ def test_websocket_example_echoes_and_closes_with_1001_on_sigterm(tmp_path: Path
             client.close()
         assert server.wait() == 0
     assert "WebSocket closed cleanly (code 1001)" in server.log()
+
+
+def test_websocket_example_stays_open_while_idle_past_write_timeout(tmp_path: Path) -> None:
+    """Served by gshutdown.run with a 0.2 s write_timeout: an idle session lives on regardless."""
+    port = free_port()
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO); import gshutdown; "
+        "from examples.websocket_echo import app; "
+        f"sys.exit(gshutdown.run(app, bind=('127.0.0.1', {port}), write_timeout=0.2))"
+    )
+    with GProcess([sys.executable, "-c", code], tmp_path / "log") as server:
+        server.wait_listening()
+        client = WSClient(port)
+        try:
+            assert isinstance(client.next_event(), AcceptConnection)
+            client.sock.settimeout(0.6)  # quiet for three write_timeouts
+            with pytest.raises(TimeoutError):
+                client.sock.recv(1)
+            client.send(Message(data="after a pause"))
+            echoed = client.next_event()
+            assert isinstance(echoed, TextMessage) and echoed.data == "after a pause"
+            server.send_signal(signal.SIGTERM)
+            close = client.next_event(timeout=5)
+            assert isinstance(close, CloseConnection) and close.code == 1001
+            client.send(close.response())
+            assert recv_eof(client.sock) == b""
+        finally:
+            client.close()
+        assert server.wait() == 0
+    assert "WebSocket connection lost" not in server.log()
 
 
 # -- resources -----------------------------------------------------------------------------------

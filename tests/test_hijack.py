@@ -75,7 +75,7 @@ class HijackApp:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[ServerThread, HijackApp]]:
-    # One server for the module: each stop costs the helper's 0.5 s poll.
+    # One server for the module, shared by its tests.
     app = HijackApp()
     with ServerThread(app) as st:
         yield st, app
@@ -202,3 +202,19 @@ def test_shutdown_does_not_wait_for_hijacked_sockets_and_closes_them(serve: Call
     assert st.call(lambda: len(st.server.registry)) == 0
     for cid in st.conn_ids():
         assert st.states_of(cid) == [ConnState.NEW, ConnState.ACTIVE, ConnState.HIJACKED]
+
+
+def test_an_idle_hijacked_socket_outlives_write_timeout(serve: Callable[..., ServerThread]) -> None:
+    """The socket is handed over with no timeout: how long it may stay quiet is the app's call."""
+    app = HijackApp()
+    st = serve(app, write_timeout=0.2)
+    with st.connect(timeout=10) as sock:
+        sock.sendall(UPGRADE)
+        assert recv_exact(sock, len(SWITCH)) == SWITCH
+        _, hijacked, _ = app.taken_at(0)
+        assert st.call(hijacked.gettimeout) is None
+        sock.settimeout(0.6)  # idle for three write_timeouts...
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+        sock.sendall(b"still here")  # ...and the app still echoes
+        assert recv_exact(sock, 10) == b"still here"

@@ -2,14 +2,20 @@
 
 One server per test function (not per example); each example uses fresh
 connections. Hypothesis keeps no database here, so runs leave no files behind.
+The last test fuzzes a server *process*, so that its descriptors and memory
+can be compared with a baseline taken before the run.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import os
+import re
+import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
 from urllib.parse import unquote_to_bytes
 
@@ -18,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import ServerThread, hello_app
+from tests.process_helpers import PROBE, connect, free_port, start_gshutdown, wait_until
 from tests.test_http_pipelining import ResponseReader, get
 
 FUZZ_SETTINGS = settings(
@@ -221,3 +228,140 @@ def test_random_bytes_get_an_error_or_a_close_and_never_break_the_server(serve, 
 
     check()
     assert errors.records == []
+
+
+# -- a server process under random, mutated and edge-case requests, split at random points ------------
+
+EDGE_LINES = st.sampled_from(
+    [
+        b"POST /echo HTTP/1.1\r\n",
+        b"POST /echo HTTP/1.0\r\n",
+        b"GET / HTTP/1.1\r\n",
+        b"GET * HTTP/1.1\r\n",
+        b"OPTIONS * HTTP/1.1\r\n",
+        b"CONNECT h:1 HTTP/1.1\r\n",
+        b"CONNECT /x HTTP/1.1\r\n",
+        b"GET http://u@h/ HTTP/1.1\r\n",
+        b"POST http://h:81/echo HTTP/1.1\r\n",
+        b"\r\n",
+    ]
+)
+EDGE_HOST = st.sampled_from([b"Host: h\r\n", b"Host: h:8080\r\n", b"Host: a b/c@d\r\n", b"Host: h:80x\r\n", b""])
+EDGE_FIELDS = st.sampled_from(
+    [
+        b"Transfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"Transfer-Encoding: gzip\r\n",
+        b"Content-Length: 3\r\n",
+        b"Content-Length: 99999999\r\n",
+        b"Connection: upgrade\r\nUpgrade: websocket\r\n",
+        b"Expect: 100-continue\r\n",
+        b"Connection: close\r\n",
+        b"X-Big: " + b"v" * 3000 + b"\r\n",
+    ]
+)
+EDGE_BODY = st.sampled_from(
+    [b"3\r\nabc\r\n", b"5;ext=" + b"e" * 40 + b"\r\nhello\r\n", b"0\r\n\r\n", b"0\r\nX-T: 1\r\n\r\n", b"abc", b"\r\n"]
+)
+
+
+@st.composite
+def edge_requests(draw: st.DrawFn) -> bytes:
+    """Requests built from the edge cases of tests/test_http_edge_cases.py, valid or not."""
+    out = b""
+    for _ in range(draw(st.integers(1, 3))):
+        fields = draw(EDGE_HOST) + b"".join(draw(st.lists(EDGE_FIELDS, max_size=3, unique=True)))
+        out += draw(EDGE_LINES) + fields + b"\r\n" + b"".join(draw(st.lists(EDGE_BODY, max_size=3)))
+    return out
+
+
+PROCESS_INPUT = requests_().map(lambda case: case[0]) | mutated_requests() | edge_requests() | st.binary(max_size=300)
+
+
+@st.composite
+def split_input(draw: st.DrawFn) -> list[bytes]:
+    data = draw(PROCESS_INPUT)
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(data) - 1)), max_size=6))))
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_kib(pid: int) -> int:
+    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    assert match
+    return int(match.group(1))
+
+
+def exchange_pieces(port: int, pieces: list[bytes]) -> list[int]:
+    """Send ``pieces`` as separate segments, end our side, read every response: their statuses."""
+    with connect(port, timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i, piece in enumerate(pieces):
+            if i:
+                time.sleep(0.001)  # let the server read each piece on its own
+            try:
+                sock.sendall(piece)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the server already answered an error and closed
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        reader = ResponseReader(sock, timeout=10)
+        statuses = []
+        for _ in range(20):
+            try:
+                response = reader.next_or_eof()
+            except ConnectionResetError:
+                break  # our unread bytes after an error response: a reset, after the response
+            if response is None:
+                break
+            statuses.append(response.status)
+            if response.status == 100:
+                continue
+            if response.status >= 400:
+                assert response.closes, response.head
+                break
+        return statuses
+
+
+def test_fuzzed_requests_split_at_random_points_leave_a_server_process_as_it_was(tmp_path: Path) -> None:
+    """No 5xx (but the 501 RFC 9112 asks for an unknown transfer coding), no traceback, still
+    serving, and open descriptors and RSS back at their baseline after the run."""
+    port = free_port()
+    with start_gshutdown(tmp_path / "log", "--no-monkey-patch", "--bind", f"127.0.0.1:{port}", PROBE) as server:
+        for _ in range(20):  # warm up what is cached or allocated once
+            assert exchange_pieces(port, [get("/")]) == [200]
+        baseline_fds = open_fds(server.pid)
+        baseline_rss = rss_kib(server.pid)
+        seen: dict[int, int] = {}
+
+        @settings(FUZZ_SETTINGS, max_examples=150)
+        @given(split_input())
+        def check(pieces: list[bytes]) -> None:
+            statuses = exchange_pieces(port, pieces)
+            for status in statuses:
+                seen[status] = seen.get(status, 0) + 1
+                if status == 501:
+                    assert b"transfer-encoding" in b"".join(pieces).lower()
+                else:
+                    assert status in (100, 200) or 400 <= status < 500, statuses
+
+        check()
+        assert exchange_pieces(port, [get("/after")]) == [200]
+        wait_until(lambda: open_fds(server.pid) <= baseline_fds)
+        grown = rss_kib(server.pid) - baseline_rss
+        print(
+            f"\nstatuses {dict(sorted(seen.items()))}; fds {baseline_fds} -> {open_fds(server.pid)}; RSS +{grown} KiB"
+        )
+        assert grown < 4096, f"RSS grew by {grown} KiB"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    log = server.log()
+    assert "Traceback" not in log and "[ERROR]" not in log, log
+    # The run reached the application and the error paths (counts vary with the examples drawn).
+    assert seen.get(200) and any(400 <= status < 500 for status in seen), seen

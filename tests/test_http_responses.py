@@ -51,7 +51,7 @@ class Router:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[ServerThread, Router]]:
-    # One server for the module: each stop costs the helper's 0.5 s poll.
+    # One server for the module, shared by its tests.
     router = Router()
     with ServerThread(router) as st:
         yield st, router

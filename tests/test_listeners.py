@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +17,7 @@ import pytest
 import requests
 
 from tests.helpers import ServerThread, hello_app, read_response
+from tests.process_helpers import ROOT
 
 
 def where_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
@@ -167,3 +172,84 @@ def test_regular_file_at_the_unix_path_is_not_deleted(serve: Callable[..., Serve
     with pytest.raises(OSError):
         serve(hello_app, listener=f"unix:{path}")
     assert path.read_text() == "do not delete"
+
+
+def test_unix_socket_of_a_server_with_a_full_backlog_is_left_alone(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    """Connecting to it fails with EAGAIN, not ECONNREFUSED: someone listens, so it is not stale."""
+    path = str(tmp_path / "busy.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as busy:
+        busy.bind(path)
+        busy.listen(0)
+        queued = []
+        try:
+            for _ in range(64):  # fill the backlog (never accepted)
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                client.setblocking(False)
+                queued.append(client)
+                try:
+                    client.connect(path)
+                except BlockingIOError:
+                    break
+            else:
+                raise AssertionError("the backlog never filled")
+            inode = os.stat(path).st_ino
+            with pytest.raises(OSError, match="cannot tell whether a server uses it"):
+                serve(hello_app, listener="unix:" + path)
+            assert os.stat(path).st_ino == inode
+        finally:
+            for client in queued:
+                client.close()
+
+
+def test_unix_socket_that_cannot_be_probed_for_lack_of_permission_is_left_alone(tmp_path: Path) -> None:
+    """EACCES says nothing about whether a server listens: never unlink on it.
+
+    A real EACCES: as root, the bind is tried by a child that drops to
+    ``nobody`` (root would be let through); otherwise the socket file has
+    no permissions for its owner either.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="gshutdown-eacces-"))
+    try:
+        os.chmod(directory, 0o777)  # anyone could unlink in here: only the code may refuse to
+        path = str(directory / "theirs.sock")
+        other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        other.bind(path)
+        other.listen(4)
+        try:
+            os.chmod(path, 0o700 if os.geteuid() == 0 else 0)
+            inode = os.stat(path).st_ino
+            probe = (
+                "import os, pwd, sys\n"
+                "from gshutdown.addresses import bind_unix\n"  # imported first: nobody may not read the stdlib
+                "if os.geteuid() == 0:\n"
+                "    nobody = pwd.getpwnam('nobody'); os.setgid(nobody.pw_gid); os.setuid(nobody.pw_uid)\n"
+                "try:\n"
+                "    bind_unix(sys.argv[1])\n"
+                "except PermissionError as exc:\n"
+                "    print('refused:', exc); sys.exit(3)\n"
+                "print('bound'); sys.exit(0)\n"
+            )
+            done = subprocess.run(
+                [sys.executable, "-c", probe, path], capture_output=True, text=True, timeout=30, cwd=ROOT
+            )
+            assert done.returncode == 3, done.stdout + done.stderr
+            assert "cannot tell whether a server uses it" in done.stdout
+            assert os.stat(path).st_ino == inode
+        finally:
+            other.close()
+    finally:
+        shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o660, 0o666])
+def test_unix_socket_mode_sets_the_socket_files_permissions(
+    serve: Callable[..., ServerThread], tmp_path: Path, mode: int
+) -> None:
+    path = str(tmp_path / "mode.sock")
+    st = serve(hello_app, listener="unix:" + path, unix_socket_mode=mode)
+    assert stat.S_IMODE(os.stat(path).st_mode) == mode
+    with st.connect(timeout=2) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert read_response(sock, timeout=2)[0] == 200

@@ -1,10 +1,7 @@
 """The master (``--workers``): drain, worker replacement, SIGHUP reload, SIGUSR2 upgrade.
 
-Real processes, real signals, real clients on loopback. The load clients use
-a urllib3-like retry policy: a request on a *reused* keep-alive connection
-that is closed or reset before any response byte is retried once on a new
-connection (that is the contract of HTTP keep-alive); anything else counts as
-a failure, refused connections included.
+Real processes, real signals, real clients on loopback; the load clients
+(``LoadClients``) retry once only a request on a reused keep-alive connection.
 """
 
 from __future__ import annotations
@@ -17,9 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.process_helpers import PROBE, GProcess, LoadClients, free_port, get, gone, gshutdown_argv, wait_until
-
-READY = r"master (\d+): (\d+) worker\(s\) ready"
+from tests.process_helpers import (
+    PROBE,
+    GProcess,
+    LoadClients,
+    free_port,
+    get,
+    gone,
+    gshutdown_argv,
+    start_master,
+    wait_until,
+)
 
 #: Each master test runs twice: signals to the master's pid, and to its whole
 #: process group (systemd's KillMode=control-group, tini -g, Ctrl-C).
@@ -39,16 +44,7 @@ def _app_file(tmp_path: Path, body: str = "v1") -> Path:
 
 
 def _start(tmp_path: Path, app: str, port: int, *extra: str) -> GProcess:
-    proc = GProcess(
-        gshutdown_argv(app, "-b", f"127.0.0.1:{port}", "-w", "2", "--ready-timeout", "10", *extra),
-        tmp_path / "master.log",
-    )
-    try:
-        proc.wait_for_log(READY, timeout=20)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    return start_master(tmp_path / "master.log", app, port, *extra)
 
 
 @by_pid_and_group

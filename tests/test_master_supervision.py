@@ -19,6 +19,7 @@ from pathlib import Path
 
 from gshutdown.exit_status import ExitStatus
 from tests.process_helpers import (
+    MASTER_READY,
     PROBE,
     GProcess,
     LoadClients,
@@ -30,23 +31,13 @@ from tests.process_helpers import (
     read_response,
     recv_eof,
     request_bytes,
+    start_master,
     wait_until,
 )
 
-READY = r"master (\d+): (\d+) worker\(s\) ready"
 
-
-def _master(tmp_path: Path, port: int, *extra: str, app: str = PROBE, log: str = "master.log") -> GProcess:
-    proc = GProcess(
-        gshutdown_argv(app, "-b", f"127.0.0.1:{port}", "-w", "2", "--ready-timeout", "10", *extra),
-        tmp_path / log,
-    )
-    try:
-        proc.wait_for_log(READY, timeout=20)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+def _master(tmp_path: Path, port: int, *extra: str) -> GProcess:
+    return start_master(tmp_path / "master.log", PROBE, port, *extra)
 
 
 def _ready_workers(text: str) -> list[int]:
@@ -117,7 +108,7 @@ def test_the_workers_of_a_new_master_killed_in_an_aborted_upgrade_exit(tmp_path:
         gshutdown_argv(str(app), "-b", f"127.0.0.1:{port}", "-w", "2", "--ready-timeout", "1"), tmp_path / "master.log"
     )
     with proc:
-        proc.wait_for_log(READY, timeout=20)
+        proc.wait_for_log(MASTER_READY, timeout=20)
         old_workers = set(_ready_workers(proc.log()))
         marker.write_text("")
         proc.send_signal(signal.SIGUSR2)
@@ -144,7 +135,7 @@ def test_sigusr1_reopens_the_access_and_error_logs_of_the_master_and_every_worke
         tmp_path / "stdout.log",
     )
     with proc:
-        wait_until(lambda: re.search(READY, _text(errors)), timeout=20)
+        wait_until(lambda: re.search(MASTER_READY, _text(errors)), timeout=20)
         assert get(port, "/multiprocess")[2] == b"True"
         pids, count = _pids_answering(port, 2)
         wait_until(lambda: len(_lines(access)) == count + 1)  # each request once, from either worker

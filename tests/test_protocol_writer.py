@@ -291,3 +291,71 @@ def test_the_cache_stays_bounded_with_per_response_values() -> None:
     for n in range(writer._MAX_PREPARED * 2):
         head(headers=[("ETag", f'"{n}"'), ("Content-Length", "0")])
         assert len(writer._PREPARED) <= writer._MAX_PREPARED
+
+
+# -- fields the writer keeps out ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["204 No Content"])
+def test_content_length_from_the_app_is_dropped_on_204(status: str) -> None:
+    """RFC 9110 8.6: never in a 1xx or 204 (1xx never reaches the writer from an app)."""
+    result = head(status, [("Content-Length", "0"), ("ETag", '"x"')])
+    _, fields = split_head(result.data)
+    assert values(fields, "Content-Length") == []
+    assert values(fields, "ETag") == ['"x"']
+    assert result.content_length is None and result.keep_alive
+
+
+def test_content_length_is_kept_on_304_and_head() -> None:
+    """A 304 or a HEAD response may say how long the body would be."""
+    for result in (
+        head("304 Not Modified", [("Content-Length", "42")]),
+        head(headers=[("Content-Length", "42")], method="HEAD"),
+    ):
+        _, fields = split_head(result.data)
+        assert values(fields, "Content-Length") == ["42"]
+        assert result.send_body is False
+
+
+@pytest.mark.parametrize("http_version", ["1.0", "1.1"])
+def test_hop_by_hop_fields_from_the_app_are_dropped(http_version: str) -> None:
+    fields_in = [
+        ("Keep-Alive", "timeout=99"),
+        ("Upgrade", "h2c"),
+        ("Connection", "Upgrade, X-Private"),
+        ("Proxy-Connection", "close"),
+        ("TE", "trailers"),
+        ("Trailer", "X-Sum"),
+        ("X-Private", "1"),
+        ("Content-Length", "0"),
+    ]
+    result = head(headers=fields_in, http_version=http_version)
+    _, fields = split_head(result.data)
+    names = [name.lower() for name, _ in fields]
+    for name in ("keep-alive", "upgrade", "proxy-connection", "te", "trailer"):
+        assert name not in names, result.data
+    assert values(fields, "X-Private") == ["1"]
+    # The server's own Connection field only: none on HTTP/1.1 keep-alive.
+    assert values(fields, "Connection") == ([] if http_version == "1.1" else ["keep-alive"])
+    assert result.keep_alive
+
+
+@pytest.mark.parametrize(
+    ("http_version", "keep_alive", "connection"),
+    [
+        ("1.1", True, "upgrade"),
+        ("1.1", False, "close, upgrade"),
+        ("1.0", True, "keep-alive, upgrade"),
+        ("1.0", False, "upgrade"),
+    ],
+)
+def test_426_keeps_upgrade_and_lists_it_in_connection(http_version: str, keep_alive: bool, connection: str) -> None:
+    result = head(
+        "426 Upgrade Required",
+        [("Upgrade", "websocket"), ("Content-Length", "0")],
+        http_version=http_version,
+        keep_alive=keep_alive,
+    )
+    _, fields = split_head(result.data)
+    assert values(fields, "Upgrade") == ["websocket"]
+    assert values(fields, "Connection") == [connection]

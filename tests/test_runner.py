@@ -25,7 +25,7 @@ from gevent.event import Event
 import gshutdown
 from gshutdown import Server, hooks, jobs
 from gshutdown.exit_status import ExitStatus
-from gshutdown.runner import Runner, run
+from gshutdown.runner import SIGNAL_ACTIONS, Role, Runner, SignalAction, Trigger, run
 from tests.process_helpers import GProcess, free_port, get, recv_eof, request_bytes
 
 #: Any runner that hangs fails the test instead of the run.
@@ -220,6 +220,63 @@ def test_runner_shuts_every_server_down_and_calls_on_ready_once() -> None:
     assert len(answers) == 2 and all(answer.endswith(b"\r\n\r\nok") for answer in answers)
     assert [result.clean for result in runner.results] == [True, True]
     assert all(server.phase is gshutdown.ShutdownPhase.STOPPED for server in servers)
+
+
+@pytest.mark.parametrize(
+    ("events", "role"),
+    [([Trigger.MAX_REQUESTS, signal.SIGQUIT], Role.SINGLE), ([signal.SIGINT], Role.GUNICORN_WORKER)],
+    ids=["reason-drains-then-SIGQUIT-closes", "SIGINT-to-a-gunicorn-worker-closes"],
+)
+def test_deliver_drains_on_a_reason_and_closes_at_once_on_an_immediate_signal(events: list[Any], role: Role) -> None:
+    started = Event()
+    server = Server(("127.0.0.1", 0), slow_app(30, started))
+    runner = Runner([server], install_signals=False, graceful_timeout=20, role=role)
+    immediate = [signum for signum, action in SIGNAL_ACTIONS[role].items() if action is SignalAction.CLOSE_NOW]
+    replies: list[gevent.Greenlet] = []
+
+    def client() -> None:
+        replies.append(gevent.spawn(fetch, server.address[1], "/slow"))
+        started.wait(5)
+        for event in events:
+            runner.deliver(event)
+            while event not in immediate and server.phase is not gshutdown.ShutdownPhase.DRAINING:
+                gevent.sleep(0.01)  # bounded by the test's gevent.Timeout
+
+    helper = gevent.spawn(client)
+    with gevent.Timeout(RUN_BOUND):
+        status = runner.run()
+        helper.get()
+        reply = replies[0].get()
+    assert status == ExitStatus.FORCED
+    assert reply == b""  # forced: closed, no fake response
+    assert server.phase is gshutdown.ShutdownPhase.STOPPED
+    assert len(runner.results) == (0 if events[0] in immediate else 1)  # a drain ran, or none
+
+
+@pytest.mark.parametrize("with_on_ready", [False, True], ids=["service", "worker"])
+def test_only_a_runner_without_on_ready_speaks_to_systemd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_on_ready: bool
+) -> None:
+    address = str(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind(address)
+        manager.setblocking(False)
+        runner = Runner(
+            [Server(("127.0.0.1", 0), slow_app(0, Event()))],
+            install_signals=False,
+            shutdown_trigger=lambda: None,
+            on_ready=(lambda: None) if with_on_ready else None,
+        )
+        with gevent.Timeout(RUN_BOUND):
+            assert runner.run() == ExitStatus.OK
+        received = []
+        while True:
+            try:
+                received.append(manager.recv(4096).decode())
+            except BlockingIOError:
+                break
+    assert received == ([] if with_on_ready else ["READY=1", "STOPPING=1"])
 
 
 EMBEDDED = textwrap.dedent(

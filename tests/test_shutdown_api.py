@@ -169,6 +169,43 @@ def test_close_closes_the_listener_and_every_connection_at_once(serve):
     assert server_stats(st)["phase"] == "stopped"
 
 
+def test_close_during_a_shutdown_reports_the_request_it_killed_as_forced(serve):
+    """Before: the shutdown said clean=True, forced=() although close() ended an in-flight request."""
+    release, started = GEvent(), threading.Event()
+    st = serve(_gated_app(release, started))
+    with st.connect() as busy:
+        busy.sendall(request_bytes("/wait"))
+        assert started.wait(5)
+        pending = st.shutdown_async(30)
+        wait_until(lambda: server_stats(st)["phase"] == "draining")
+        st.call(st.server.close)
+        result = pending.result(10)
+        assert recv_all(busy, timeout=5)[0] == b""  # killed: no response
+    assert not result.clean
+    [forced] = result.forced
+    assert forced.state is ConnState.ACTIVE
+    assert forced.request_line == "GET /wait HTTP/1.1"
+    assert result.duration < 5
+
+
+def test_close_before_shutdown_reports_every_connection_it_ended(serve):
+    release, started = GEvent(), threading.Event()
+    st = serve(_gated_app(release, started))
+    idle = keep_alive_connections(st, 2)
+    busy = st.connect()
+    try:
+        busy.sendall(request_bytes("/wait"))
+        assert started.wait(5)
+        wait_for_state_count(st, "idle", 2)
+        st.call(st.server.close)
+        st.call(st.server.close)  # a second close() reports nothing twice
+        result = st.shutdown(5)
+    finally:
+        close_all([*idle, busy])
+    assert not result.clean
+    assert sorted(item.state.name for item in result.forced) == ["ACTIVE", "IDLE", "IDLE"]
+
+
 def test_a_shutdown_that_fails_raises_in_every_caller_and_closes_what_is_left(serve):
     """An internal error in a shutdown step must not leave callers waiting forever."""
     st = serve(hello_app)

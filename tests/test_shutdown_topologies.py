@@ -205,13 +205,13 @@ def test_a_second_sigterm_forces_with_exit_3(deploy: Deployment) -> None:
 
 
 def test_keep_alive_load_through_sigterm_loses_no_request(deploy: Deployment) -> None:
-    with LoadClients(deploy.port, count=8, path=lambda tid, n: f"/echo/{tid}-{n}", stop_on_refused=True) as load:
+    with LoadClients(deploy.port, count=8, path=lambda rid: f"/echo/{rid}", until_refused=True) as load:
         wait_until(lambda: load.ok >= 300, timeout=20)
         deploy.signal(signal.SIGTERM)
         load.join(timeout=20)
     code = deploy.proc.wait()
     seen = set(re.findall(r"echo (\d+-\d+)", deploy.proc.log()))
-    lost = sorted(f"/echo/{rid}" for rid in seen if f"/echo/{rid}" not in load.completed)
+    lost = sorted(seen - load.completed)
     print(f"\n{deploy.workers} worker(s): {load.ok} ok, {load.retries} retried, stops {sorted(load.stops)}")
     assert load.failures == []
     assert lost == [], f"the app saw these but the client never got their response: {lost[:10]}"

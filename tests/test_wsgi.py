@@ -37,7 +37,7 @@ class EnvironRecorder:
 
 @pytest.fixture(scope="module")
 def recorder() -> Iterator[tuple[ServerThread, EnvironRecorder]]:
-    # One server for the module: each stop costs the helper's 0.5 s poll.
+    # One server for the module, shared by its tests.
     app = EnvironRecorder()
     with ServerThread(app) as st:
         yield st, app

@@ -32,5 +32,6 @@ def command(opts) -> list[str]:
         str(opts.graceful_timeout),
     ]
     if opts.idle:
-        argv += ["--idle-timeout", "600"]
+        # Room for 10,000 idle connections (the default is 1,000), as gunicorn's.
+        argv += ["--idle-timeout", "600", "--max-connections", "12000"]
     return [*argv, "app:app"]

@@ -25,7 +25,8 @@ class Request(NamedTuple):
     keep_alive: bool
     #: ``Expect: 100-continue`` on an HTTP/1.1 request that has a body.
     expect_continue: bool
-    #: The client asked to switch protocols (``Connection: upgrade`` + ``Upgrade``).
+    #: The client asked to switch protocols (``Connection: upgrade`` + ``Upgrade``),
+    #: or sent CONNECT; False when the Upgrade is ignored (a chunked body).
     upgrade: bool
     #: The request has a body (Content-Length > 0 or chunked).
     has_body: bool

@@ -8,16 +8,26 @@ bytes only when the queue runs dry. So a pipelined request waits on the queue
 until the response before it is done, and a request body is read from the
 socket only as fast as the application consumes it.
 
+Bytes are handed to llhttp in slices (``FEED_SLICE``), and the next slice
+only once the events of the last one are consumed, so a flood of pipelined
+requests in one read queues the requests of one slice, not of the whole read
+(a request event weighs about 20 times the bytes of a minimal request). A
+Content-Length body is the exception: its remaining bytes go in whole, so a
+body read stays one event per read.
+
 llhttp already enforces RFC 9112 framing (Content-Length with
 Transfer-Encoding, duplicate Content-Length, chunk syntax, obs-fold, bytes not
 allowed in field names or values). This layer adds what llhttp leaves to its
-caller: the HTTP versions we speak, the Host rule, and size limits on the head.
+caller: the HTTP versions we speak, the Host rule, the request-target form
+each method may use, the transfer codings we implement, and size limits on
+the head and the body.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
-from typing import Optional
+from typing import Optional, Union
 
 import httptools
 
@@ -37,8 +47,27 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 #: Most header fields accepted in one request (gunicorn ``limit_request_fields``).
 DEFAULT_MAX_HEADER_COUNT = 100
 
+#: Bytes given to llhttp at a time outside a Content-Length body: at most
+#: about 450 minimal pipelined requests are queued per connection.
+FEED_SLICE = 8 * 1024
+#: The same inside a chunked body, where a slice ends up as one ``Data``.
+CHUNKED_FEED_SLICE = 64 * 1024
+
 # Events without fields are immutable: one instance serves every request.
 _END_OF_MESSAGE = EndOfMessage()
+
+# RFC 3986 host [":" port]: an IP literal in brackets, or a reg-name /
+# IPv4 address (unreserved, pct-encoded, sub-delims); empty is allowed (RFC
+# 9112 3.2). No userinfo, no space, no slash.
+_HOST_PORT = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|(?:[-A-Za-z0-9._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)(?::[0-9]*)?\Z")
+# Authority-form (CONNECT only): host ":" port, both present.
+_AUTHORITY_FORM = re.compile(rb"(?:\[[0-9A-Za-z:.]+\]|(?:[-A-Za-z0-9._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+):[0-9]+\Z")
+# Host values that passed _HOST_PORT: a server sees a few again and again.
+# Bounded, and cleared when full, so made-up values cannot grow it.
+_VALID_HOSTS: set[bytes] = set()
+_MAX_VALID_HOSTS = 256
+# A synthetic head that puts a fresh llhttp into a chunked body; see _rechunk().
+_CHUNKED_PRIMER = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 class _Rejected(Exception):
@@ -57,6 +86,11 @@ class RequestParser:
         max_request_line: longest request line accepted, in bytes (else 414).
         max_header_bytes: largest head accepted, in bytes (else 431).
         max_header_count: most header fields accepted (else 431).
+        max_field_size: longest header field, name and value, in bytes (else
+            431); None: only ``max_header_bytes`` bounds it.
+        max_body_size: largest request body accepted, in bytes (else 413:
+            at once for a Content-Length, when it is passed for a chunked
+            body); None for no limit.
     """
 
     def __init__(
@@ -65,13 +99,26 @@ class RequestParser:
         max_request_line: int = DEFAULT_MAX_REQUEST_LINE,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_header_count: int = DEFAULT_MAX_HEADER_COUNT,
+        max_field_size: Optional[int] = None,
+        max_body_size: Optional[int] = None,
     ) -> None:
         self._max_request_line = max_request_line
         self._max_header_bytes = max_header_bytes
         self._max_header_count = max_header_count
+        self._max_field_size = max_field_size if max_field_size is not None else max_header_bytes
+        self._max_body_size = max_body_size
         self._parser = httptools.HttpRequestParser(self)
         self._events: deque[Event] = deque()
         self._finished = False  # after an error, close or upgrade: no more parsing
+        self._tunnelling = False  # after an upgrade: bytes go to tunnel_bytes
+        # Received but not yet given to llhttp (see FEED_SLICE), and whether
+        # the peer's EOF came after them.
+        self._unfed: Union[bytes, memoryview] = b""
+        self._eof_after_unfed = False
+        # An Upgrade request's chunked body is due: see _rechunk().
+        self._rechunking = False
+        # The head being parsed is _CHUNKED_PRIMER's, not the client's.
+        self._priming = False
         #: Bytes received after an upgrade request's head (the tunnelled protocol's).
         self.tunnel_bytes = b""
         # Body bytes still due on an upgrade request (httptools skips them).
@@ -94,29 +141,76 @@ class RequestParser:
         self._field_count = 0
         self._content_length = 0
         self._transfer_encoding: Optional[bytes] = None
+        self._body_left: Optional[int] = None  # of a Content-Length body
+        self._chunked_body_size: Optional[int] = None  # counted against max_body_size
+        self._in_chunk_line = False  # a chunk-size line (or its extension) is being read
 
     # -- the pull interface -------------------------------------------------
 
     def feed(self, data: bytes) -> None:
         """Give the parser bytes received; ``b""`` means the peer closed."""
         if self._finished:
+            if not self._tunnelling:
+                return  # after an error or a close nothing more is parsed
             if data:
                 self._tunnel(data)
             elif self._upgrade_body_left:
                 self._upgrade_body_left = 0
                 self._events.append(ConnectionClosed(mid_message=True))
             return
+        if self._unfed:
+            if data:
+                self._unfed = bytes(self._unfed) + data
+            else:
+                self._eof_after_unfed = True
+            self._feed_unfed()
+            return
         if not data:
             self._finished = True
             self._events.append(ConnectionClosed(mid_message=self.in_message))
             return
+        body_left = self._body_left
+        if len(data) <= FEED_SLICE or (body_left is not None and body_left >= len(data)):
+            # The usual cases: one request or a few, or a piece of a body.
+            self._feed_llhttp(data)
+        else:
+            self._unfed = memoryview(data)
+            self._feed_unfed()
+
+    def _feed_unfed(self) -> None:
+        """Feed slices of what is unfed until an event is queued (or all is fed)."""
+        events = self._events
+        while self._unfed and not events and not self._finished:
+            unfed = self._unfed
+            body_left = self._body_left
+            if body_left is not None:
+                size = max(body_left, FEED_SLICE)
+            elif self._transfer_encoding is not None and not self._in_head:
+                size = CHUNKED_FEED_SLICE
+            else:
+                size = FEED_SLICE
+            self._unfed = unfed[size:]
+            self._feed_llhttp(unfed[:size])
+        if self._finished:
+            rest, self._unfed = self._unfed, b""
+            if rest and self._tunnelling:
+                self._tunnel(bytes(rest))
+        if not self._unfed and self._eof_after_unfed:
+            self._eof_after_unfed = False
+            self.feed(b"")
+
+    def _feed_llhttp(self, data: Union[bytes, memoryview]) -> None:
         progress = self._progress
         line_tail = self._line_tail
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            self._finished = True
-            self._tunnel(data[upgrade.args[0] :])
+            rest = bytes(data[upgrade.args[0] :])
+            if self._rechunking:
+                self._rechunk(rest)
+                return
+            self._finished = self._tunnelling = True
+            self._tunnel(rest)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Rejected):
@@ -133,26 +227,49 @@ class RequestParser:
             self._line_tail = b""
             self._raw_head_bytes = 0
             return
-        last_lf = data.rfind(b"\n")
-        keep = self._max_request_line + 64
-        self._line_tail = data[last_lf + 1 :][-keep:] if last_lf >= 0 else (line_tail + data[-keep:])[-keep:]
-        if self._in_head and last_lf >= 0 and self._url_parts:
-            # llhttp takes a request line with no version for HTTP/0.9 and
-            # waits for fields such a client never sends: reject it at once.
-            start = data.rfind(b"\n", 0, last_lf)
-            line = data[start + 1 : last_lf] if start >= 0 else line_tail + data[:last_lf]
-            if line.rstrip(b"\r") == self._parser.get_method() + b" " + b"".join(self._url_parts):
-                self._fail(400, "Unsupported HTTP Version")
-                return
+        if self._in_head:
+            if type(data) is memoryview:
+                data = bytes(data)  # a slice of at most FEED_SLICE bytes
+            last_lf = data.rfind(b"\n")
+            keep = self._max_request_line + 64
+            self._line_tail = data[last_lf + 1 :][-keep:] if last_lf >= 0 else (line_tail + data[-keep:])[-keep:]
+            if last_lf >= 0 and self._url_parts:
+                # llhttp takes a request line with no version for HTTP/0.9 and
+                # waits for fields such a client never sends: reject it at once.
+                start = data.rfind(b"\n", 0, last_lf)
+                line = data[start + 1 : last_lf] if start >= 0 else line_tail + data[:last_lf]
+                if line.rstrip(b"\r") == self._parser.get_method() + b" " + b"".join(self._url_parts):
+                    self._fail(400, "Unsupported HTTP Version")
+                    return
         if self._progress != progress:
             self._raw_head_bytes = 0
         else:
             # A backstop for a line that never ends (llhttp reports a field,
-            # head or trailer, only once it is whole, and buffers it until
-            # then): twice the limits without progress, then 431.
+            # head or trailer, or a chunk-size line, only once it is whole,
+            # and does not pass chunk extensions on at all): twice the limits
+            # without progress, then 431 (a head or trailer field) or 400 (a
+            # chunk-size line: that is body framing, not a header).
             self._raw_head_bytes += len(data)
             if self._raw_head_bytes > 2 * (self._max_header_bytes + self._max_request_line):
-                self._fail(431, "Request Header Fields Too Large")
+                if self._in_chunk_line:
+                    self._fail(400, "Chunk Extension Too Long")
+                else:
+                    self._fail(431, "Request Header Fields Too Large")
+
+    def _rechunk(self, rest: bytes) -> None:
+        """Parse an Upgrade request's chunked body as an ordinary request's.
+
+        llhttp skips the body of a request with an Upgrade and hands over the
+        bytes after the head: a fresh llhttp, put into a chunked body by a
+        synthetic head whose event is dropped, de-chunks them instead, and
+        goes on with the requests pipelined after it.
+        """
+        self._rechunking = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._priming = True
+        self._parser.feed_data(_CHUNKED_PRIMER)
+        self._unfed = rest + bytes(self._unfed)
+        self._feed_unfed()
 
     def _tunnel(self, data: bytes) -> None:
         left = self._upgrade_body_left
@@ -167,8 +284,12 @@ class RequestParser:
 
     def next_event(self) -> Optional[Event]:
         """The next event, or ``None`` when more bytes must be fed first."""
-        if self._events:
-            return self._events.popleft()
+        events = self._events
+        if events:
+            event = events.popleft()
+            if not events and self._unfed:
+                self._feed_unfed()
+            return event
         return None
 
     def close(self) -> None:
@@ -178,6 +299,7 @@ class RequestParser:
         without this, every finished connection is left to the cycle collector.
         """
         self._finished = True
+        self._unfed = b""
         self._parser = None  # type: ignore[assignment]
 
     @property
@@ -210,13 +332,23 @@ class RequestParser:
         value = value.rstrip(b" \t")  # trailing OWS is not part of the value
         self._header_bytes += len(name) + len(value) + 4
         self._field_count += 1
-        if self._header_bytes + self._url_len > self._max_header_bytes or self._field_count > self._max_header_count:
+        if (
+            self._header_bytes + self._url_len > self._max_header_bytes
+            or self._field_count > self._max_header_count
+            or len(name) + len(value) > self._max_field_size
+        ):
             raise _Rejected(431, "Request Header Fields Too Large")
         if not self._in_head:
             return  # a trailer field: framing only, not passed on
         lname = name.lower()
         if lname == b"host":
             self._host_count += 1
+            if value not in _VALID_HOSTS:
+                if not _HOST_PORT.match(value):
+                    raise _Rejected(400, "Invalid Host")
+                if len(_VALID_HOSTS) >= _MAX_VALID_HOSTS:
+                    _VALID_HOSTS.clear()
+                _VALID_HOSTS.add(value)
         elif lname == b"expect":
             self._expect_continue = value.lower() == b"100-continue"
         elif lname == b"content-length":
@@ -224,50 +356,118 @@ class RequestParser:
             self._content_length = int(value) if value.isdigit() else 0
         elif lname == b"transfer-encoding":
             self._has_body = True
-            self._transfer_encoding = value
+            te = self._transfer_encoding
+            # Several fields make one list (RFC 9110 5.3).
+            self._transfer_encoding = value if te is None else te + b"," + value
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        if self._priming:
+            # _CHUNKED_PRIMER's head: the client's request is already queued.
+            self._priming = False
+            self._header_bytes = self._url_len = self._field_count = 0
+            self._in_chunk_line = True
+            return
         parser = self._parser
         version = parser.get_http_version()
         if version != "1.1" and version != "1.0":
             raise _Rejected(400, "Unsupported HTTP Version")
+        te = self._transfer_encoding
+        if te is not None:
+            if version == "1.0":
+                # RFC 9112 6.1: the framing of such a message is faulty.
+                raise _Rejected(400, "Transfer-Encoding In An HTTP/1.0 Request")
+            codings = [c.strip().lower() for c in te.split(b",") if c.strip()]
+            if not codings or codings[-1] != b"chunked":
+                raise _Rejected(400, "Transfer-Encoding Must End In chunked")  # RFC 9112 6.3
+            if len(codings) > 1:
+                # Only chunked is implemented; passing the body on still
+                # encoded would hand the application bytes it did not ask for.
+                raise _Rejected(501, "Transfer-Encoding Not Implemented")  # RFC 9112 6.1
         if self._host_count > 1 or (version == "1.1" and self._host_count == 0):
             raise _Rejected(400, "Exactly One Host Header Required")
-        te = self._transfer_encoding
-        if te is not None and te.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
-            raise _Rejected(400, "Transfer-Encoding Must End In chunked")  # RFC 9112 6.3
-        upgrade = parser.should_upgrade()
-        if upgrade and self._has_body and parser.get_method() != b"CONNECT":
+        method = parser.get_method()
+        target = b"".join(self._url_parts)
+        if target[:1] != b"/" or method == b"CONNECT":  # not origin-form, the usual case
+            self._check_target(method, target)
+        max_body = self._max_body_size
+        if max_body is not None:
+            if self._content_length > max_body:
+                raise _Rejected(413, "Content Too Large")
             if te is not None:
-                raise _Rejected(400, "Upgrade With A Chunked Body")
-            self._upgrade_body_left = self._content_length
+                self._chunked_body_size = 0
+        upgrade = parser.should_upgrade()
+        if upgrade and self._has_body and method != b"CONNECT":
+            if te is None:
+                self._upgrade_body_left = self._content_length
+            else:
+                # RFC 9110 7.8 lets a server ignore Upgrade: it does, rather
+                # than tunnel a body still chunked; _rechunk() parses it.
+                upgrade = False
+                self._rechunking = True
         self._in_head = False
+        self._in_chunk_line = te is not None
+        if self._content_length and te is None:
+            self._body_left = self._content_length
         # Trailer fields get a budget of their own.
         self._header_bytes = self._url_len = self._field_count = 0
-        target = b"".join(self._url_parts).decode("latin-1")
         self._events.append(
             Request(
-                parser.get_method().decode("latin-1"),
-                target,
+                method.decode("latin-1"),
+                target.decode("latin-1"),
                 version,
                 self._headers,
-                # RFC 9112 6.1: HTTP/1.0 with Transfer-Encoding: close after it.
-                parser.should_keep_alive() and not (version == "1.0" and te is not None),
+                parser.should_keep_alive(),
                 self._expect_continue and self._has_body and version == "1.1",
                 upgrade,
                 self._has_body,
             )
         )
 
+    @staticmethod
+    def _check_target(method: bytes, target: bytes) -> None:
+        """The request-target form must suit the method (RFC 9112 3.2)."""
+        if method == b"CONNECT":
+            if not _AUTHORITY_FORM.match(target):
+                raise _Rejected(400, "CONNECT Needs An Authority-Form Target")
+        elif target[:1] == b"*":
+            if method != b"OPTIONS" or target != b"*":
+                raise _Rejected(400, "Asterisk-Form Is Only For OPTIONS")
+        else:
+            # absolute-form: the authority, which replaces Host (RFC 9112
+            # 3.2.2), must be a valid host[:port]; userinfo is an error
+            # (RFC 9110 4.2.4).
+            rest = target.partition(b"://")[2]
+            end = min((i for i in (rest.find(b"/"), rest.find(b"?"), rest.find(b"#")) if i >= 0), default=len(rest))
+            authority = rest[:end]
+            if not authority or not _HOST_PORT.match(authority):
+                raise _Rejected(400, "Invalid Authority In The Request Target")
+
+    def on_chunk_header(self) -> None:
+        self._progress += 1
+        self._in_chunk_line = False
+
+    def on_chunk_complete(self) -> None:
+        self._progress += 1
+        self._in_chunk_line = True
+
     def on_body(self, body: bytes) -> None:
         self._progress += 1
+        left = self._body_left
+        if left is not None:
+            self._body_left = left - len(body)
+        elif self._chunked_body_size is not None:
+            size = self._chunked_body_size = self._chunked_body_size + len(body)
+            if size > self._max_body_size:  # type: ignore[operator]
+                raise _Rejected(413, "Content Too Large")
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
         self._progress += 1
-        if self._upgrade_body_left:
-            return  # httptools skips an upgrade request's body: _tunnel() delivers it
+        if self._upgrade_body_left or self._rechunking:
+            # llhttp skips an Upgrade request's body: _tunnel() or _rechunk()
+            # delivers it, and ends the message.
+            return
         self._events.append(_END_OF_MESSAGE)
         self.in_message = False
         self._reset_message()

@@ -14,6 +14,11 @@ from typing import Any, NamedTuple, Optional, Sequence
 LAST_CHUNK = b"0\r\n\r\n"
 
 _NO_BODY_STATUSES = frozenset({204, 304})
+# Hop-by-hop fields (RFC 9110 7.6.1; RFC 2616 13.5.1 lists them) that describe a connection the server
+# owns, not the application: dropped from its headers. Connection itself is
+# the writer's (only its "close" is honoured); Upgrade is kept on a 426,
+# which must carry it (RFC 9110 15.5.22).
+_HOP_BY_HOP = frozenset({"keep-alive", "proxy-connection", "te", "trailer", "upgrade"})
 
 
 class ResponseHead(NamedTuple):
@@ -42,6 +47,8 @@ class _Prepared(NamedTuple):
     server_line: bytes
     #: The application sent ``Connection: close``.
     close: bool
+    #: ``Connection`` must name ``upgrade`` (a 426 carrying Upgrade).
+    upgrade: bool
 
 
 # Most applications answer with a handful of distinct status + header lists:
@@ -55,23 +62,30 @@ _date_cache: tuple[str, bytes] = ("", b"")
 
 
 def _prepare(status: str, headers: Sequence[tuple[str, str]], server: str) -> _Prepared:
+    code = int(status[:3])
     content_length: Optional[int] = None
-    has_date = has_server = close = False
+    has_date = has_server = close = upgrade = False
     lines = ["HTTP/1.1 ", status, "\r\n"]
     for name, value in headers:
         lname = name.lower()
         if lname == "content-length":
+            if code < 200 or code == 204:
+                continue  # RFC 9110 8.6: never on 1xx and 204
             content_length = int(value)
         elif lname == "connection":
             close = close or "close" in value.lower()
             continue  # ours to write
+        elif lname in _HOP_BY_HOP:
+            if lname != "upgrade" or code != 426:
+                continue
+            upgrade = True
         elif lname == "date":
             has_date = True
         elif lname == "server":
             has_server = True
         lines += (name, ": ", value, "\r\n")
     server_line = f"Server: {server}\r\n".encode("latin-1") if server and not has_server else b""
-    return _Prepared("".join(lines).encode("latin-1"), int(status[:3]), content_length, has_date, server_line, close)
+    return _Prepared("".join(lines).encode("latin-1"), code, content_length, has_date, server_line, close, upgrade)
 
 
 def _date_line(date: str) -> bytes:
@@ -139,7 +153,12 @@ def encode_head(
     if not prepared.has_date:
         parts.append(_date_line(date))
     parts.append(prepared.server_line)
-    if http_version == "1.1":
+    if prepared.upgrade:
+        if http_version == "1.1":
+            parts.append(b"Connection: upgrade\r\n" if keep_alive else b"Connection: close, upgrade\r\n")
+        else:
+            parts.append(b"Connection: keep-alive, upgrade\r\n" if keep_alive else b"Connection: upgrade\r\n")
+    elif http_version == "1.1":
         if not keep_alive:
             parts.append(b"Connection: close\r\n")
     elif keep_alive:

@@ -1,0 +1,3 @@
+"""A Host port that is not digits."""
+
+status = 400
