@@ -94,6 +94,8 @@ class Connection:
         requests: how many requests have been read on this connection.
         proxy_header: the PROXY protocol header it began with (with
             ``Config.proxy_protocol``), a ``ProxyHeader``; else None.
+        response_status: the status line of the current or last response whose
+            head was sent, e.g. ``"200 OK"`` (``""`` while none was).
     """
 
     _next_id = 0
@@ -138,6 +140,7 @@ class Connection:
         self._body_wait_left: Optional[float] = None
         self.expect_continue = False
         self.response_started = False
+        self.response_status = ""
         #: The WSGI adapter's environ entries for this connection (built on first use).
         self.environ_base: Optional[dict[str, Any]] = None
         server.registry.register(self)
@@ -274,8 +277,7 @@ class Connection:
             if event is None:
                 return
             if type(event) is ProtocolError:
-                self.send_error(event.status, event.reason)
-                self._linger_close()
+                self._reject(event.status, event.reason)
                 return
             if type(event) is not Request:
                 return  # ConnectionClosed
@@ -330,8 +332,7 @@ class Connection:
         try:
             return self._next_event(deadline)
         except _ReadTimeout:
-            self.send_error(408, "Request Timeout")
-            self._linger_close()
+            self._reject(408, "Request Timeout")
             return None
 
     def _serve_request(self, request: Request) -> bool:
@@ -356,7 +357,14 @@ class Connection:
                 raise RuntimeError(f"expected EndOfMessage, got {event!r}")
         self.expect_continue = request.expect_continue
         self.response_started = False
-        return self.server.wsgi.handle(self, request)
+        self.response_status = ""
+        observer = server.request_observer
+        if observer is None:
+            return server.wsgi.handle(self, request)
+        started = time.perf_counter()
+        keep_alive = server.wsgi.handle(self, request)
+        observer(self, started)
+        return keep_alive
 
     # -- what the WSGI layer calls -------------------------------------------
 
@@ -616,10 +624,19 @@ class Connection:
         """Send a complete error response that announces the close."""
         server = self.server
         self.response_started = True
+        self.response_status = f"{status} {reason}"
         try:
             self.send(error_response(status, reason, date=server.http_date(), server=self.config.server_header))
         except OSError:
             pass
+
+    def _reject(self, status: int, reason: str) -> None:
+        """Answer a request head the server refuses (it never reaches the application), then close."""
+        self.send_error(status, reason)
+        observer = self.server.request_observer
+        if observer is not None:
+            observer(self, None)
+        self._linger_close()
 
     def _linger_close(self) -> None:
         """Close gracefully: FIN first, then read until the peer's FIN.

@@ -49,7 +49,6 @@ from typing import Any, Callable, Iterable, Optional
 import gevent
 from gevent import hub, monkey
 from gevent import socket as gsocket
-from gunicorn.arbiter import Arbiter
 from gunicorn.workers import base
 
 from gshutdown.middleware import AccessLog
@@ -90,9 +89,6 @@ class Worker(base.Worker):
         # through the fork: they would queue a signal where nobody reads it.
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             signal.signal(signum, self._record_early_signal)
-        if self.cfg.is_ssl:
-            self.log.error("gshutdown.gunicorn.Worker does not serve TLS: terminate it in front of gunicorn")
-            sys.exit(Arbiter.WORKER_BOOT_ERROR)
         self.patch()
         hub.reinit()  # the arbiter's hub does not survive the fork
         self._route_logs()
@@ -193,6 +189,20 @@ class Worker(base.Worker):
             options["max_request_line"] = cfg.limit_request_line
         if cfg.limit_request_fields:
             options["max_header_count"] = cfg.limit_request_fields
+        if cfg.limit_request_field_size:
+            options["max_field_size"] = cfg.limit_request_field_size
+        allowed = cfg.forwarded_allow_ips
+        options["forwarded_allow_ips"] = allowed if isinstance(allowed, str) else ",".join(allowed)
+        options["proxy_protocol"] = cfg.proxy_protocol not in (False, None, "off", "false")
+        if cfg.is_ssl:
+            # gunicorn's cert_reqs is an ssl.CERT_* number.
+            options.update(
+                certfile=cfg.certfile,
+                keyfile=cfg.keyfile,
+                ca_certs=cfg.ca_certs,
+                ciphers=cfg.ciphers,
+                cert_reqs={0: "none", 1: "optional", 2: "required"}.get(cfg.cert_reqs, "required"),
+            )
         return options
 
     def _heartbeat(self) -> None:

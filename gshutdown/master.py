@@ -57,6 +57,7 @@ from gshutdown import logs, pidfile, runner, systemd, worker_link
 from gshutdown.addresses import bind_unix, cannot_listen, describe_address
 from gshutdown.app_loader import AppNotLoadable, load_app
 from gshutdown.exit_status import ExitStatus, fail
+from gshutdown.metrics import MasterMetrics, MetricsUnavailable
 from gshutdown.worker_link import DRAIN_SIGNAL, STACK_DUMP_SIGNAL, MessageKind, WorkerLink
 
 log = logging.getLogger("gshutdown")
@@ -102,7 +103,12 @@ def main(args: argparse.Namespace) -> ExitStatus:
     failed = runner.drop_privileges(args.user, args.group)
     if failed is not None:
         return failed
-    return Master(args, listeners).run()
+    try:
+        # After dropping privileges: the workers must be able to write there.
+        with MasterMetrics.started(args.metrics_path, args.readiness_path or None) as metrics:
+            return Master(args, listeners, metrics).run()
+    except MetricsUnavailable as exc:
+        return fail(str(exc), ExitStatus.USAGE)
 
 
 def bind_listeners(
@@ -215,9 +221,12 @@ class _Upgrade:
 class Master:
     """Supervises worker processes; see the module docstring."""
 
-    def __init__(self, args: argparse.Namespace, listeners: list[socket.socket]) -> None:
+    def __init__(
+        self, args: argparse.Namespace, listeners: list[socket.socket], metrics: Optional[MasterMetrics] = None
+    ) -> None:
         self.args = args
         self.listeners = listeners
+        self.metrics = metrics or MasterMetrics()
         self.count: int = args.workers
         self.workers: dict[int, Worker] = {}
         self.generation = 0
@@ -416,6 +425,7 @@ class Master:
             return
         worker.recycle_pending = True
         self.recycles += 1
+        self.metrics.worker_restarted("max-requests")
         log.info("worker %d reached --max-requests: starting its replacement", worker.pid)
         self._spawn_worker()
 
@@ -448,6 +458,7 @@ class Master:
             if worker is None:
                 continue
             os.close(worker.status_fd)
+            self.metrics.worker_exited(pid)
             if code == ExitStatus.FORCED or code < 0:
                 # A worker that never served (an aborted reload's) forced nothing.
                 self._forced = self._forced or ((self._stopping or worker.retiring) and worker.ready)
@@ -465,6 +476,7 @@ class Master:
                 self._abort_reload()
             else:
                 log.error("worker %d died with %s; restarting in %.1f s", pid, how, self._backoff)
+                self.metrics.worker_restarted("died")
                 self._restart_at = self._restart_at or time.monotonic() + self._backoff
                 self._backoff = min(self._backoff * 2, BACKOFF_MAX)
 
@@ -520,6 +532,7 @@ class Master:
                 was_serving = not worker.retiring
                 worker.retiring = True
                 if was_serving and not self._stopping:
+                    self.metrics.worker_restarted("timeout")
                     self._spawn_worker()
 
     # -- signals acted on --------------------------------------------------------
@@ -606,6 +619,7 @@ class Master:
         for worker in retiring:
             worker.retiring = True
             _kill(worker.pid, DRAIN_SIGNAL)
+        self.metrics.worker_restarted("reload", len(retiring))
         log.info("reload done: generation %d serving; %d old worker(s) draining", self.generation, len(retiring))
 
     def _abort_reload(self) -> None:
@@ -625,7 +639,7 @@ class Master:
             return
         read_fd, write_fd = os.pipe()
         fds = [sock.fileno() for sock in self.listeners]
-        env = dict(os.environ)
+        env = self.metrics.for_new_master(dict(os.environ))
         env[LISTEN_FDS_ENV] = ",".join(map(str, fds))
         env[READY_FD_ENV] = str(write_fd)
         argv = [sys.executable, "-m", "gshutdown", *sys.argv[1:]]

@@ -48,8 +48,10 @@ from gshutdown.addresses import cannot_listen, describe_address
 from gshutdown.app_loader import AppNotLoadable, load_app
 from gshutdown.exit_status import ExitStatus, fail
 from gshutdown.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
+from gshutdown.metrics import MetricsUnavailable, ProcessMetrics, check_path
 from gshutdown.middleware import AccessLog, Readiness
 from gshutdown.server import Listener, Server, ShutdownResult
+from gshutdown.state import ConnState
 from gshutdown.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
 from gshutdown.wsgi import WSGIApp
 
@@ -169,6 +171,7 @@ class Runner:
         link: this worker's pipes to its master; makes the runner a worker.
         max_requests: with ``link``: after about this many requests, ask the
             master for a replacement (``--max-requests``; None: never).
+        metrics: observes the servers and records the shutdown (``--metrics-path``).
         role: what signals mean (``SIGNAL_ACTIONS``); by default a worker
             with ``link``, the single process without.
     """
@@ -187,6 +190,7 @@ class Runner:
         on_ready: Optional[Callable[[], Any]] = None,
         link: Optional[WorkerLink] = None,
         max_requests: Optional[int] = None,
+        metrics: Optional[ProcessMetrics] = None,
         role: Optional[Role] = None,
     ) -> None:
         self.servers = list(servers)
@@ -201,8 +205,15 @@ class Runner:
         self.link = link
         self.role = role or (Role.WORKER if link is not None else Role.SINGLE)
         self.max_requests = max_requests
+        self.metrics = metrics
         self.hook_outcomes: list[HookOutcome] = []
         self.results: list[ShutdownResult] = []
+        #: A stop was asked for: readiness answers 503 (if there is a probe).
+        self.unready = False
+        #: Seconds the graceful shutdown took, hooks included (None: none ran).
+        self.drain_duration: Optional[float] = None
+        #: Connections closed by force: at the deadline, or by a second signal or SIGQUIT.
+        self.forced_connections = 0
         self._requests: Queue[StopRequest] = Queue()
 
     def deliver(self, request: StopRequest) -> None:
@@ -226,6 +237,8 @@ class Runner:
         if self.shutdown_trigger is not None:
             helpers.append(gevent.spawn(self._wait_trigger))
         try:
+            if self.metrics is not None:
+                self.metrics.attach(self)
             for server in self.servers:
                 if not server.started:
                     server.start()
@@ -247,6 +260,8 @@ class Runner:
                 handler.cancel()
             for helper in helpers:
                 helper.kill(block=False)
+            if self.metrics is not None:
+                self.metrics.detach()
             if self.role is Role.SINGLE:
                 pidfile.remove(self.pidfile)
 
@@ -290,8 +305,7 @@ class Runner:
         assert first is not None
         action = action_for(self.role, first, draining=False)
         if action is SignalAction.AWAIT_MASTER:
-            if self.readiness is not None:
-                self.readiness.set_draining()
+            self._turn_unready()
             log.info("%s: unready; draining on the master's order", describe(first))
             order = self._next_request(draining=False, timeout=MASTER_ORDER_WAIT, skip=SignalAction.AWAIT_MASTER)
             if order is None:
@@ -308,8 +322,7 @@ class Runner:
             # reports readiness elsewhere.
             systemd.notify("STOPPING=1")
         log.info("%s: graceful shutdown", describe(first))
-        if self.readiness is not None:
-            self.readiness.set_draining()
+        self._turn_unready()
         if self.drain_delay > 0:
             log.info("drain delay: readiness is 503; serving %g s more before closing", self.drain_delay)
             again = self._next_request(draining=True, timeout=self.drain_delay)
@@ -317,6 +330,11 @@ class Runner:
                 log.info("%s during the drain delay: closing every connection now", describe(again))
                 return self._close_now()
         return self._drain()
+
+    def _turn_unready(self) -> None:
+        self.unready = True
+        if self.readiness is not None:
+            self.readiness.set_draining()
 
     def _next_request(
         self, *, draining: bool, timeout: Optional[float], skip: Optional[SignalAction] = None
@@ -370,21 +388,26 @@ class Runner:
         self.results = [glet.get() for glet in shutdowns]
         self.hook_outcomes = join_drain_hooks(drain_hooks, deadline)
         self.hook_outcomes += self.hooks.run(HookPhase.STOPPED, deadline)
-        forced = sum(len(result.forced) for result in self.results)
+        # Those a second signal closed included: close() records them in the result.
+        self.forced_connections += sum(len(result.forced) for result in self.results)
+        self.drain_duration = time.monotonic() - started
         jobs_killed = sum(len(result.jobs_killed) for result in self.results)
         clean = not forced_by_signal and all(result.clean for result in self.results)
         log.info(
             "exit: %s after %.3f s; %d requests served, %d connections forced, %d jobs killed",
             "clean" if clean else "forced",
-            time.monotonic() - started,
+            self.drain_duration,
             sum(server.requests_total for server in self.servers),
-            forced,
+            self.forced_connections,
             jobs_killed,
         )
         return ExitStatus.OK if clean else ExitStatus.FORCED
 
     def _close_now(self) -> ExitStatus:
         live = sum(len(server.registry) for server in self.servers)
+        # As a shutdown's result counts them: hijacked sockets are not "forced".
+        served = (ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE)
+        self.forced_connections += sum(len(server.registry.in_state(*served)) for server in self.servers)
         for server in self.servers:
             server.close()
             server.jobs.stop(time.monotonic())
@@ -399,16 +422,36 @@ class Runner:
 
 
 def build_app(
-    app: WSGIApp, *, readiness_path: Optional[str], access_log: bool, access_log_format: Optional[str] = None
+    app: WSGIApp,
+    *,
+    readiness_path: Optional[str],
+    access_log: bool,
+    access_log_format: Optional[str] = None,
+    metrics: Optional[ProcessMetrics] = None,
 ) -> tuple[WSGIApp, Optional[Readiness]]:
-    """Wrap ``app`` with the access log and the readiness probe, as configured."""
+    """Wrap ``app`` with the access log, the readiness probe and the metrics path, as configured."""
     if access_log:
         app = AccessLog(app, access_format.emitter(access_log_format, logs.access_log))
     readiness = None
     if readiness_path:
         readiness = Readiness(app, readiness_path)
         app = readiness
+    if metrics is not None:
+        app = metrics.endpoint(app)
     return app, readiness
+
+
+def process_metrics(
+    metrics_path: Optional[str], readiness_path: Optional[str], *, multiprocess: bool = False
+) -> Optional[ProcessMetrics]:
+    """The process's metrics for ``metrics_path`` (None: off).
+
+    Raises:
+        MetricsUnavailable: prometheus-client is missing, or the path is unusable.
+    """
+    if not metrics_path:
+        return None
+    return ProcessMetrics(check_path(metrics_path, readiness_path), multiprocess=multiprocess)
 
 
 def run(
@@ -421,6 +464,7 @@ def run(
     access_log: bool = False,
     pidfile: Optional[str] = None,
     shutdown_trigger: Optional[Callable[[], Any]] = None,
+    metrics_path: Optional[str] = None,
     **options: Any,
 ) -> ExitStatus:
     """Serve ``app`` as the CLI does (signals included) and return the exit status.
@@ -434,10 +478,13 @@ def run(
         access_log: log each request to the ``gshutdown.access`` logger.
         pidfile: path to write the pid to.
         shutdown_trigger: blocks until shutdown should start (besides signals).
+        metrics_path: path answered with Prometheus metrics (None: off; needs
+            the ``metrics`` extra, else ``MetricsUnavailable``).
         options: ``Config`` fields (``idle_timeout``, ``max_connections``, ...).
     """
     binds: list[Listener] = list(bind) if isinstance(bind, list) else [bind]  # type: ignore[list-item]
-    wrapped, readiness = build_app(app, readiness_path=readiness_path, access_log=access_log)
+    metrics = process_metrics(metrics_path, readiness_path)
+    wrapped, readiness = build_app(app, readiness_path=readiness_path, access_log=access_log, metrics=metrics)
     servers = [Server(listener, wrapped, **options) for listener in binds]
     return runner_for(
         servers,
@@ -446,6 +493,7 @@ def run(
         readiness=readiness,
         shutdown_trigger=shutdown_trigger,
         pidfile=pidfile,
+        metrics=metrics,
     ).run()
 
 
@@ -631,15 +679,22 @@ def serve(
     else:
         monkey_patch(args)
     watch_blocking(args.max_blocking_time)
+    readiness_path = args.readiness_path or None
+    try:
+        # A worker's metrics add up with its siblings' (the master set that up).
+        metrics = process_metrics(args.metrics_path, readiness_path, multiprocess=link is not None)
+    except MetricsUnavailable as exc:
+        return fail(str(exc), ExitStatus.USAGE)
     try:
         app = load_app(args.app)
     except AppNotLoadable as exc:
         return fail(str(exc), ExitStatus.USAGE)
     wrapped, readiness = build_app(
         app,
-        readiness_path=args.readiness_path or None,
+        readiness_path=readiness_path,
         access_log=bool(args.access_log),
         access_log_format=args.access_log_format,
+        metrics=metrics,
     )
     if listeners is None:
         listeners = systemd.listen_fds() or args.bind
@@ -679,4 +734,5 @@ def serve(
         pidfile=args.pid,
         link=link,
         max_requests=max_requests,
+        metrics=metrics,
     ).run()

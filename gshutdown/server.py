@@ -192,6 +192,13 @@ class Server(StreamServer):
         #: ``requests_total`` at which ``_on_request_limit`` runs (see ``notify_after_requests``).
         self.request_limit = _NO_LIMIT
         self._on_request_limit: Optional[Callable[[], Any]] = None
+        #: Called as ``request_observer(connection, started)`` once per request:
+        #: when the application's call and its response are over, with
+        #: ``started`` the ``time.perf_counter()`` of that call; when the server
+        #: refused a request head itself (400, 408, 414, 431), with None. The
+        #: status sent is ``connection.response_status``. It runs in the
+        #: connection's greenlet and must not block (``gshutdown.metrics``).
+        self.request_observer: Optional[Callable[[Connection, Optional[float]], None]] = None
         #: Periodic jobs; they start with the server and stop with its shutdown.
         self.jobs = Scheduler()
         # gevent takes a backlog only for listeners it binds itself.

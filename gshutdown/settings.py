@@ -234,6 +234,14 @@ SETTINGS: tuple[Setting, ...] = (
         "path the server answers itself: 200, or 503 once draining ('' to disable)",
     ),
     S(
+        "metrics_path",
+        ("--metrics-path",),
+        optional_text,
+        None,
+        "path the server answers itself with Prometheus metrics (needs pip install 'gshutdown[metrics]')",
+        metavar="PATH",
+    ),
+    S(
         "idle_grace",
         ("--idle-grace",),
         seconds,

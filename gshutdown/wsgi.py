@@ -272,6 +272,7 @@ class Response:
         )
         self.head = head
         conn.response_started = True
+        conn.response_status = self.status
         return head
 
     def write(self, data: bytes, _length_hint: Optional[int] = None) -> None:

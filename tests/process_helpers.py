@@ -48,7 +48,7 @@ def child_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("GSHUTDOWN_", "LISTEN_")) and key != "NOTIFY_SOCKET"
+        if not key.startswith(("GSHUTDOWN_", "LISTEN_")) and key not in ("NOTIFY_SOCKET", "PROMETHEUS_MULTIPROC_DIR")
     }
     env["PYTHONUNBUFFERED"] = "1"
     if extra:

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+import requests
 
 from tests.process_helpers import (
     PROBE,
     GProcess,
     LoadClients,
-    child_env,
     connect,
     free_port,
     gone,
@@ -35,6 +35,7 @@ from tests.process_helpers import (
     request_bytes,
     wait_until,
 )
+from tests.tls_helpers import make_server_cert
 
 WORKER = "gshutdown.gunicorn.Worker"
 BOOTED = r"Booting worker with pid: (\d+)"
@@ -397,12 +398,16 @@ def test_a_worker_whose_arbiter_dies_drains_and_exits(tmp_path: Path) -> None:
                 os.kill(worker, signal.SIGKILL)  # started by our arbiter, orphaned by this test
 
 
-def test_tls_settings_are_refused_in_one_line_and_the_arbiter_halts(tmp_path: Path) -> None:
-    certfile = tmp_path / "cert.pem"
-    certfile.write_text("")  # gunicorn's arbiter only checks that it exists
-    argv = [sys.executable, "-m", "gunicorn", "-k", WORKER, "-c", "python:tests.apps.gunicorn_conf"]
-    argv += ["-b", f"127.0.0.1:{free_port()}", "--certfile", str(certfile), PROBE]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=child_env(), start_new_session=True)
-    assert out.returncode == 3  # gunicorn's "worker failed to boot"
-    assert "does not serve TLS: terminate it in front of gunicorn" in out.stderr
-    assert "Traceback" not in out.stderr
+def test_tls_and_proxy_settings_reach_the_worker(tmp_path: Path) -> None:
+    cert, key = make_server_cert(tmp_path)
+    port = free_port()
+    options = ("--certfile", str(cert), "--keyfile", str(key), "--forwarded-allow-ips", "127.0.0.1")
+    with start_gunicorn(tmp_path, port, *options) as arbiter:
+        spoofed = requests.get(
+            f"https://localhost:{port}/client", verify=str(cert), headers={"X-Forwarded-For": "203.0.113.9"}, timeout=10
+        )
+        arbiter.send_signal(signal.SIGTERM)
+        assert arbiter.wait() == 0
+    client = spoofed.json()
+    assert (client["REMOTE_ADDR"], client["wsgi.url_scheme"]) == ("203.0.113.9", "https")
+
