@@ -703,6 +703,10 @@ def serve(
     try:
         for listener in listeners:
             server = Server(listener, wrapped, multiprocess=link is not None, **options)
+            if link is not None and not args.reuse_port:
+                # Workers sharing one accept queue: one connection per wake-up,
+                # so the first worker awake does not take a whole burst.
+                server.max_accept = 1
             server.init_socket()  # bind now, to report a busy port before anything else
             servers.append(server)
     except (OSError, ValueError) as exc:
