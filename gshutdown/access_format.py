@@ -29,8 +29,6 @@ import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-#: gunicorn's default ``access_log_format``.
-GUNICORN_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 #: The Common Log Format, gshutdown's default.
 COMMON_FORMAT = '%(h)s - %(u)s %(t)s "%(r)s" %(s)s %(B)s'
 

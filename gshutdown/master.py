@@ -230,7 +230,6 @@ class Master:
         self.count: int = args.workers
         self.workers: dict[int, Worker] = {}
         self.generation = 0
-        self.recycles = 0
         self._signals: list[int] = []
         self._wake_r, self._wake_w = os.pipe()
         # Only the master ever holds the write end: workers see EOF when it dies.
@@ -424,7 +423,6 @@ class Master:
             log.info("worker %d reached --max-requests during a reload, which replaces it anyway", worker.pid)
             return
         worker.recycle_pending = True
-        self.recycles += 1
         self.metrics.worker_restarted("max-requests")
         log.info("worker %d reached --max-requests: starting its replacement", worker.pid)
         self._spawn_worker()
