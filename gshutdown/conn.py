@@ -27,10 +27,10 @@ import logging
 import socket
 import termios
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from gevent import GreenletExit, getcurrent
-from gevent.hub import Waiter, get_hub
+from gevent.hub import get_hub
 
 from gshutdown.protocol import (
     Data,
@@ -129,8 +129,15 @@ class Connection:
         )
         self._hub = get_hub()
         self._read_watcher: Any = None
-        self._waiter: Optional[Waiter] = None
+        # While a wait is pending: the switch into the waiting greenlet, which
+        # the watcher, the deadline timer and end_wait() call.
+        self._wake: Optional[Callable[[bool], Any]] = None
+        # The timer of the pending wait, if it has one.
         self._deadline_timer: Any = None
+        # A timer kept for the next wait of the same length (each keep-alive
+        # wait is idle_timeout long): restarting it costs less than a new one.
+        self._reusable_timer: Any = None
+        self._reusable_seconds = -1.0
         # Per-request state, reset by _begin_request().
         self.request: Optional[Request] = None
         self.body_done = True
@@ -159,7 +166,7 @@ class Connection:
     @property
     def waiting(self) -> bool:
         """True while the connection waits, NEW or IDLE, for the first byte of a request."""
-        return self._waiter is not None and self.state in (ConnState.NEW, ConnState.IDLE)
+        return self._wake is not None and self.state in (ConnState.NEW, ConnState.IDLE)
 
     @property
     def age(self) -> float:
@@ -194,6 +201,10 @@ class Connection:
                 # for a shutdown to close, so stop tracking it.
                 self.server.registry.forget(self)
             self._parser.close()
+            if self._read_watcher is not None:
+                self._read_watcher.close()
+            if self._reusable_timer is not None:
+                self._reusable_timer.close()
 
     def _prepare(self) -> bool:
         """What comes before the first request (the PROXY header); False: close."""
@@ -499,12 +510,12 @@ class Connection:
 
         Returns False when the connection is not waiting between requests.
         """
-        if self._waiter is None or self.state not in (ConnState.NEW, ConnState.IDLE):
+        wake = self._wake
+        if wake is None or self.state not in (ConnState.NEW, ConnState.IDLE):
             return False
-        if self._deadline_timer is not None:
-            self._deadline_timer.close()
+        self._end_deadline_timer()
         timer = self._hub.loop.timer(seconds)
-        timer.start(self._waiter.switch, False)
+        timer.start(wake, False)
         self._deadline_timer = timer
         return True
 
@@ -518,7 +529,7 @@ class Connection:
         """
         if not self.waiting:
             return False
-        self._waiter.switch(False)  # type: ignore[union-attr]
+        self._wake(False)  # type: ignore[misc]
         return True
 
     def force_close(self) -> None:
@@ -586,24 +597,49 @@ class Connection:
             return True
 
     def _wait_readable(self, timeout: Optional[float]) -> bool:
-        """Block until readable (True) or the deadline timer fires (False)."""
-        loop = self._hub.loop
-        if self._read_watcher is None:
-            self._read_watcher = loop.io(self._raw.fileno(), 1)
-        waiter = Waiter(self._hub)
-        self._read_watcher.start(waiter.switch, True)
+        """Block until readable (True) or the deadline timer fires (False).
+
+        The greenlet parks in the hub and the watcher or the timer switches
+        straight back into it: both are stopped before this returns, so
+        neither can fire later, and a Waiter object per wait would add
+        nothing but its cost.
+        """
+        hub = self._hub
+        watcher = self._read_watcher
+        if watcher is None:
+            watcher = self._read_watcher = hub.loop.io(self._raw.fileno(), 1)
+        wake = getcurrent().switch
+        watcher.start(wake, True)
         if timeout is not None:
-            self._deadline_timer = loop.timer(timeout)
-            self._deadline_timer.start(waiter.switch, False)
-        self._waiter = waiter
+            if timeout == self._reusable_seconds:
+                timer = self._reusable_timer
+                timer.again(wake, False)  # its repeat is ``timeout``: fires ``timeout`` from now
+            elif timeout > 0:
+                if self._reusable_timer is not None:
+                    self._reusable_timer.close()
+                timer = self._reusable_timer = hub.loop.timer(timeout, timeout)
+                self._reusable_seconds = timeout
+                timer.start(wake, False)
+            else:  # a deadline already past (a repeat must be positive)
+                timer = hub.loop.timer(timeout)
+                timer.start(wake, False)
+            self._deadline_timer = timer
+        self._wake = wake
         try:
-            return bool(waiter.get())
+            return bool(hub.switch())
         finally:
-            self._waiter = None
-            self._read_watcher.stop()
-            if self._deadline_timer is not None:
-                self._deadline_timer.close()
-                self._deadline_timer = None
+            self._wake = None
+            watcher.stop()
+            self._end_deadline_timer()
+
+    def _end_deadline_timer(self) -> None:
+        timer = self._deadline_timer
+        if timer is not None:
+            self._deadline_timer = None
+            if timer is self._reusable_timer:
+                timer.stop()
+            else:
+                timer.close()
 
     def _finish_body(self) -> bool:
         """Discard what the application left unread; False: too much, close."""
