@@ -22,6 +22,7 @@ exactly once at the end, however the connection ends (``serve()``'s finally).
 
 from __future__ import annotations
 
+import _socket
 import fcntl
 import logging
 import socket
@@ -30,7 +31,9 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from gevent import GreenletExit, getcurrent
+from gevent import socket as gsocket
 from gevent.hub import get_hub
+from gevent.socket import wait_write
 
 from gshutdown.protocol import (
     Data,
@@ -57,6 +60,7 @@ BODY_RECV_SIZE = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INT_BUFFER = bytes(4)  # FIONREAD's answer: a C int
 _CLIENT_GONE = (ConnectionError, TimeoutError, BrokenPipeError)
+_PLAIN_SOCKET = _socket.socket
 
 
 class ClientDisconnected(ConnectionError):
@@ -104,15 +108,18 @@ class Connection:
     #: Whether this connection's forwarding headers are believed (set by the WSGI adapter).
     forwarded_trusted = False
 
-    def __init__(self, server: Server, sock: socket.socket, peer: Any) -> None:
+    def __init__(self, server: Server, sock: Any, peer: Any) -> None:
         Connection._next_id += 1
         self.id = Connection._next_id
         self.server = server
         self.config = server.config
-        self.sock = sock
-        # gevent sockets wrap a non-blocking stdlib socket; reading it directly
+        #: The socket: a plain non-blocking one as the server accepts it (a
+        #: gevent socket is made only if the application hijacks it), or a
+        #: gevent socket (TLS: gevent's ssl wraps one).
+        self.sock: Any = sock
+        # gevent sockets wrap a non-blocking plain socket; reading it directly
         # lets every wait go through our own interruptible deadline.
-        self._raw: socket.socket = getattr(sock, "_sock", sock)
+        self._raw: _socket.socket = sock if type(sock) is _PLAIN_SOCKET else sock._sock
         self.peer = peer
         self.state = ConnState.NEW
         self.observer = server.registry.observe
@@ -178,11 +185,13 @@ class Connection:
     def serve(self) -> None:
         """Serve requests until the connection closes or is hijacked."""
         try:
-            if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            raw = self._raw
+            if raw.family in (socket.AF_INET, socket.AF_INET6):
                 # Without it every kept-alive response waits ~40 ms on Nagle
                 # plus the client's delayed ACK.
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock.settimeout(self.config.write_timeout)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.sock is not raw:
+                self.sock.settimeout(self.config.write_timeout)
             if self._prepare():
                 self._serve_requests()
         except GreenletExit:
@@ -201,8 +210,7 @@ class Connection:
                 # for a shutdown to close, so stop tracking it.
                 self.server.registry.forget(self)
             self._parser.close()
-            if self._read_watcher is not None:
-                self._read_watcher.close()
+            self._close_watcher()
             if self._reusable_timer is not None:
                 self._reusable_timer.close()
 
@@ -446,13 +454,13 @@ class Connection:
         try:
             # One direct send first: gevent's sendall asks the kernel for the
             # send buffer size on every call, which costs more than the send
-            # itself for a small response. It takes over only for the rest.
+            # itself for a small response.
             try:
                 sent = self._raw.send(data)
             except BlockingIOError:
                 sent = 0
             if sent < len(data):
-                self.sock.sendall(memoryview(data)[sent:])
+                self._send_rest(memoryview(data)[sent:])
         except OSError as exc:  # TimeoutError included: write_timeout passed
             raise ClientDisconnected(f"sending the response failed: {exc}") from exc
 
@@ -468,10 +476,10 @@ class Connection:
             except BlockingIOError:
                 sent = 0
             if sent < len(head):
-                self.sock.sendall(memoryview(head)[sent:])
+                self._send_rest(memoryview(head)[sent:])
                 sent = len(head)
             if sent - len(head) < len(body):
-                self.sock.sendall(memoryview(body)[sent - len(head) :])
+                self._send_rest(memoryview(body)[sent - len(head) :])
         except OSError as exc:  # TimeoutError included: write_timeout passed
             raise ClientDisconnected(f"sending the response failed: {exc}") from exc
 
@@ -486,10 +494,17 @@ class Connection:
         if self.state is not ConnState.ACTIVE:
             raise RuntimeError(f"cannot hijack a {self.state.name} connection")
         move(self, ConnState.HIJACKED)
+        sock = self.sock
+        if sock is self._raw:
+            # The application gets a gevent socket: its blocking calls must
+            # be cooperative. Same descriptor, so the watcher stays valid.
+            raw = self._raw
+            sock = self.sock = gsocket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+            self._raw = sock._sock
         # The application decides how long its protocol may stay quiet: the
         # server's write_timeout would end every idle WebSocket, say.
-        self.sock.settimeout(None)
-        return self.sock, self._parser.tunnel_bytes
+        sock.settimeout(None)
+        return sock, self._parser.tunnel_bytes
 
     def detach(self) -> None:
         """Tell the server a hijacked socket is no longer its business.
@@ -656,6 +671,37 @@ class Connection:
 
     # -- writing and closing -------------------------------------------------
 
+    def _send_rest(self, data: memoryview) -> None:
+        """Send what the kernel did not take at once, within ``write_timeout`` in all.
+
+        Raises:
+            OSError: TimeoutError when ``write_timeout`` passes first.
+        """
+        sock = self.sock
+        if sock is not self._raw:  # a gevent socket: its sendall obeys its timeout
+            sock.sendall(data)
+            return
+        raw = self._raw
+        timeout = self.config.write_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while data:
+            wait_write(raw.fileno(), timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            try:
+                data = data[raw.send(data) :]
+            except BlockingIOError:
+                pass
+
+    def _close_watcher(self) -> None:
+        watcher = self._read_watcher
+        if watcher is not None:
+            self._read_watcher = None
+            watcher.close()
+
+    def _close_socket(self) -> None:
+        # The watcher first: none may outlive the descriptor it watches.
+        self._close_watcher()
+        self.sock.close()
+
     def send_error(self, status: int, reason: str) -> None:
         """Send a complete error response that announces the close."""
         server = self.server
@@ -686,7 +732,7 @@ class Connection:
         try:
             self._raw.shutdown(socket.SHUT_WR)
         except OSError:
-            self.sock.close()
+            self._close_socket()
             return
         deadline = time.monotonic() + self.config.linger_timeout
         discarded = 0
@@ -697,9 +743,9 @@ class Connection:
                     break
                 discarded += len(data)
         finally:
-            self.sock.close()
+            self._close_socket()
 
     def _close_now(self) -> None:
         if not self.state.terminal:
             move(self, ConnState.CLOSED)
-        self.sock.close()
+        self._close_socket()
