@@ -303,7 +303,7 @@ class Connection:
             keep_alive = self._serve_request(event)
             if self.state is ConnState.HIJACKED:
                 return
-            if not keep_alive or not server.keep_alives_enabled or not self._finish_body():
+            if not keep_alive or not server.keep_alives_enabled or not (self.body_done or self._finish_body()):
                 self._linger_close()
                 return
 
@@ -346,6 +346,9 @@ class Connection:
 
     def _read_head(self) -> Optional[Event]:
         """The next request head (or error); sends 408 itself on a timeout."""
+        event = self._parser.next_event()
+        if event is not None:  # the usual case: the whole head came in one read
+            return event
         timeout = self.config.read_header_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         try:

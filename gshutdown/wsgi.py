@@ -375,8 +375,11 @@ class WSGIAdapter:
         env["QUERY_STRING"] = query
         env["RAW_URI"] = target
         env["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == "1.1" else "HTTP/1.0"
+        keys = _ENVIRON_KEYS
         for name, value in request.headers:
-            key = _environ_key(name)
+            key = keys.get(name)
+            if key is None and name not in keys:
+                key = _environ_key(name)
             if key is None:
                 continue
             if key in env:
