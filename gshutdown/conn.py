@@ -45,7 +45,7 @@ from gshutdown.protocol import (
 )
 from gshutdown.protocol.proxy_protocol import V1_MAX_LENGTH, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from gshutdown.protocol.writer import error_response
-from gshutdown.state import ConnState, move
+from gshutdown.state import ACTIVE, CLOSED, HIJACKED, IDLE, NEW, TERMINAL_STATES, ConnState, move
 
 if TYPE_CHECKING:  # pragma: no cover
     from gshutdown.server import Server
@@ -121,7 +121,7 @@ class Connection:
         # lets every wait go through our own interruptible deadline.
         self._raw: _socket.socket = sock if type(sock) is _PLAIN_SOCKET else sock._sock
         self.peer = peer
-        self.state = ConnState.NEW
+        self.state = NEW
         self.observer = server.registry.observe
         self.created = time.monotonic()
         self.requests = 0
@@ -173,7 +173,7 @@ class Connection:
     @property
     def waiting(self) -> bool:
         """True while the connection waits, NEW or IDLE, for the first byte of a request."""
-        return self._wake is not None and self.state in (ConnState.NEW, ConnState.IDLE)
+        return self._wake is not None and (self.state is IDLE or self.state is NEW)
 
     @property
     def age(self) -> float:
@@ -203,7 +203,7 @@ class Connection:
         except Exception:
             log.exception("internal error on %r", self)
         finally:
-            if self.state is not ConnState.HIJACKED:
+            if self.state is not HIJACKED:
                 self._close_now()
             elif self.sock.fileno() == -1:
                 # The handler is done and so is its socket: nothing is left
@@ -287,9 +287,9 @@ class Connection:
         while True:
             if not parser.in_message and not parser.has_events:
                 # Between requests: nothing of the next one has arrived yet.
-                after_response = self.state is ConnState.ACTIVE
+                after_response = self.state is ACTIVE
                 if after_response:
-                    move(self, ConnState.IDLE)
+                    move(self, IDLE)
                 if not self._await_next_request(after_response):
                     return
             event = self._read_head()
@@ -301,7 +301,7 @@ class Connection:
             if type(event) is not Request:
                 return  # ConnectionClosed
             keep_alive = self._serve_request(event)
-            if self.state is ConnState.HIJACKED:
+            if self.state is HIJACKED:
                 return
             if not keep_alive or not server.keep_alives_enabled or not (self.body_done or self._finish_body()):
                 self._linger_close()
@@ -333,7 +333,7 @@ class Connection:
                 return False
             parser.feed(data)
             if parser.in_message or parser.has_events:
-                move(self, ConnState.ACTIVE)
+                move(self, ACTIVE)
                 return True
             # Empty lines only, which RFC 9112 2.2 says to ignore: still idle,
             # and the wait goes on to the same deadline. A shutdown that began
@@ -729,9 +729,9 @@ class Connection:
         Closing with unread bytes in the receive queue makes the kernel send a
         reset, which can destroy a response the client has not read yet.
         """
-        if self.state.terminal:
+        if self.state in TERMINAL_STATES:
             return
-        move(self, ConnState.CLOSED)
+        move(self, CLOSED)
         try:
             self._raw.shutdown(socket.SHUT_WR)
         except OSError:
@@ -749,6 +749,6 @@ class Connection:
             self._close_socket()
 
     def _close_now(self) -> None:
-        if not self.state.terminal:
-            move(self, ConnState.CLOSED)
+        if self.state not in TERMINAL_STATES:
+            move(self, CLOSED)
         self._close_socket()

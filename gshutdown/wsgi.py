@@ -28,7 +28,7 @@ from gshutdown.conn import BadRequestBody, ClientDisconnected
 from gshutdown.forwarded import apply_forwarded
 from gshutdown.protocol.events import Request
 from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
-from gshutdown.state import ConnState
+from gshutdown.state import HIJACKED
 
 if TYPE_CHECKING:  # pragma: no cover
     from gshutdown.conn import Connection
@@ -435,7 +435,7 @@ class WSGIAdapter:
         result: Any = None
         try:
             result = self.app(self.environ(conn, request), response.start_response)
-            if conn.state is ConnState.HIJACKED:
+            if conn.state is HIJACKED:
                 return False
             if isinstance(result, list) and len(result) == 1 and response.head is None:
                 # The whole body at once: Content-Length and a single write.
@@ -445,7 +445,7 @@ class WSGIAdapter:
                 for data in result:
                     if data:
                         response.write(data)
-                    if conn.state is ConnState.HIJACKED:
+                    if conn.state is HIJACKED:
                         return False
             return response.finish()
         except _CLIENT_GONE:
@@ -460,7 +460,7 @@ class WSGIAdapter:
         except GreenletExit:
             raise
         except Exception:
-            if conn.state is ConnState.HIJACKED:
+            if conn.state is HIJACKED:
                 log.exception("error in hijacked handler for %s", conn.request_line)
                 return False
             log.exception("error handling %s", conn.request_line)
