@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import _socket
 import fcntl
+import itertools
 import logging
 import socket
 import termios
@@ -61,6 +62,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INT_BUFFER = bytes(4)  # FIONREAD's answer: a C int
 _CLIENT_GONE = (ConnectionError, TimeoutError, BrokenPipeError)
 _PLAIN_SOCKET = _socket.socket
+# Connection ids: a global counter (a class attribute is a slower lookup).
+_connection_ids = itertools.count(1)
 
 
 class ClientDisconnected(ConnectionError):
@@ -102,15 +105,13 @@ class Connection:
             head was sent, e.g. ``"200 OK"`` (``""`` while none was).
     """
 
-    _next_id = 0
     # Class-level defaults: set per connection only when in use.
     proxy_header: Optional[ProxyHeader] = None
     #: Whether this connection's forwarding headers are believed (set by the WSGI adapter).
     forwarded_trusted = False
 
     def __init__(self, server: Server, sock: Any, peer: Any) -> None:
-        Connection._next_id += 1
-        self.id = Connection._next_id
+        self.id = next(_connection_ids)
         self.server = server
         self.config = server.config
         #: The socket: a plain non-blocking one as the server accepts it (a

@@ -258,7 +258,7 @@ class Response:
             and not conn.expect_continue
             # A body too big to discard will close the connection: say so
             # (Go's chunkWriter.writeHeader does the same).
-            and not _unread_body_too_big(conn, request)
+            and (conn.body_done or not _unread_body_too_big(conn, request))
         )
         head = encode_head(
             self.status,
