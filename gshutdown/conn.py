@@ -120,7 +120,7 @@ class Connection:
         self.sock: Any = sock
         # gevent sockets wrap a non-blocking plain socket; reading it directly
         # lets every wait go through our own interruptible deadline.
-        self._raw: _socket.socket = sock if type(sock) is _PLAIN_SOCKET else sock._sock
+        self._raw: _socket.socket = sock if type(sock) is _PLAIN_SOCKET else getattr(sock, "_sock", sock)
         self.peer = peer
         self.state = NEW
         self.observer = server.registry.observe

@@ -52,24 +52,22 @@ _MAX_ENVIRON_KEYS = 1024
 
 
 def _environ_key(name: str) -> Optional[str]:
-    key = _ENVIRON_KEYS.get(name)
-    if key is None and name not in _ENVIRON_KEYS:
-        if "_" in name:
-            # X_Forwarded_For would collide with X-Forwarded-For in environ:
-            # drop it, as gunicorn and nginx do, rather than let it spoof.
-            key = None
-        else:
-            key = name.upper().replace("-", "_")
-            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                key = "HTTP_" + key
-        if len(_ENVIRON_KEYS) < _MAX_ENVIRON_KEYS:
-            _ENVIRON_KEYS[name] = key
+    """The environ key for a header name not in ``_ENVIRON_KEYS`` yet (None: dropped)."""
+    if "_" in name:
+        # X_Forwarded_For would collide with X-Forwarded-For in environ:
+        # drop it, as gunicorn and nginx do, rather than let it spoof.
+        key = None
+    else:
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+    if len(_ENVIRON_KEYS) < _MAX_ENVIRON_KEYS:
+        _ENVIRON_KEYS[name] = key
     return key
 
 
 def _unread_body_too_big(conn: Connection, request: Request) -> bool:
-    if conn.body_done:
-        return False
+    """Whether the rest of an unfinished body is more than the server would discard."""
     for name, value in request.headers:
         if name.lower() == "content-length":
             return int(value) - conn.body_received > conn.config.max_discard_body
