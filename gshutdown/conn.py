@@ -22,15 +22,19 @@ exactly once at the end, however the connection ends (``serve()``'s finally).
 
 from __future__ import annotations
 
+import _socket
 import fcntl
+import itertools
 import logging
 import socket
 import termios
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from gevent import GreenletExit, getcurrent
-from gevent.hub import Waiter, get_hub
+from gevent import socket as gsocket
+from gevent.hub import get_hub
+from gevent.socket import wait_write
 
 from gshutdown.protocol import (
     Data,
@@ -42,7 +46,7 @@ from gshutdown.protocol import (
 )
 from gshutdown.protocol.proxy_protocol import V1_MAX_LENGTH, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from gshutdown.protocol.writer import error_response
-from gshutdown.state import ConnState, move
+from gshutdown.state import ACTIVE, CLOSED, HIJACKED, IDLE, NEW, TERMINAL_STATES, ConnState, move
 
 if TYPE_CHECKING:  # pragma: no cover
     from gshutdown.server import Server
@@ -57,6 +61,9 @@ BODY_RECV_SIZE = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _INT_BUFFER = bytes(4)  # FIONREAD's answer: a C int
 _CLIENT_GONE = (ConnectionError, TimeoutError, BrokenPipeError)
+_PLAIN_SOCKET = _socket.socket
+# Connection ids: a global counter (a class attribute is a slower lookup).
+_connection_ids = itertools.count(1)
 
 
 class ClientDisconnected(ConnectionError):
@@ -98,23 +105,24 @@ class Connection:
             head was sent, e.g. ``"200 OK"`` (``""`` while none was).
     """
 
-    _next_id = 0
     # Class-level defaults: set per connection only when in use.
     proxy_header: Optional[ProxyHeader] = None
     #: Whether this connection's forwarding headers are believed (set by the WSGI adapter).
     forwarded_trusted = False
 
-    def __init__(self, server: Server, sock: socket.socket, peer: Any) -> None:
-        Connection._next_id += 1
-        self.id = Connection._next_id
+    def __init__(self, server: Server, sock: Any, peer: Any) -> None:
+        self.id = next(_connection_ids)
         self.server = server
         self.config = server.config
-        self.sock = sock
-        # gevent sockets wrap a non-blocking stdlib socket; reading it directly
+        #: The socket: a plain non-blocking one as the server accepts it (a
+        #: gevent socket is made only if the application hijacks it), or a
+        #: gevent socket (TLS: gevent's ssl wraps one).
+        self.sock: Any = sock
+        # gevent sockets wrap a non-blocking plain socket; reading it directly
         # lets every wait go through our own interruptible deadline.
-        self._raw: socket.socket = getattr(sock, "_sock", sock)
+        self._raw: _socket.socket = sock if type(sock) is _PLAIN_SOCKET else getattr(sock, "_sock", sock)
         self.peer = peer
-        self.state = ConnState.NEW
+        self.state = NEW
         self.observer = server.registry.observe
         self.created = time.monotonic()
         self.requests = 0
@@ -129,8 +137,15 @@ class Connection:
         )
         self._hub = get_hub()
         self._read_watcher: Any = None
-        self._waiter: Optional[Waiter] = None
+        # While a wait is pending: the switch into the waiting greenlet, which
+        # the watcher, the deadline timer and end_wait() call.
+        self._wake: Optional[Callable[[bool], Any]] = None
+        # The timer of the pending wait, if it has one.
         self._deadline_timer: Any = None
+        # A timer kept for the next wait of the same length (each keep-alive
+        # wait is idle_timeout long): restarting it costs less than a new one.
+        self._reusable_timer: Any = None
+        self._reusable_seconds = -1.0
         # Per-request state, reset by _begin_request().
         self.request: Optional[Request] = None
         self.body_done = True
@@ -159,7 +174,7 @@ class Connection:
     @property
     def waiting(self) -> bool:
         """True while the connection waits, NEW or IDLE, for the first byte of a request."""
-        return self._waiter is not None and self.state in (ConnState.NEW, ConnState.IDLE)
+        return self._wake is not None and (self.state is IDLE or self.state is NEW)
 
     @property
     def age(self) -> float:
@@ -171,11 +186,13 @@ class Connection:
     def serve(self) -> None:
         """Serve requests until the connection closes or is hijacked."""
         try:
-            if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            raw = self._raw
+            if raw.family in (socket.AF_INET, socket.AF_INET6):
                 # Without it every kept-alive response waits ~40 ms on Nagle
                 # plus the client's delayed ACK.
-                self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock.settimeout(self.config.write_timeout)
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.sock is not raw:
+                self.sock.settimeout(self.config.write_timeout)
             if self._prepare():
                 self._serve_requests()
         except GreenletExit:
@@ -187,13 +204,16 @@ class Connection:
         except Exception:
             log.exception("internal error on %r", self)
         finally:
-            if self.state is not ConnState.HIJACKED:
+            if self.state is not HIJACKED:
                 self._close_now()
             elif self.sock.fileno() == -1:
                 # The handler is done and so is its socket: nothing is left
                 # for a shutdown to close, so stop tracking it.
                 self.server.registry.forget(self)
             self._parser.close()
+            self._close_watcher()
+            if self._reusable_timer is not None:
+                self._reusable_timer.close()
 
     def _prepare(self) -> bool:
         """What comes before the first request (the PROXY header); False: close."""
@@ -268,9 +288,9 @@ class Connection:
         while True:
             if not parser.in_message and not parser.has_events:
                 # Between requests: nothing of the next one has arrived yet.
-                after_response = self.state is ConnState.ACTIVE
+                after_response = self.state is ACTIVE
                 if after_response:
-                    move(self, ConnState.IDLE)
+                    move(self, IDLE)
                 if not self._await_next_request(after_response):
                     return
             event = self._read_head()
@@ -282,9 +302,9 @@ class Connection:
             if type(event) is not Request:
                 return  # ConnectionClosed
             keep_alive = self._serve_request(event)
-            if self.state is ConnState.HIJACKED:
+            if self.state is HIJACKED:
                 return
-            if not keep_alive or not server.keep_alives_enabled or not self._finish_body():
+            if not keep_alive or not server.keep_alives_enabled or not (self.body_done or self._finish_body()):
                 self._linger_close()
                 return
 
@@ -314,7 +334,7 @@ class Connection:
                 return False
             parser.feed(data)
             if parser.in_message or parser.has_events:
-                move(self, ConnState.ACTIVE)
+                move(self, ACTIVE)
                 return True
             # Empty lines only, which RFC 9112 2.2 says to ignore: still idle,
             # and the wait goes on to the same deadline. A shutdown that began
@@ -327,6 +347,9 @@ class Connection:
 
     def _read_head(self) -> Optional[Event]:
         """The next request head (or error); sends 408 itself on a timeout."""
+        event = self._parser.next_event()
+        if event is not None:  # the usual case: the whole head came in one read
+            return event
         timeout = self.config.read_header_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -435,13 +458,13 @@ class Connection:
         try:
             # One direct send first: gevent's sendall asks the kernel for the
             # send buffer size on every call, which costs more than the send
-            # itself for a small response. It takes over only for the rest.
+            # itself for a small response.
             try:
                 sent = self._raw.send(data)
             except BlockingIOError:
                 sent = 0
             if sent < len(data):
-                self.sock.sendall(memoryview(data)[sent:])
+                self._send_rest(memoryview(data)[sent:])
         except OSError as exc:  # TimeoutError included: write_timeout passed
             raise ClientDisconnected(f"sending the response failed: {exc}") from exc
 
@@ -457,10 +480,10 @@ class Connection:
             except BlockingIOError:
                 sent = 0
             if sent < len(head):
-                self.sock.sendall(memoryview(head)[sent:])
+                self._send_rest(memoryview(head)[sent:])
                 sent = len(head)
             if sent - len(head) < len(body):
-                self.sock.sendall(memoryview(body)[sent - len(head) :])
+                self._send_rest(memoryview(body)[sent - len(head) :])
         except OSError as exc:  # TimeoutError included: write_timeout passed
             raise ClientDisconnected(f"sending the response failed: {exc}") from exc
 
@@ -475,10 +498,17 @@ class Connection:
         if self.state is not ConnState.ACTIVE:
             raise RuntimeError(f"cannot hijack a {self.state.name} connection")
         move(self, ConnState.HIJACKED)
+        sock = self.sock
+        if sock is self._raw:
+            # The application gets a gevent socket: its blocking calls must
+            # be cooperative. Same descriptor, so the watcher stays valid.
+            raw = self._raw
+            sock = self.sock = gsocket.socket(raw.family, raw.type, raw.proto, fileno=raw.detach())
+            self._raw = sock._sock
         # The application decides how long its protocol may stay quiet: the
         # server's write_timeout would end every idle WebSocket, say.
-        self.sock.settimeout(None)
-        return self.sock, self._parser.tunnel_bytes
+        sock.settimeout(None)
+        return sock, self._parser.tunnel_bytes
 
     def detach(self) -> None:
         """Tell the server a hijacked socket is no longer its business.
@@ -499,12 +529,12 @@ class Connection:
 
         Returns False when the connection is not waiting between requests.
         """
-        if self._waiter is None or self.state not in (ConnState.NEW, ConnState.IDLE):
+        wake = self._wake
+        if wake is None or self.state not in (ConnState.NEW, ConnState.IDLE):
             return False
-        if self._deadline_timer is not None:
-            self._deadline_timer.close()
+        self._end_deadline_timer()
         timer = self._hub.loop.timer(seconds)
-        timer.start(self._waiter.switch, False)
+        timer.start(wake, False)
         self._deadline_timer = timer
         return True
 
@@ -518,7 +548,7 @@ class Connection:
         """
         if not self.waiting:
             return False
-        self._waiter.switch(False)  # type: ignore[union-attr]
+        self._wake(False)  # type: ignore[misc]
         return True
 
     def force_close(self) -> None:
@@ -586,24 +616,49 @@ class Connection:
             return True
 
     def _wait_readable(self, timeout: Optional[float]) -> bool:
-        """Block until readable (True) or the deadline timer fires (False)."""
-        loop = self._hub.loop
-        if self._read_watcher is None:
-            self._read_watcher = loop.io(self._raw.fileno(), 1)
-        waiter = Waiter(self._hub)
-        self._read_watcher.start(waiter.switch, True)
+        """Block until readable (True) or the deadline timer fires (False).
+
+        The greenlet parks in the hub and the watcher or the timer switches
+        straight back into it: both are stopped before this returns, so
+        neither can fire later, and a Waiter object per wait would add
+        nothing but its cost.
+        """
+        hub = self._hub
+        watcher = self._read_watcher
+        if watcher is None:
+            watcher = self._read_watcher = hub.loop.io(self._raw.fileno(), 1)
+        wake = getcurrent().switch
+        watcher.start(wake, True)
         if timeout is not None:
-            self._deadline_timer = loop.timer(timeout)
-            self._deadline_timer.start(waiter.switch, False)
-        self._waiter = waiter
+            if timeout == self._reusable_seconds:
+                timer = self._reusable_timer
+                timer.again(wake, False)  # its repeat is ``timeout``: fires ``timeout`` from now
+            elif timeout > 0:
+                if self._reusable_timer is not None:
+                    self._reusable_timer.close()
+                timer = self._reusable_timer = hub.loop.timer(timeout, timeout)
+                self._reusable_seconds = timeout
+                timer.start(wake, False)
+            else:  # a deadline already past (a repeat must be positive)
+                timer = hub.loop.timer(timeout)
+                timer.start(wake, False)
+            self._deadline_timer = timer
+        self._wake = wake
         try:
-            return bool(waiter.get())
+            return bool(hub.switch())
         finally:
-            self._waiter = None
-            self._read_watcher.stop()
-            if self._deadline_timer is not None:
-                self._deadline_timer.close()
-                self._deadline_timer = None
+            self._wake = None
+            watcher.stop()
+            self._end_deadline_timer()
+
+    def _end_deadline_timer(self) -> None:
+        timer = self._deadline_timer
+        if timer is not None:
+            self._deadline_timer = None
+            if timer is self._reusable_timer:
+                timer.stop()
+            else:
+                timer.close()
 
     def _finish_body(self) -> bool:
         """Discard what the application left unread; False: too much, close."""
@@ -619,6 +674,37 @@ class Connection:
         return True
 
     # -- writing and closing -------------------------------------------------
+
+    def _send_rest(self, data: memoryview) -> None:
+        """Send what the kernel did not take at once, within ``write_timeout`` in all.
+
+        Raises:
+            OSError: TimeoutError when ``write_timeout`` passes first.
+        """
+        sock = self.sock
+        if sock is not self._raw:  # a gevent socket: its sendall obeys its timeout
+            sock.sendall(data)
+            return
+        raw = self._raw
+        timeout = self.config.write_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while data:
+            wait_write(raw.fileno(), timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            try:
+                data = data[raw.send(data) :]
+            except BlockingIOError:
+                pass
+
+    def _close_watcher(self) -> None:
+        watcher = self._read_watcher
+        if watcher is not None:
+            self._read_watcher = None
+            watcher.close()
+
+    def _close_socket(self) -> None:
+        # The watcher first: none may outlive the descriptor it watches.
+        self._close_watcher()
+        self.sock.close()
 
     def send_error(self, status: int, reason: str) -> None:
         """Send a complete error response that announces the close."""
@@ -644,13 +730,13 @@ class Connection:
         Closing with unread bytes in the receive queue makes the kernel send a
         reset, which can destroy a response the client has not read yet.
         """
-        if self.state.terminal:
+        if self.state in TERMINAL_STATES:
             return
-        move(self, ConnState.CLOSED)
+        move(self, CLOSED)
         try:
             self._raw.shutdown(socket.SHUT_WR)
         except OSError:
-            self.sock.close()
+            self._close_socket()
             return
         deadline = time.monotonic() + self.config.linger_timeout
         discarded = 0
@@ -661,9 +747,9 @@ class Connection:
                     break
                 discarded += len(data)
         finally:
-            self.sock.close()
+            self._close_socket()
 
     def _close_now(self) -> None:
-        if not self.state.terminal:
-            move(self, ConnState.CLOSED)
-        self.sock.close()
+        if self.state not in TERMINAL_STATES:
+            move(self, CLOSED)
+        self._close_socket()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from gevent.event import Event
 
-from gshutdown.state import ConnState, Stateful
+from gshutdown.state import CLOSED, HIJACKED, NEW, ConnState, Stateful
 
 if TYPE_CHECKING:  # pragma: no cover
     from gshutdown.conn import Connection
@@ -54,11 +54,11 @@ class ConnRegistry:
         by_state = self._by_state
         if old is not None:
             by_state[old].discard(conn)
-        if new is ConnState.CLOSED:
+        if new is CLOSED:
             self.closed_total += 1
         else:
             by_state[new].add(conn)  # type: ignore[arg-type]
-            if new is ConnState.HIJACKED:
+            if new is HIJACKED:
                 self.hijacked_total += 1
         # ACTIVE <-> IDLE, twice per request, leaves the served count alone.
         served_change = (new in _SERVED) - (old in _SERVED)
@@ -84,7 +84,7 @@ class ConnRegistry:
 
     def register(self, conn: Connection) -> None:
         """Enter a just-accepted connection, in state NEW."""
-        self.observe(conn, None, ConnState.NEW)
+        self.observe(conn, None, NEW)
 
     def forget(self, conn: Connection) -> None:
         """Stop tracking a hijacked connection (its owner closed it or took it over)."""

@@ -31,6 +31,7 @@ accepting resumes after a pause that was logged.
 
 from __future__ import annotations
 
+import _socket
 import enum
 import errno
 import logging
@@ -221,11 +222,32 @@ class Server(StreamServer):
     def init_socket(self) -> None:
         super().init_socket()
         self.wsgi = WSGIAdapter(self.application, self)
+        listener = self.socket
+        self._accepted_kind = (int(listener.family), int(listener.type), listener.proto)
+
+    def _accept(self) -> Any:
+        """``(socket, address)`` of a connection accepted now, or None.
+
+        A plain connection gets a plain non-blocking socket rather than
+        gevent's wrapper, whose set-up and close cost more than the rest of
+        a short connection's Python work (``Connection`` waits on its own
+        watcher anyway). TLS needs the wrapper: gevent's ssl wraps it.
+        """
+        if self.ssl_context is not None:
+            return super().do_read()
+        try:
+            fd, address = self.socket._accept()
+        except BlockingIOError:
+            return None
+        family, kind, proto = self._accepted_kind
+        sock = _socket.socket(family, kind, proto, fd)
+        sock.setblocking(False)
+        return sock, address
 
     def do_read(self) -> Any:
         """Accept one connection; None when there is none to accept now."""
         try:
-            accepted = super().do_read()
+            accepted = self._accept()
         except OSError as exc:
             if exc.errno in _CONNECTION_ABORTED:
                 return None  # that client is gone; the next one may be fine

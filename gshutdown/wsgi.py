@@ -28,7 +28,7 @@ from gshutdown.conn import BadRequestBody, ClientDisconnected
 from gshutdown.forwarded import apply_forwarded
 from gshutdown.protocol.events import Request
 from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
-from gshutdown.state import ConnState
+from gshutdown.state import HIJACKED
 
 if TYPE_CHECKING:  # pragma: no cover
     from gshutdown.conn import Connection
@@ -52,24 +52,22 @@ _MAX_ENVIRON_KEYS = 1024
 
 
 def _environ_key(name: str) -> Optional[str]:
-    key = _ENVIRON_KEYS.get(name)
-    if key is None and name not in _ENVIRON_KEYS:
-        if "_" in name:
-            # X_Forwarded_For would collide with X-Forwarded-For in environ:
-            # drop it, as gunicorn and nginx do, rather than let it spoof.
-            key = None
-        else:
-            key = name.upper().replace("-", "_")
-            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-                key = "HTTP_" + key
-        if len(_ENVIRON_KEYS) < _MAX_ENVIRON_KEYS:
-            _ENVIRON_KEYS[name] = key
+    """The environ key for a header name not in ``_ENVIRON_KEYS`` yet (None: dropped)."""
+    if "_" in name:
+        # X_Forwarded_For would collide with X-Forwarded-For in environ:
+        # drop it, as gunicorn and nginx do, rather than let it spoof.
+        key = None
+    else:
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+    if len(_ENVIRON_KEYS) < _MAX_ENVIRON_KEYS:
+        _ENVIRON_KEYS[name] = key
     return key
 
 
 def _unread_body_too_big(conn: Connection, request: Request) -> bool:
-    if conn.body_done:
-        return False
+    """Whether the rest of an unfinished body is more than the server would discard."""
     for name, value in request.headers:
         if name.lower() == "content-length":
             return int(value) - conn.body_received > conn.config.max_discard_body
@@ -258,7 +256,7 @@ class Response:
             and not conn.expect_continue
             # A body too big to discard will close the connection: say so
             # (Go's chunkWriter.writeHeader does the same).
-            and not _unread_body_too_big(conn, request)
+            and (conn.body_done or not _unread_body_too_big(conn, request))
         )
         head = encode_head(
             self.status,
@@ -375,8 +373,11 @@ class WSGIAdapter:
         env["QUERY_STRING"] = query
         env["RAW_URI"] = target
         env["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == "1.1" else "HTTP/1.0"
+        keys = _ENVIRON_KEYS
         for name, value in request.headers:
-            key = _environ_key(name)
+            key = keys.get(name)
+            if key is None and name not in keys:
+                key = _environ_key(name)
             if key is None:
                 continue
             if key in env:
@@ -432,7 +433,7 @@ class WSGIAdapter:
         result: Any = None
         try:
             result = self.app(self.environ(conn, request), response.start_response)
-            if conn.state is ConnState.HIJACKED:
+            if conn.state is HIJACKED:
                 return False
             if isinstance(result, list) and len(result) == 1 and response.head is None:
                 # The whole body at once: Content-Length and a single write.
@@ -442,7 +443,7 @@ class WSGIAdapter:
                 for data in result:
                     if data:
                         response.write(data)
-                    if conn.state is ConnState.HIJACKED:
+                    if conn.state is HIJACKED:
                         return False
             return response.finish()
         except _CLIENT_GONE:
@@ -457,7 +458,7 @@ class WSGIAdapter:
         except GreenletExit:
             raise
         except Exception:
-            if conn.state is ConnState.HIJACKED:
+            if conn.state is HIJACKED:
                 log.exception("error in hijacked handler for %s", conn.request_line)
                 return False
             log.exception("error handling %s", conn.request_line)

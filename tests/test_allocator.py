@@ -24,9 +24,11 @@ if sys.argv[1] == "tuned":
     assert again == tuned
 elif sys.argv[1].startswith("server"):
     import gshutdown
+    from gshutdown import allocator
     server = gshutdown.Server(("127.0.0.1", 0), lambda e, s: [], tune_malloc=sys.argv[1] == "server")
     server.start()
     server.close()
+    tuned = allocator._done  # None: never asked for
 def round_():
     pieces = [bytearray(300 * 1024) for _ in range(4)]
     joined = bytes(b"".join(pieces))
@@ -61,5 +63,10 @@ def test_fixed_thresholds_keep_freed_heap_instead_of_faulting_it_back() -> None:
 def test_server_start_applies_it_unless_disabled() -> None:
     default = _faults("server-untuned")
     tuned = _faults("server")
-    assert default["faults"] > 200 * 100
+    # Untuned, whether glibc trims and refaults depends on where the pieces
+    # land in a heap that importing gshutdown has already shaped (the module
+    # docstring's "flipping between the two"): the fault count says nothing
+    # about the server there, so the check is that it never set thresholds.
+    assert default["tuned"] is None
+    assert tuned["tuned"] is True
     assert tuned["faults"] < 200 * 5

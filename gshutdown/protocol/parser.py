@@ -55,6 +55,9 @@ CHUNKED_FEED_SLICE = 64 * 1024
 
 # Events without fields are immutable: one instance serves every request.
 _END_OF_MESSAGE = EndOfMessage()
+# Builds a Request from a tuple of its fields without the Python-level
+# __new__ a named tuple's constructor runs (a frame per request).
+_new_request = tuple.__new__
 
 # RFC 3986 host [":" port]: an IP literal in brackets, or a reg-name /
 # IPv4 address (unreserved, pct-encoded, sub-delims); empty is allowed (RFC
@@ -92,6 +95,47 @@ class RequestParser:
             at once for a Content-Length, when it is passed for a chunked
             body); None for no limit.
     """
+
+    # Slots, not a __dict__: more than 30 attribute names would overflow
+    # CPython's shared instance keys (the limit in 3.11), which turns every
+    # parser's attributes into a dict of its own and every attribute access
+    # on the hot path into the slow, generic one.
+    __slots__ = (
+        "__weakref__",
+        "_body_left",
+        "_chunked_body_size",
+        "_content_length",
+        "_eof_after_unfed",
+        "_events",
+        "_expect_continue",
+        "_field_count",
+        "_finished",
+        "_has_body",
+        "_header_bytes",
+        "_headers",
+        "_host_count",
+        "_in_chunk_line",
+        "_in_head",
+        "_line_tail",
+        "_max_body_size",
+        "_max_field_size",
+        "_max_header_bytes",
+        "_max_header_count",
+        "_max_request_line",
+        "_parser",
+        "_priming",
+        "_progress",
+        "_raw_head_bytes",
+        "_rechunking",
+        "_transfer_encoding",
+        "_tunnelling",
+        "_unfed",
+        "_upgrade_body_left",
+        "_url_len",
+        "_url_parts",
+        "in_message",
+        "tunnel_bytes",
+    )
 
     def __init__(
         self,
@@ -443,15 +487,18 @@ class RequestParser:
         # Trailer fields get a budget of their own.
         self._header_bytes = self._url_len = self._field_count = 0
         self._events.append(
-            Request(
-                method.decode("latin-1"),
-                target.decode("latin-1"),
-                version,
-                self._headers,
-                parser.should_keep_alive(),
-                self._expect_continue and self._has_body and version == "1.1",
-                upgrade,
-                self._has_body,
+            _new_request(
+                Request,
+                (
+                    method.decode("latin-1"),
+                    target.decode("latin-1"),
+                    version,
+                    self._headers,
+                    parser.should_keep_alive(),
+                    self._expect_continue and self._has_body and version == "1.1",
+                    upgrade,
+                    self._has_body,
+                ),
             )
         )
 

@@ -51,6 +51,10 @@ class _Prepared(NamedTuple):
     upgrade: bool
 
 
+# Builds a ResponseHead from a tuple of its fields without the named tuple's
+# Python-level __new__ (a frame per response).
+_new_head = tuple.__new__
+
 # Most applications answer with a handful of distinct status + header lists:
 # preparing each once saves the per-field work on every response. Bounded,
 # and cleared when full, so per-response values (cookies, ETags) cannot grow it.
@@ -164,7 +168,7 @@ def encode_head(
     elif keep_alive:
         parts.append(b"Connection: keep-alive\r\n")
     parts.append(b"\r\n")
-    return ResponseHead(b"".join(parts), chunked, content_length, keep_alive, send_body)
+    return _new_head(ResponseHead, (b"".join(parts), chunked, content_length, keep_alive, send_body))
 
 
 def chunk(data: bytes) -> bytes:
