@@ -529,12 +529,11 @@ class Connection:
 
         Returns False when the connection is not waiting between requests.
         """
-        wake = self._wake
-        if wake is None or self.state not in (ConnState.NEW, ConnState.IDLE):
+        if not self.waiting:
             return False
         self._end_deadline_timer()
         timer = self._hub.loop.timer(seconds)
-        timer.start(wake, False)
+        timer.start(self._wake, False)
         self._deadline_timer = timer
         return True
 

@@ -411,9 +411,11 @@ class Master:
         """Workers of the current generation that are meant to go on serving."""
         return [w for w in self.workers.values() if w.generation == self.generation and not w.retiring]
 
-    def _retire(self, worker: Worker, why: str) -> None:
+    def _retire(self, worker: Worker, why: Optional[str] = None) -> None:
+        """Order ``worker`` to drain and exit; ``why`` is logged (callers that log a batch give none)."""
         worker.retiring = True
-        log.info("worker %d: %s; it drains", worker.pid, why)
+        if why is not None:
+            log.info("worker %d: %s; it drains", worker.pid, why)
         _kill(worker.pid, DRAIN_SIGNAL)
 
     def _recycle(self, worker: Worker) -> None:
@@ -615,8 +617,7 @@ class Master:
         self._reload_deadline = None
         retiring = [w for w in self.workers.values() if w.generation < self.generation and not w.retiring]
         for worker in retiring:
-            worker.retiring = True
-            _kill(worker.pid, DRAIN_SIGNAL)
+            self._retire(worker)
         self.metrics.worker_restarted("reload", len(retiring))
         log.info("reload done: generation %d serving; %d old worker(s) draining", self.generation, len(retiring))
 
@@ -624,8 +625,7 @@ class Master:
         self._reload_deadline = None
         for worker in list(self.workers.values()):
             if worker.generation == self.generation:
-                worker.retiring = True
-                _kill(worker.pid, DRAIN_SIGNAL)
+                self._retire(worker)
         self.generation -= 1  # the old generation stays the current one
         # Replace old-generation workers that may have died meanwhile.
         if len(self._serving()) < self.count:

@@ -438,12 +438,10 @@ class Server(StreamServer):
         self.shutting_down.set()
         self.keep_alives_enabled = False
         self._close_listener()
+        self._hijacked_closed_by_close += self._close_hijacked()
+        # What is left is served (NEW, ACTIVE, IDLE): each one is forced.
         for conn in self.registry.all():
-            if conn.state is ConnState.HIJACKED:
-                if conn.sock.fileno() != -1:
-                    self._hijacked_closed_by_close += 1
-            else:
-                self._record_forced(conn)
+            self._record_forced(conn)
             conn.force_close()
 
     def _caller_connection(self) -> Optional[Connection]:

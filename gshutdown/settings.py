@@ -46,11 +46,15 @@ def yes_no(text: str) -> bool:
     raise SettingError(f"want 1/true/yes/on or 0/false/no/off, not {text!r}")
 
 
-def seconds(text: str) -> float:
+def _number_of_seconds(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise SettingError(f"not a number of seconds: {text!r}") from None
+
+
+def seconds(text: str) -> float:
+    value = _number_of_seconds(text)
     if value < 0 or value != value:
         raise SettingError(f"must be zero or more seconds: {text!r}")
     return value
@@ -90,10 +94,7 @@ def limit_seconds(text: str) -> Optional[float]:
     """A timeout of more than 0 seconds, or ``none`` for no limit (0 would read as either)."""
     if text.strip().lower() == "none":
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise SettingError(f"not a number of seconds: {text!r}") from None
+    value = _number_of_seconds(text)
     if not value > 0:  # NaN included
         raise SettingError(f"must be more than 0 seconds, or 'none' for no limit: {text!r}")
     return value
