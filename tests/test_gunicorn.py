@@ -410,4 +410,3 @@ def test_tls_and_proxy_settings_reach_the_worker(tmp_path: Path) -> None:
         assert arbiter.wait() == 0
     client = spoofed.json()
     assert (client["REMOTE_ADDR"], client["wsgi.url_scheme"]) == ("203.0.113.9", "https")
-

@@ -240,4 +240,3 @@ def test_client_close_request_with_bytes_behind_it_lingers_so_the_response_is_no
         assert response.status == 200 and response.body == BIG
         assert reader.at_eof()
     wait_until(lambda: st.call(lambda: len(st.server.pool)) == 0, timeout=10)
-
