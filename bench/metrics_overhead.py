@@ -38,7 +38,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 LAUNCHER = """
 import sys
-from gshutdown import cli, master, runner
+from gshutdown import cli
+from gshutdown.process import master, runner
 args = cli.parse_args(sys.argv[2:])
 args.metrics_path = sys.argv[1] or None
 sys.exit(master.main(args) if args.workers else runner.serve(args))

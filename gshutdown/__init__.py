@@ -1,18 +1,18 @@
 """gshutdown: an HTTP/1.1 WSGI server on gevent that shuts down gracefully."""
 
-from gshutdown.addresses import bind_unix
-from gshutdown.config import Config
-from gshutdown.conn import BadRequestBody, ClientDisconnected, Connection
-from gshutdown.hooks import HookOutcome, HookPhase, on_shutdown
-from gshutdown.jobs import every
-from gshutdown.runner import Runner, run
-from gshutdown.server import (
+from gshutdown.config.addresses import bind_unix
+from gshutdown.config.server_config import Config
+from gshutdown.process.runner import Runner, run
+from gshutdown.server.connection import BadRequestBody, ClientDisconnected, Connection
+from gshutdown.server.hooks import HookOutcome, HookPhase, on_shutdown
+from gshutdown.server.http_server import (
     ForcedConnection,
     Server,
     ShutdownPhase,
     ShutdownResult,
 )
-from gshutdown.state import TRANSITIONS, ConnState, IllegalTransition
+from gshutdown.server.jobs import every
+from gshutdown.server.state import TRANSITIONS, ConnState, IllegalTransition
 
 __version__ = "0.1.0"
 

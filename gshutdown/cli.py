@@ -1,6 +1,6 @@
 """``gshutdown [options] APP``: parse the options, then hand over.
 
-The options are the settings of ``gshutdown.settings`` (each also a
+The options are the settings of ``gshutdown.config.settings`` (each also a
 ``GSHUTDOWN_<NAME>`` environment variable and a name in a ``-c`` configuration
 file). Without ``--workers`` the runner serves in this process
 (``runner.serve``); with it, the master supervises worker processes
@@ -15,8 +15,9 @@ import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
-from gshutdown import access_format, settings
-from gshutdown.exit_status import ExitStatus
+from gshutdown.config import settings
+from gshutdown.process.exit_status import ExitStatus
+from gshutdown.wsgi import access_format
 
 log = logging.getLogger("gshutdown")
 
@@ -92,9 +93,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stdout.writelines(f"# {warning}\n" for warning in args.warnings)
         return ExitStatus.OK
     if args.workers:
-        from gshutdown import master
+        from gshutdown.process import master
 
         return master.main(args)
-    from gshutdown import runner
+    from gshutdown.process import runner
 
     return runner.serve(args)

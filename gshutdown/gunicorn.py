@@ -51,10 +51,10 @@ from gevent import hub, monkey
 from gevent import socket as gsocket
 from gunicorn.workers import base
 
-from gshutdown.middleware import AccessLog
-from gshutdown.runner import Role, Runner, StopRequest, Trigger, runner_for
-from gshutdown.server import Server
-from gshutdown.wsgi import WSGIApp
+from gshutdown.process.runner import Role, Runner, StopRequest, Trigger, runner_for
+from gshutdown.server.http_server import Server
+from gshutdown.wsgi.adapter import WSGIApp
+from gshutdown.wsgi.middleware import AccessLog
 
 log = logging.getLogger("gshutdown")
 

@@ -1,6 +1,6 @@
 import errno
 
-from gshutdown.addresses import bind_failure_reason, describe_address, describe_listener
+from gshutdown.config.addresses import bind_failure_reason, describe_address, describe_listener
 
 
 def test_describe_address_ipv4_ipv6_unix():

@@ -1,4 +1,4 @@
-"""gshutdown.allocator: pinned glibc thresholds stop the heap's trim-and-refault cycle.
+"""gshutdown.server.allocator: pinned glibc thresholds stop the heap's trim-and-refault cycle.
 
 Each check runs in a fresh interpreter (the setting is process-wide and
 cannot be undone) and counts minor page faults, which are deterministic,
@@ -18,13 +18,13 @@ _PROGRAM = """
 import json, resource, sys
 tuned = None
 if sys.argv[1] == "tuned":
-    from gshutdown import allocator
+    from gshutdown.server import allocator
     tuned = allocator.fix_thresholds()
     again = allocator.fix_thresholds()
     assert again == tuned
 elif sys.argv[1].startswith("server"):
     import gshutdown
-    from gshutdown import allocator
+    from gshutdown.server import allocator
     server = gshutdown.Server(("127.0.0.1", 0), lambda e, s: [], tune_malloc=sys.argv[1] == "server")
     server.start()
     server.close()

@@ -29,7 +29,7 @@ from typing import Iterator
 
 import pytest
 
-from gshutdown.exit_status import ExitStatus
+from gshutdown.process.exit_status import ExitStatus
 from tests.process_helpers import PROBE, GProcess, free_port, gone, gshutdown_argv, wait_until
 
 NGINX_CONF = """\

@@ -16,7 +16,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from gshutdown.exit_status import ExitStatus
+from gshutdown.process.exit_status import ExitStatus
 from tests.process_helpers import (
     PROBE,
     ROOT,

@@ -17,8 +17,8 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from gshutdown import jobs
-from gshutdown.jobs import PeriodicJob, Scheduler
+from gshutdown.server import jobs
+from gshutdown.server.jobs import PeriodicJob, Scheduler
 
 INTERVAL = 0.05
 #: How early a timer may fire (libev measures from its cached loop time).

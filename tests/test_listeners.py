@@ -222,7 +222,7 @@ def test_unix_socket_that_cannot_be_probed_for_lack_of_permission_is_left_alone(
             inode = os.stat(path).st_ino
             probe = (
                 "import os, pwd, sys\n"
-                "from gshutdown.addresses import bind_unix\n"  # imported first: nobody may not read the stdlib
+                "from gshutdown.config.addresses import bind_unix\n"  # imported first: nobody may not read the stdlib
                 "if os.geteuid() == 0:\n"
                 "    nobody = pwd.getpwnam('nobody'); os.setgid(nobody.pw_gid); os.setuid(nobody.pw_uid)\n"
                 "try:\n"

@@ -17,7 +17,7 @@ import socket
 import time
 from pathlib import Path
 
-from gshutdown.exit_status import ExitStatus
+from gshutdown.process.exit_status import ExitStatus
 from tests.process_helpers import (
     MASTER_READY,
     PROBE,

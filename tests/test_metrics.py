@@ -1,4 +1,4 @@
-"""``gshutdown.metrics``: what is counted, the phase through a shutdown, and bad setups.
+"""``gshutdown.process.metrics``: what is counted, the phase through a shutdown, and bad setups.
 
 The in-process tests run a ``Runner`` on this thread's hub, as
 ``tests/test_runner.py`` does, and read the metrics both over HTTP and with
@@ -20,10 +20,11 @@ from gevent import socket as gsocket
 from gevent.event import Event
 
 import gshutdown
-from gshutdown import Server, hooks, jobs
-from gshutdown.exit_status import ExitStatus
-from gshutdown.metrics import PHASES, MetricsUnavailable, ProcessMetrics, RequestStats
-from gshutdown.runner import Runner, build_app
+from gshutdown import Server
+from gshutdown.process.exit_status import ExitStatus
+from gshutdown.process.metrics import PHASES, MetricsUnavailable, ProcessMetrics, RequestStats
+from gshutdown.process.runner import Runner, build_app
+from gshutdown.server import hooks, jobs
 from tests.metrics_helpers import METRICS_PATH, Scrape
 from tests.process_helpers import ROOT, child_env, recv_eof, request_bytes
 
@@ -155,7 +156,7 @@ def test_durations_fall_in_the_first_bucket_they_fit() -> None:
 
 
 def test_importing_gshutdown_does_not_import_prometheus_client() -> None:
-    code = "import sys, gshutdown, gshutdown.cli, gshutdown.master; print('prometheus_client' in sys.modules)"
+    code = "import sys, gshutdown, gshutdown.cli, gshutdown.process.master; print('prometheus_client' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=30)
     assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
 

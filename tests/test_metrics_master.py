@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from gshutdown.exit_status import ExitStatus
+from gshutdown.process.exit_status import ExitStatus
 from tests.metrics_helpers import Scrape, metrics_cli, scrape
 from tests.process_helpers import PROBE, GProcess, connect, free_port, get, read_response, request_bytes, wait_until
 

@@ -1,4 +1,4 @@
-"""``gshutdown.middleware``: the access log's emitter contract, through a real server."""
+"""``gshutdown.wsgi.middleware``: the access log's emitter contract, through a real server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from gshutdown.middleware import AccessLog
+from gshutdown.wsgi.middleware import AccessLog
 from tests.helpers import ServerThread, read_response, wait_until
 
 HEADERS = [("Content-Type", "text/plain")]

@@ -90,7 +90,7 @@ parent.__path__ = [{PACKAGE_DIR!r}]
 parent.__spec__ = importlib.machinery.ModuleSpec("gshutdown", None, is_package=True)
 sys.modules["gshutdown"] = parent
 from gshutdown.protocol.proxy_protocol import parse_proxy_header
-from gshutdown.forwarded import TrustedProxies, apply_forwarded
+from gshutdown.protocol.forwarded import TrustedProxies, apply_forwarded
 assert parse_proxy_header(b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\\r\\n")[0].source == ("10.0.0.1", 1)
 env = {{"REMOTE_ADDR": "127.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.9"}}
 apply_forwarded(env, TrustedProxies("127.0.0.1"))
@@ -100,5 +100,5 @@ assert env["REMOTE_ADDR"] == "203.0.113.9"
 
 def test_the_proxy_header_parser_and_forwarding_rules_pull_in_no_socket_or_gevent() -> None:
     added = modules_after(PURE_MODULES) - modules_after(BASELINE)
-    assert {"gshutdown.protocol.proxy_protocol", "gshutdown.forwarded"} <= added
+    assert {"gshutdown.protocol.proxy_protocol", "gshutdown.protocol.forwarded"} <= added
     assert sorted(m for m in added if m.split(".")[0] in FORBIDDEN_ROOTS) == []

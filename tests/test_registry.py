@@ -13,8 +13,8 @@ from typing import Optional
 import gevent
 import pytest
 
-from gshutdown.registry import ConnRegistry
-from gshutdown.state import ConnState, move
+from gshutdown.server.registry import ConnRegistry
+from gshutdown.server.state import ConnState, move
 
 LISTENER = ("127.0.0.1", 8080)
 

@@ -1,4 +1,4 @@
-"""``gshutdown.runner``: ``run()`` and ``Runner``, with an injected shutdown trigger.
+"""``gshutdown.process.runner``: ``run()`` and ``Runner``, with an injected shutdown trigger.
 
 In-process tests run the runner on this thread's gevent hub; the trigger is a
 greenlet that plays the client (cooperative ``gevent.socket``) and returns
@@ -23,9 +23,10 @@ from gevent import socket as gsocket
 from gevent.event import Event
 
 import gshutdown
-from gshutdown import Server, hooks, jobs
-from gshutdown.exit_status import ExitStatus
-from gshutdown.runner import SIGNAL_ACTIONS, Role, Runner, SignalAction, Trigger, run
+from gshutdown import Server
+from gshutdown.process.exit_status import ExitStatus
+from gshutdown.process.runner import SIGNAL_ACTIONS, Role, Runner, SignalAction, Trigger, run
+from gshutdown.server import hooks, jobs
 from tests.process_helpers import GProcess, free_port, get, recv_eof, request_bytes
 
 #: Any runner that hangs fails the test instead of the run.

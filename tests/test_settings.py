@@ -1,4 +1,4 @@
-"""``gshutdown.settings``: one table for the command line, the environment and config files.
+"""``gshutdown.config.settings``: one table for the command line, the environment and config files.
 
 Precedence is command line > environment > config file > default; gunicorn's
 names work in a config file; unknown names and bad values are one-line errors.
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from gshutdown import settings
 from gshutdown.cli import parse_args
-from gshutdown.config import Config
-from gshutdown.runner import server_options
+from gshutdown.config import settings
+from gshutdown.config.server_config import Config
+from gshutdown.process.runner import server_options
 
 APP = "tests.apps.probe:app"
 

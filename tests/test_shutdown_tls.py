@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import requests
 
-from gshutdown.exit_status import ExitStatus
+from gshutdown.process.exit_status import ExitStatus
 from tests.process_helpers import (
     GProcess,
     free_port,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gshutdown.exit_status import ExitStatus
+from gshutdown.process.exit_status import ExitStatus
 from tests.process_helpers import (
     PROBE,
     connect,

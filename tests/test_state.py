@@ -8,7 +8,7 @@ from typing import Optional
 import pytest
 
 import gshutdown
-from gshutdown.state import TRANSITIONS, ConnState, IllegalTransition, move
+from gshutdown.server.state import TRANSITIONS, ConnState, IllegalTransition, move
 
 
 class FakeConn:

@@ -1,7 +1,7 @@
 """The HTTP/1.1 protocol layer: bytes in, events out; events in, bytes out.
 
 Nothing in this package does I/O or imports ``socket`` or ``gevent``; the
-connection (``gshutdown.conn``) owns the socket and drives these objects.
+connection (``gshutdown.server.connection``) owns the socket and drives these objects.
 """
 
 from gshutdown.protocol.events import (

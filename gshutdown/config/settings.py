@@ -139,7 +139,7 @@ def log_level(value: str) -> str:
 
 def trusted_peers(value: str) -> str:
     """``*`` or comma-separated addresses and CIDR networks (checked, kept as text)."""
-    from gshutdown.forwarded import TrustedProxies
+    from gshutdown.protocol.forwarded import TrustedProxies
 
     try:
         TrustedProxies(value)
@@ -718,7 +718,7 @@ def _from_env(setting: Setting) -> Any:
 
 def _show(setting: Setting, value: Any) -> str:
     if setting.name == "bind":
-        from gshutdown.addresses import describe_listener
+        from gshutdown.config.addresses import describe_listener
 
         return ", ".join(describe_listener(item) for item in value)
     if setting.parse is octal and value is not None:
@@ -732,7 +732,7 @@ def render(args: argparse.Namespace) -> str:
     for setting in SETTINGS:
         value = getattr(args, setting.name)
         if setting.name == "bind":
-            from gshutdown.addresses import describe_listener
+            from gshutdown.config.addresses import describe_listener
 
             shown = repr([describe_listener(item) for item in value])
         elif setting.parse is octal and value is not None:

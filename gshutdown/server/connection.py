@@ -11,7 +11,7 @@ shutdown gives an idle connection a short read deadline without throwing an
 exception into a greenlet that may, by the time it lands, be serving a request.
 
 Before the first request comes the prelude (``_prepare()``): the PROXY
-protocol header when configured, and in ``gshutdown.tls`` the TLS handshake,
+protocol header when configured, and in ``gshutdown.server.tls`` the TLS handshake,
 all within ``read_header_timeout`` of the accept, the connection NEW all along.
 
 States move only through ``state.move()``: NEW on accept, ACTIVE on the first
@@ -46,10 +46,10 @@ from gshutdown.protocol import (
 )
 from gshutdown.protocol.proxy_protocol import V1_MAX_LENGTH, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from gshutdown.protocol.writer import error_response
-from gshutdown.state import ACTIVE, CLOSED, HIJACKED, IDLE, NEW, TERMINAL_STATES, ConnState, move
+from gshutdown.server.state import ACTIVE, CLOSED, HIJACKED, IDLE, NEW, TERMINAL_STATES, ConnState, move
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gshutdown.server import Server
+    from gshutdown.server.http_server import Server
 
 log = logging.getLogger("gshutdown")
 

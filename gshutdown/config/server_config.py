@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from gshutdown.forwarded import TrustedProxies
+from gshutdown.protocol.forwarded import TrustedProxies
 from gshutdown.protocol.parser import (
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_HEADER_COUNT,
@@ -82,11 +82,11 @@ class Config:
     #: ``Server`` header value; empty to send none.
     server_header: str = "gshutdown"
     #: Pin glibc's malloc thresholds when the server starts (process-wide;
-    #: see ``gshutdown.allocator``): without it, large request bodies can
+    #: see ``gshutdown.server.allocator``): without it, large request bodies can
     #: cost a page fault per 4 KiB received.
     tune_malloc: bool = True
 
-    # -- behind a proxy (see ``gshutdown.forwarded``) --
+    # -- behind a proxy (see ``gshutdown.protocol.forwarded``) --
     #: Peers whose ``X-Forwarded-For``/``X-Forwarded-Proto``/``Forwarded``
     #: headers and PROXY protocol addresses are believed: comma-separated IP
     #: addresses and CIDR networks, ``"*"`` for every peer; unix-socket peers
@@ -101,7 +101,7 @@ class Config:
     #: accept (gunicorn ``proxy_protocol=False``).
     proxy_protocol: bool = False
 
-    # -- TLS (see ``gshutdown.tls``) --
+    # -- TLS (see ``gshutdown.server.tls``) --
     #: PEM certificate chain; setting it serves HTTPS (gunicorn ``certfile``).
     certfile: Optional[str] = None
     #: PEM private key; None: it is in ``certfile`` (gunicorn ``keyfile``).

@@ -38,13 +38,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 import gevent
 
-from gshutdown.server import ShutdownPhase
-from gshutdown.state import ConnState
-from gshutdown.wsgi import WSGIApp
+from gshutdown.server.http_server import ShutdownPhase
+from gshutdown.server.state import ConnState
+from gshutdown.wsgi.adapter import WSGIApp
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gshutdown.conn import Connection
-    from gshutdown.runner import Runner
+    from gshutdown.process.runner import Runner
+    from gshutdown.server.connection import Connection
 
 log = logging.getLogger("gshutdown")
 

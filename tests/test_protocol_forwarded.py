@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import pytest
 
-from gshutdown.forwarded import (
+from gshutdown.protocol.forwarded import (
     ForwardedClient,
     TrustedProxies,
     apply_forwarded,

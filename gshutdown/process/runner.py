@@ -43,17 +43,18 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import gevent
 from gevent.queue import Empty, Queue
 
-from gshutdown import access_format, logs, pidfile, systemd
-from gshutdown.addresses import cannot_listen, describe_address
-from gshutdown.app_loader import AppNotLoadable, load_app
-from gshutdown.exit_status import ExitStatus, fail
-from gshutdown.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
-from gshutdown.metrics import MetricsUnavailable, ProcessMetrics, check_path
-from gshutdown.middleware import AccessLog, Readiness
-from gshutdown.server import Listener, Server, ShutdownResult
-from gshutdown.state import ConnState
-from gshutdown.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
-from gshutdown.wsgi import WSGIApp
+from gshutdown.config.addresses import cannot_listen, describe_address
+from gshutdown.process import logs, pidfile, systemd
+from gshutdown.process.app_loader import AppNotLoadable, load_app
+from gshutdown.process.exit_status import ExitStatus, fail
+from gshutdown.process.metrics import MetricsUnavailable, ProcessMetrics, check_path
+from gshutdown.process.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
+from gshutdown.server.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
+from gshutdown.server.http_server import Listener, Server, ShutdownResult
+from gshutdown.server.state import ConnState
+from gshutdown.wsgi import access_format
+from gshutdown.wsgi.adapter import WSGIApp
+from gshutdown.wsgi.middleware import AccessLog, Readiness
 
 log = logging.getLogger("gshutdown")
 
@@ -499,7 +500,7 @@ def run(
 
 def runner_for(servers: list[Server], **kwargs: Any) -> Runner:
     """A runner for ``servers`` that takes over the application's declared hooks and jobs."""
-    from gshutdown import jobs
+    from gshutdown.server import jobs
 
     servers[0].jobs.adopt(jobs.app_jobs)
     hooks = HookList()

@@ -28,9 +28,9 @@ from typing import Any, Optional
 from gevent import ssl as gevent_ssl
 from gevent.socket import wait_write
 
-from gshutdown.config import Config
-from gshutdown.conn import RECV_SIZE, ClientDisconnected, Connection
-from gshutdown.state import ConnState
+from gshutdown.config.server_config import Config
+from gshutdown.server.connection import RECV_SIZE, ClientDisconnected, Connection
+from gshutdown.server.state import ConnState
 
 log = logging.getLogger("gshutdown")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from gshutdown import access_format
-from gshutdown.access_format import AccessEmit
-from gshutdown.logs import access_log
-from gshutdown.wsgi import WSGIApp
+from gshutdown.process.logs import access_log
+from gshutdown.wsgi import access_format
+from gshutdown.wsgi.access_format import AccessEmit
+from gshutdown.wsgi.adapter import WSGIApp
 
 
 class Readiness:

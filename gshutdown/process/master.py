@@ -53,12 +53,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from gshutdown import logs, pidfile, runner, systemd, worker_link
-from gshutdown.addresses import bind_unix, cannot_listen, describe_address
-from gshutdown.app_loader import AppNotLoadable, load_app
-from gshutdown.exit_status import ExitStatus, fail
-from gshutdown.metrics import MasterMetrics, MetricsUnavailable
-from gshutdown.worker_link import DRAIN_SIGNAL, STACK_DUMP_SIGNAL, MessageKind, WorkerLink
+from gshutdown.config.addresses import bind_unix, cannot_listen, describe_address
+from gshutdown.process import logs, pidfile, runner, systemd, worker_link
+from gshutdown.process.app_loader import AppNotLoadable, load_app
+from gshutdown.process.exit_status import ExitStatus, fail
+from gshutdown.process.metrics import MasterMetrics, MetricsUnavailable
+from gshutdown.process.worker_link import DRAIN_SIGNAL, STACK_DUMP_SIGNAL, MessageKind, WorkerLink
 
 log = logging.getLogger("gshutdown")
 

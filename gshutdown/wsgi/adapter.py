@@ -24,15 +24,15 @@ from urllib.parse import unquote_to_bytes
 
 from gevent import GreenletExit
 
-from gshutdown.conn import BadRequestBody, ClientDisconnected
-from gshutdown.forwarded import apply_forwarded
 from gshutdown.protocol.events import Request
+from gshutdown.protocol.forwarded import apply_forwarded
 from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
-from gshutdown.state import HIJACKED
+from gshutdown.server.connection import BadRequestBody, ClientDisconnected
+from gshutdown.server.state import HIJACKED
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gshutdown.conn import Connection
-    from gshutdown.server import Server
+    from gshutdown.server.connection import Connection
+    from gshutdown.server.http_server import Server
 
 log = logging.getLogger("gshutdown")
 

@@ -48,17 +48,17 @@ from gevent.event import AsyncResult, Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from gshutdown import allocator
-from gshutdown.addresses import bind_unix
-from gshutdown.config import Config
-from gshutdown.conn import Connection
-from gshutdown.forwarded import TrustedProxies
-from gshutdown.hooks import HookList, HookOutcome, HookPhase, join_drain_hooks
-from gshutdown.jobs import JobFn, PeriodicJob, Scheduler
-from gshutdown.registry import ConnRegistry, ConnStateHook
-from gshutdown.state import ConnState
-from gshutdown.tls import TLSConnection, server_context
-from gshutdown.wsgi import WSGIAdapter, WSGIApp
+from gshutdown.config.addresses import bind_unix
+from gshutdown.config.server_config import Config
+from gshutdown.protocol.forwarded import TrustedProxies
+from gshutdown.server import allocator
+from gshutdown.server.connection import Connection
+from gshutdown.server.hooks import HookList, HookOutcome, HookPhase, join_drain_hooks
+from gshutdown.server.jobs import JobFn, PeriodicJob, Scheduler
+from gshutdown.server.registry import ConnRegistry, ConnStateHook
+from gshutdown.server.state import ConnState
+from gshutdown.server.tls import TLSConnection, server_context
+from gshutdown.wsgi.adapter import WSGIAdapter, WSGIApp
 
 log = logging.getLogger("gshutdown")
 
@@ -131,7 +131,7 @@ class Server(StreamServer):
             workers): PEP 3333's ``wsgi.multiprocess``.
 
     Raises:
-        ValueError: an option is invalid; ``gshutdown.tls.TLSConfigError``
+        ValueError: an option is invalid; ``gshutdown.server.tls.TLSConfigError``
             (a ValueError) when a TLS file cannot be used.
     """
 
@@ -198,7 +198,7 @@ class Server(StreamServer):
         #: ``started`` the ``time.perf_counter()`` of that call; when the server
         #: refused a request head itself (400, 408, 414, 431), with None. The
         #: status sent is ``connection.response_status``. It runs in the
-        #: connection's greenlet and must not block (``gshutdown.metrics``).
+        #: connection's greenlet and must not block (``gshutdown.process.metrics``).
         self.request_observer: Optional[Callable[[Connection, Optional[float]], None]] = None
         #: Periodic jobs; they start with the server and stop with its shutdown.
         self.jobs = Scheduler()
@@ -216,7 +216,7 @@ class Server(StreamServer):
         self.jobs.start()
 
     def every(self, interval: float, fn: JobFn, *, name: Optional[str] = None) -> PeriodicJob:
-        """Run ``fn()`` every ``interval`` seconds until shutdown (see ``gshutdown.jobs``)."""
+        """Run ``fn()`` every ``interval`` seconds until shutdown (see ``gshutdown.server.jobs``)."""
         return self.jobs.every(interval, fn, name=name)
 
     def init_socket(self) -> None:

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 from gevent.event import Event
 
-from gshutdown.state import CLOSED, HIJACKED, NEW, ConnState, Stateful
+from gshutdown.server.state import CLOSED, HIJACKED, NEW, ConnState, Stateful
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gshutdown.conn import Connection
+    from gshutdown.server.connection import Connection
 
 log = logging.getLogger("gshutdown")
 

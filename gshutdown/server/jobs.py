@@ -103,7 +103,7 @@ class Scheduler:
         return job
 
     def adopt(self, jobs: list[PeriodicJob]) -> None:
-        """Take over ``jobs`` (emptying the list), e.g. ``gshutdown.jobs.app_jobs``."""
+        """Take over ``jobs`` (emptying the list), e.g. ``gshutdown.server.jobs.app_jobs``."""
         self.jobs.extend(jobs)
         if self._started:
             for job in jobs:
