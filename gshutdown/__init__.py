@@ -3,16 +3,13 @@
 from gshutdown.config.addresses import bind_unix
 from gshutdown.config.server_config import Config
 from gshutdown.process.runner import Runner, run
-from gshutdown.server.connection import BadRequestBody, ClientDisconnected, Connection
+from gshutdown.server.connection import Connection
+from gshutdown.server.errors import BadRequestBody, ClientDisconnected
 from gshutdown.server.hooks import HookOutcome, HookPhase, on_shutdown
-from gshutdown.server.http_server import (
-    ForcedConnection,
-    Server,
-    ShutdownPhase,
-    ShutdownResult,
-)
+from gshutdown.server.http_server import ForcedConnection, HTTPServer, ShutdownPhase, ShutdownResult
 from gshutdown.server.jobs import every
 from gshutdown.server.state import TRANSITIONS, ConnState, IllegalTransition
+from gshutdown.wsgi.server import Server
 
 __version__ = "0.1.0"
 
@@ -24,6 +21,7 @@ __all__ = [
     "ConnState",
     "Connection",
     "ForcedConnection",
+    "HTTPServer",
     "HookOutcome",
     "HookPhase",
     "IllegalTransition",

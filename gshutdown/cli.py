@@ -15,7 +15,7 @@ import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
-from gshutdown.config import settings
+from gshutdown.config import config_file, settings
 from gshutdown.process.exit_status import ExitStatus
 from gshutdown.wsgi import access_format
 
@@ -51,51 +51,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """The settings for ``argv``, by precedence; exits with status 2 on bad input.
+def parse_args(argv: Optional[Sequence[str]] = None) -> settings.Settings:
+    """The settings for ``argv``, by precedence; exits with status 2 on bad input."""
+    return _parse(argv)[0]
 
-    The result also carries ``print_config`` and the configuration file's
-    ``warnings`` (to be logged once logging is set up).
-    """
+
+def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
+    """The settings, and whether ``--print-config`` asks for them to be printed."""
     parser = build_parser()
     given = parser.parse_args(argv)
     config_path = given.config or os.environ.get("GSHUTDOWN_CONFIG")
     try:
-        file_values, warnings = settings.read_config_file(config_path) if config_path else ({}, [])
-        args = settings.resolve(given, file_values)
+        file_values, warnings = config_file.read_config_file(config_path) if config_path else ({}, [])
+        resolved = settings.resolve(given, file_values)
     except settings.SettingError as exc:
         parser.error(str(exc))
-    args.print_config = given.print_config
-    if args.access_log_format:
+    if resolved.access_log_format:
         try:
-            access_format.check(args.access_log_format)
+            access_format.check(resolved.access_log_format)
         except ValueError as exc:
             parser.error(f"--access-log-format: {exc}")
-    if not args.app and not args.print_config:
+    if not resolved.app and not given.print_config:
         parser.error("the following arguments are required: APP (or wsgi_app in the config file)")
-    if not args.workers:
+    if not resolved.workers:
         for name in _NEED_WORKERS:
-            if getattr(args, name):
-                if args.sources[name] != settings.FILE:
+            if getattr(resolved, name):
+                if resolved.sources[name] != settings.FILE:
                     parser.error(f"--{name.replace('_', '-')} needs --workers")
                 # A gunicorn file sets it for its workers: without any, say so.
                 warnings.append(f"config file: {name} ignored without workers")
-                setattr(args, name, settings.BY_NAME[name].default)
-    args.warnings = warnings
-    return args
+                resolved = resolved.replace(**{name: settings.BY_NAME[name].default})
+    return resolved.replace(warnings=tuple(warnings)), given.print_config
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The console script; returns the exit status."""
-    args = parse_args(argv)
-    if args.print_config:
-        sys.stdout.write(settings.render(args))
-        sys.stdout.writelines(f"# {warning}\n" for warning in args.warnings)
+    resolved, print_config = _parse(argv)
+    if print_config:
+        sys.stdout.write(settings.render(resolved))
+        sys.stdout.writelines(f"# {warning}\n" for warning in resolved.warnings)
         return ExitStatus.OK
-    if args.workers:
+    if resolved.workers:
         from gshutdown.process import master
 
-        return master.main(args)
+        return master.main(resolved)
     from gshutdown.process import runner
 
-    return runner.serve(args)
+    return runner.serve(resolved)

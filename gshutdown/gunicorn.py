@@ -52,9 +52,9 @@ from gevent import socket as gsocket
 from gunicorn.workers import base
 
 from gshutdown.process.runner import Role, Runner, StopRequest, Trigger, runner_for
-from gshutdown.server.http_server import Server
 from gshutdown.wsgi.adapter import WSGIApp
 from gshutdown.wsgi.middleware import AccessLog
+from gshutdown.wsgi.server import Server
 
 log = logging.getLogger("gshutdown")
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any
+from typing import Any, Optional
 
 
 class AppNotLoadable(Exception):
     """The application cannot be imported or is not callable (a usage error)."""
 
 
-def load_app(spec: str) -> Any:
+def load_app(spec: Optional[str]) -> Any:
     """Import ``MODULE:NAME``, ``MODULE`` or ``FILE.py[:NAME]`` and return the app.
 
     ``NAME`` may end in ``()`` to call a factory with no arguments. Without a
@@ -22,6 +22,8 @@ def load_app(spec: str) -> Any:
         AppNotLoadable: it cannot be imported, is missing, or is not callable;
             the message is one line fit for the user.
     """
+    if not spec:
+        raise AppNotLoadable("no application given (APP, or wsgi_app in the config file)")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     target, _, name = spec.partition(":")

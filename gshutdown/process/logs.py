@@ -18,8 +18,7 @@ import logging.config
 import sys
 from typing import Any, Optional, TextIO, Union
 
-#: The application's request lines (``--access-log``).
-access_log = logging.getLogger("gshutdown.access")
+from gshutdown.wsgi.access_format import access_log
 
 _FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
 #: Handlers writing to files, by logger: the ones ``reopen()`` replaces.

@@ -43,7 +43,6 @@ Exit status: 0 when every worker drained cleanly, 3 when any was forced.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -54,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from gshutdown.config.addresses import bind_unix, cannot_listen, describe_address
+from gshutdown.config.settings import Settings
 from gshutdown.process import logs, pidfile, runner, systemd, worker_link
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
@@ -89,24 +89,24 @@ _MASTER_SIGNALS = (
 _WORKER_DEFAULTS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
 
 
-def main(args: argparse.Namespace) -> ExitStatus:
-    """Bind the listeners and supervise ``args.workers`` workers; the exit status."""
-    failed = runner.prepare_process(args) or runner.configure_logging(args)
+def main(settings: Settings) -> ExitStatus:
+    """Bind the listeners and supervise ``settings.workers`` workers; the exit status."""
+    failed = runner.prepare_process(settings) or runner.configure_logging(settings)
     if failed is not None:
         return failed
     try:
         listeners = bind_listeners(
-            args.bind, args.backlog, reuse_port=args.reuse_port, unix_socket_mode=args.unix_socket_mode
+            settings.bind, settings.backlog, reuse_port=settings.reuse_port, unix_socket_mode=settings.unix_socket_mode
         )
     except OSError as exc:
         return fail(str(exc), ExitStatus.START_FAILED)
-    failed = runner.drop_privileges(args.user, args.group)
+    failed = runner.drop_privileges(settings.user, settings.group)
     if failed is not None:
         return failed
     try:
         # After dropping privileges: the workers must be able to write there.
-        with MasterMetrics.started(args.metrics_path, args.readiness_path or None) as metrics:
-            return Master(args, listeners, metrics).run()
+        with MasterMetrics.started(settings.metrics_path, settings.readiness_path or None) as metrics:
+            return Master(settings, listeners, metrics).run()
     except MetricsUnavailable as exc:
         return fail(str(exc), ExitStatus.USAGE)
 
@@ -222,12 +222,12 @@ class Master:
     """Supervises worker processes; see the module docstring."""
 
     def __init__(
-        self, args: argparse.Namespace, listeners: list[socket.socket], metrics: Optional[MasterMetrics] = None
+        self, settings: Settings, listeners: list[socket.socket], metrics: Optional[MasterMetrics] = None
     ) -> None:
-        self.args = args
+        self.settings = settings
         self.listeners = listeners
         self.metrics = metrics or MasterMetrics()
-        self.count: int = args.workers
+        self.count: int = settings.workers
         self.workers: dict[int, Worker] = {}
         self.generation = 0
         self._signals: list[int] = []
@@ -262,10 +262,10 @@ class Master:
 
     def run(self) -> ExitStatus:
         """Supervise until shut down; return the exit status."""
-        if self.args.preload:
-            runner.monkey_patch(self.args)
+        if self.settings.preload:
+            runner.monkey_patch(self.settings)
             try:
-                load_app(self.args.app)
+                load_app(self.settings.app)
             except AppNotLoadable as exc:
                 return fail(str(exc), ExitStatus.USAGE)
         self._install_signals()
@@ -296,8 +296,8 @@ class Master:
         for worker in self.workers.values():
             if worker.kill_at is not None:
                 deadlines.append(worker.kill_at)
-            elif self.args.timeout and worker.ready and not worker.stuck:
-                deadlines.append(worker.last_beat + self.args.timeout)
+            elif self.settings.timeout and worker.ready and not worker.stuck:
+                deadlines.append(worker.last_beat + self.settings.timeout)
         return max(0.0, min(deadlines) - now) if deadlines else None
 
     def _wait(self, timeout: Optional[float]) -> None:
@@ -350,12 +350,12 @@ class Master:
             if self._upgrade is not None:
                 os.close(self._upgrade.ready_fd)
             logs.install_stack_dump(STACK_DUMP_SIGNAL)
-            heartbeat = min(self.args.timeout / 4, 1.0) if self.args.timeout else None
+            heartbeat = min(self.settings.timeout / 4, 1.0) if self.settings.timeout else None
             link = WorkerLink(status_fd, self._liveness_r, heartbeat=heartbeat)
             listeners = self.listeners
-            if self.args.reuse_port:
-                listeners = [own_listener(sock, self.args.backlog) for sock in listeners]
-            code = runner.serve(self.args, listeners, link=link)
+            if self.settings.reuse_port:
+                listeners = [own_listener(sock, self.settings.backlog) for sock in listeners]
+            code = runner.serve(self.settings, listeners, link=link)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -396,7 +396,7 @@ class Master:
 
     def _announce_ready(self) -> None:
         """Every first-generation worker serves: tell systemd, an old master, the pid file."""
-        pidfile.write(self.args.pid)
+        pidfile.write(self.settings.pid)
         fd = os.environ.pop(READY_FD_ENV, "")
         if fd:
             try:
@@ -490,14 +490,14 @@ class Master:
         if self._reload_deadline is not None and now >= self._reload_deadline:
             log.error(
                 "reload failed: new workers not ready within %g s; old ones keep serving",
-                self.args.ready_timeout,
+                self.settings.ready_timeout,
             )
             self._abort_reload()
         if self._upgrade is not None and now >= self._upgrade.deadline:
             log.error(
                 "upgrade failed: new master %d not ready within %g s; killed",
                 self._upgrade.pid,
-                self.args.ready_timeout,
+                self.settings.ready_timeout,
             )
             _kill(self._upgrade.pid, signal.SIGKILL)
             # reaped (and forgotten) by _reap
@@ -511,7 +511,7 @@ class Master:
             self._stop_deadline = None
 
     def _check_heartbeats(self, now: float) -> None:
-        timeout = self.args.timeout
+        timeout = self.settings.timeout
         for worker in list(self.workers.values()):
             if worker.kill_at is not None:
                 if now >= worker.kill_at:
@@ -593,7 +593,9 @@ class Master:
         # to close one accepts what is queued on it first (see worker_link).
         self._close_listeners()
         self._signal_workers(order)
-        self._stop_deadline = time.monotonic() + self.args.graceful_timeout + self.args.drain_delay + KILL_MARGIN
+        self._stop_deadline = (
+            time.monotonic() + self.settings.graceful_timeout + self.settings.drain_delay + KILL_MARGIN
+        )
 
     def _signal_workers(self, signum: int) -> None:
         for worker in self.workers.values():
@@ -605,7 +607,7 @@ class Master:
             return
         old = len(self.workers)
         log.info("SIGHUP: reloading: starting %d new worker(s) beside %d", self.count, old)
-        self._reload_deadline = time.monotonic() + self.args.ready_timeout
+        self._reload_deadline = time.monotonic() + self.settings.ready_timeout
         self._spawn_generation()
 
     def _maybe_finish_reload(self) -> None:
@@ -652,7 +654,7 @@ class Master:
             finally:
                 os._exit(1)
         os.close(write_fd)
-        self._upgrade = _Upgrade(pid, read_fd, time.monotonic() + self.args.ready_timeout)
+        self._upgrade = _Upgrade(pid, read_fd, time.monotonic() + self.settings.ready_timeout)
         log.info("SIGUSR2: upgrading: new master %d started", pid)
 
     def _upgrade_ready(self) -> None:
@@ -686,7 +688,7 @@ class Master:
         self._close_listeners()
         os.close(self._liveness_w)
         if not self._handed_over:
-            pidfile.remove(self.args.pid)
+            pidfile.remove(self.settings.pid)
         log.info("master %d: exit%s", os.getpid(), " (forced)" if self._forced else "")
 
 

@@ -34,7 +34,7 @@ import shutil
 import tempfile
 import time
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Protocol
 
 import gevent
 
@@ -43,8 +43,8 @@ from gshutdown.server.state import ConnState
 from gshutdown.wsgi.adapter import WSGIApp
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gshutdown.process.runner import Runner
     from gshutdown.server.connection import Connection
+    from gshutdown.server.http_server import HTTPServer
 
 log = logging.getLogger("gshutdown")
 
@@ -128,7 +128,22 @@ class RequestStats:
             self.duration_sum += seconds
 
 
-def process_phase(runner: Runner) -> str:
+class ObservedProcess(Protocol):
+    """What the metrics read of a serving process; ``runner.Runner`` is one.
+
+    An interface rather than an import: the runner imports this module.
+    """
+
+    servers: list[HTTPServer]
+    #: True once readiness answers 503 (the drain delay has begun).
+    unready: bool
+    #: Seconds the drain took, once it is over; None before.
+    drain_duration: Optional[float]
+    #: Connections the shutdown forced.
+    forced_connections: int
+
+
+def process_phase(runner: ObservedProcess) -> str:
     """Where ``runner``'s process is in its life: one of ``PHASES``."""
     begun = [server.phase for server in runner.servers if server.phase is not ShutdownPhase.SERVING]
     if begun:
@@ -171,7 +186,7 @@ class ProcessMetrics:
         self.multiprocess = multiprocess
         self.stats = RequestStats()
         self._choose_encoder = exposition.choose_encoder
-        self._runner: Optional[Runner] = None
+        self._runner: Optional[ObservedProcess] = None
         self._flusher: Optional[gevent.Greenlet] = None
         own = prometheus_client.CollectorRegistry(auto_describe=True)
         directory = os.environ.get(MULTIPROC_DIR_ENV, "")
@@ -281,7 +296,7 @@ class ProcessMetrics:
 
     # -- the runner's life --------------------------------------------------------
 
-    def attach(self, runner: Runner) -> None:
+    def attach(self, runner: ObservedProcess) -> None:
         """Start observing ``runner``'s servers (before they accept)."""
         self._runner = runner
         for server in runner.servers:

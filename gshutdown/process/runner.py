@@ -31,7 +31,6 @@ runner's greenlet decides what a signal means at that moment.
 
 from __future__ import annotations
 
-import argparse
 import enum
 import logging
 import os
@@ -44,17 +43,19 @@ import gevent
 from gevent.queue import Empty, Queue
 
 from gshutdown.config.addresses import cannot_listen, describe_address
+from gshutdown.config.settings import Settings
 from gshutdown.process import logs, pidfile, systemd
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
 from gshutdown.process.metrics import MetricsUnavailable, ProcessMetrics, check_path
 from gshutdown.process.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
 from gshutdown.server.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
-from gshutdown.server.http_server import Listener, Server, ShutdownResult
+from gshutdown.server.http_server import Listener, ShutdownResult
 from gshutdown.server.state import ConnState
 from gshutdown.wsgi import access_format
 from gshutdown.wsgi.adapter import WSGIApp
 from gshutdown.wsgi.middleware import AccessLog, Readiness
+from gshutdown.wsgi.server import Server
 
 log = logging.getLogger("gshutdown")
 
@@ -509,9 +510,9 @@ def runner_for(servers: list[Server], **kwargs: Any) -> Runner:
     return Runner(servers, hooks=hooks, **kwargs)
 
 
-def warn_if_over_kubernetes_grace(args: argparse.Namespace) -> None:
+def warn_if_over_kubernetes_grace(settings: Settings) -> None:
     """Warn when drain delay + graceful timeout exceed Kubernetes' default grace period."""
-    total = args.drain_delay + args.graceful_timeout
+    total = settings.drain_delay + settings.graceful_timeout
     if total > KUBERNETES_GRACE:
         log.warning(
             "drain delay + graceful timeout = %g s, over Kubernetes' default %g s grace: "
@@ -521,13 +522,13 @@ def warn_if_over_kubernetes_grace(args: argparse.Namespace) -> None:
         )
 
 
-def monkey_patch(args: argparse.Namespace) -> None:
+def monkey_patch(settings: Settings) -> None:
     """``gevent.monkey.patch_all()`` unless ``--no-monkey-patch``: before the app is imported.
 
     Legacy apps rely on patched sockets, and modules that bind socket or
     threading names at import must see the patched ones.
     """
-    if not args.no_monkey_patch:
+    if not settings.no_monkey_patch:
         from gevent import monkey
 
         monkey.patch_all()
@@ -561,19 +562,19 @@ def watch_blocking(max_blocking_time: Optional[float]) -> None:
     gevent.get_hub().start_periodic_monitoring_thread()
 
 
-def prepare_process(args: argparse.Namespace) -> Optional[ExitStatus]:
+def prepare_process(settings: Settings) -> Optional[ExitStatus]:
     """``--umask``, ``--chdir`` and ``--env``: before anything is bound or imported.
 
     Returns a usage error status (after reporting it), or None.
     """
-    if args.umask is not None:
-        os.umask(args.umask)
-    if args.chdir:
+    if settings.umask is not None:
+        os.umask(settings.umask)
+    if settings.chdir:
         try:
-            os.chdir(args.chdir)
+            os.chdir(settings.chdir)
         except OSError as exc:
-            return fail(f"--chdir {args.chdir}: {exc.strerror}", ExitStatus.USAGE)
-    for item in args.raw_env:
+            return fail(f"--chdir {settings.chdir}: {exc.strerror}", ExitStatus.USAGE)
+    for item in settings.raw_env:
         name, _, value = item.partition("=")
         os.environ[name] = value
     return None
@@ -608,103 +609,103 @@ def drop_privileges(user: Optional[str], group: Optional[str]) -> Optional[ExitS
     return None
 
 
-def configure_logging(args: argparse.Namespace) -> Optional[ExitStatus]:
+def configure_logging(settings: Settings) -> Optional[ExitStatus]:
     """Logging as the settings say; then the config file's warnings. A usage error status, or None."""
     try:
         logs.configure(
-            args.log_level,
-            access_log_path=args.access_log,
-            error_log_path=args.error_log,
-            dict_config=args.log_config,
+            settings.log_level,
+            access_log_path=settings.access_log,
+            error_log_path=settings.error_log,
+            dict_config=settings.log_config,
         )
     except ValueError as exc:
         return fail(str(exc), ExitStatus.USAGE)
-    for warning in getattr(args, "warnings", ()):
+    for warning in settings.warnings:
         log.warning("%s", warning)
-    warn_if_over_kubernetes_grace(args)
+    warn_if_over_kubernetes_grace(settings)
     return None
 
 
-def server_options(args: argparse.Namespace) -> dict[str, Any]:
+def server_options(settings: Settings) -> dict[str, Any]:
     """The ``Config`` fields the settings give."""
     return dict(
-        idle_timeout=args.idle_timeout,
-        read_header_timeout=args.read_header_timeout,
-        read_body_timeout=args.read_body_timeout,
-        write_timeout=args.write_timeout,
-        idle_grace=args.idle_grace,
-        max_connections=args.max_connections,
-        max_body_size=args.max_body_size,
-        min_body_rate=args.min_body_rate,
-        unix_socket_mode=args.unix_socket_mode,
-        backlog=args.backlog,
-        max_request_line=args.limit_request_line,
-        max_header_count=args.limit_request_fields,
-        max_field_size=args.limit_request_field_size,
-        keep_alive=not args.no_keep_alive,
-        server_header=args.server_header,
-        forwarded_allow_ips=args.forwarded_allow_ips,
-        proxy_headers=not args.no_proxy_headers,
-        proxy_protocol=args.proxy_protocol,
-        certfile=args.certfile,
-        keyfile=args.keyfile,
-        ca_certs=args.ca_certs,
-        cert_reqs=args.cert_reqs,
-        ciphers=args.ciphers,
+        idle_timeout=settings.idle_timeout,
+        read_header_timeout=settings.read_header_timeout,
+        read_body_timeout=settings.read_body_timeout,
+        write_timeout=settings.write_timeout,
+        idle_grace=settings.idle_grace,
+        max_connections=settings.max_connections,
+        max_body_size=settings.max_body_size,
+        min_body_rate=settings.min_body_rate,
+        unix_socket_mode=settings.unix_socket_mode,
+        backlog=settings.backlog,
+        max_request_line=settings.limit_request_line,
+        max_header_count=settings.limit_request_fields,
+        max_field_size=settings.limit_request_field_size,
+        keep_alive=not settings.no_keep_alive,
+        server_header=settings.server_header,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        proxy_headers=not settings.no_proxy_headers,
+        proxy_protocol=settings.proxy_protocol,
+        certfile=settings.certfile,
+        keyfile=settings.keyfile,
+        ca_certs=settings.ca_certs,
+        cert_reqs=settings.cert_reqs,
+        ciphers=settings.ciphers,
     )
 
 
 def serve(
-    args: argparse.Namespace,
+    settings: Settings,
     listeners: Optional[Sequence[Any]] = None,
     *,
     link: Optional[WorkerLink] = None,
 ) -> ExitStatus:
-    """Serve ``args.app`` in this process until told to stop; return the exit status.
+    """Serve ``settings.app`` in this process until told to stop; return the exit status.
 
     Args:
-        args: the settings (``gshutdown.cli``).
-        listeners: sockets to serve on instead of binding ``args.bind``
+        settings: the settings (``gshutdown.cli`` resolves them).
+        listeners: sockets to serve on instead of binding ``settings.bind``
             (a worker gets its master's).
         link: a worker's pipes to its master (None: the single process).
     """
     if link is None:
         # A worker's master did all this already, and a worker inherits its
         # master's log handlers: adding them again would write every line twice.
-        failed = prepare_process(args)
+        failed = prepare_process(settings)
         if failed is None:
-            monkey_patch(args)
-            failed = configure_logging(args)
+            monkey_patch(settings)
+            failed = configure_logging(settings)
         if failed is not None:
             return failed
     else:
-        monkey_patch(args)
-    watch_blocking(args.max_blocking_time)
-    readiness_path = args.readiness_path or None
+        monkey_patch(settings)
+    watch_blocking(settings.max_blocking_time)
+    readiness_path = settings.readiness_path or None
     try:
         # A worker's metrics add up with its siblings' (the master set that up).
-        metrics = process_metrics(args.metrics_path, readiness_path, multiprocess=link is not None)
+        metrics = process_metrics(settings.metrics_path, readiness_path, multiprocess=link is not None)
     except MetricsUnavailable as exc:
         return fail(str(exc), ExitStatus.USAGE)
     try:
-        app = load_app(args.app)
+        app = load_app(settings.app)
     except AppNotLoadable as exc:
         return fail(str(exc), ExitStatus.USAGE)
     wrapped, readiness = build_app(
         app,
         readiness_path=readiness_path,
-        access_log=bool(args.access_log),
-        access_log_format=args.access_log_format,
+        access_log=bool(settings.access_log),
+        access_log_format=settings.access_log_format,
         metrics=metrics,
     )
     if listeners is None:
-        listeners = systemd.listen_fds() or args.bind
-    options = server_options(args)
+        listeners = systemd.listen_fds() or settings.bind
+    options = server_options(settings)
     servers = []
     try:
         for listener in listeners:
             server = Server(listener, wrapped, multiprocess=link is not None, **options)
-            if link is not None and not args.reuse_port:
+            if link is not None and not settings.reuse_port:
                 # Workers sharing one accept queue: one connection per wake-up,
                 # so the first worker awake does not take a whole burst.
                 server.max_accept = 1
@@ -717,26 +718,26 @@ def serve(
             return fail(str(exc), ExitStatus.USAGE)
         return fail(cannot_listen(listener, exc), ExitStatus.START_FAILED)
     if link is None:
-        failed = drop_privileges(args.user, args.group)
+        failed = drop_privileges(settings.user, settings.group)
         if failed is not None:
             return failed
     # Only now: a usage or bind error must stay the one line on stderr.
     log.info(
         "gevent monkey-patching %s",
-        "disabled (--no-monkey-patch)" if args.no_monkey_patch else "applied before importing the app",
+        "disabled (--no-monkey-patch)" if settings.no_monkey_patch else "applied before importing the app",
     )
-    if link is not None and args.max_requests:
+    if link is not None and settings.max_requests:
         # Spread the recycles: workers that started together must not all
         # restart together (gunicorn's max_requests_jitter).
-        max_requests: Optional[int] = args.max_requests + random.randint(0, args.max_requests_jitter)
+        max_requests: Optional[int] = settings.max_requests + random.randint(0, settings.max_requests_jitter)
     else:
         max_requests = None
     return runner_for(
         servers,
-        graceful_timeout=args.graceful_timeout,
-        drain_delay=args.drain_delay,
+        graceful_timeout=settings.graceful_timeout,
+        drain_delay=settings.drain_delay,
         readiness=readiness,
-        pidfile=args.pid,
+        pidfile=settings.pid,
         link=link,
         max_requests=max_requests,
         metrics=metrics,

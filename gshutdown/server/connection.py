@@ -1,4 +1,8 @@
-"""One accepted connection: its socket, its parser, its state, its request loop.
+"""One accepted connection: its parser, its state, its request loop, its body.
+
+(Over 500 lines on purpose: the request loop, body reads and the closes share
+the parser, the per-request state and the wait state, and each piece is
+short; the socket waits and writes under them are ``socket_io.SocketIO``.)
 
 Strategy: the connection's greenlet pulls events from the parser and reads
 the socket only when the parser needs more bytes, so a request body is read as
@@ -22,19 +26,14 @@ exactly once at the end, however the connection ends (``serve()``'s finally).
 
 from __future__ import annotations
 
-import _socket
-import fcntl
 import itertools
 import logging
 import socket
-import termios
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from gevent import GreenletExit, getcurrent
 from gevent import socket as gsocket
-from gevent.hub import get_hub
-from gevent.socket import wait_write
 
 from gshutdown.protocol import (
     Data,
@@ -46,50 +45,29 @@ from gshutdown.protocol import (
 )
 from gshutdown.protocol.proxy_protocol import V1_MAX_LENGTH, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from gshutdown.protocol.writer import error_response
+from gshutdown.server.errors import BadRequestBody, ClientDisconnected
+from gshutdown.server.socket_io import RECV_SIZE, SocketIO
 from gshutdown.server.state import ACTIVE, CLOSED, HIJACKED, IDLE, NEW, TERMINAL_STATES, ConnState, move
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gshutdown.server.http_server import Server
+    from gshutdown.server.http_server import HTTPServer
 
 log = logging.getLogger("gshutdown")
 
-#: Bytes asked of the kernel per read of a request head.
-RECV_SIZE = 64 * 1024
 #: Per read of a request body: bigger reads drain the socket in fewer turns
 #: (a 1 MiB POST went from ~800 to ~2,800 requests/s on loopback).
 BODY_RECV_SIZE = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_INT_BUFFER = bytes(4)  # FIONREAD's answer: a C int
 _CLIENT_GONE = (ConnectionError, TimeoutError, BrokenPipeError)
-_PLAIN_SOCKET = _socket.socket
 # Connection ids: a global counter (a class attribute is a slower lookup).
 _connection_ids = itertools.count(1)
-
-
-class ClientDisconnected(ConnectionError):
-    """The client went away before its request body was complete.
-
-    Raised from ``wsgi.input`` reads; the server drops the request quietly.
-    """
-
-
-class BadRequestBody(ValueError):
-    """The request body broke HTTP framing (e.g. a bad chunk size).
-
-    Raised from ``wsgi.input`` reads; unless a response has begun, the server
-    answers 400 and closes the connection.
-    """
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
 
 
 class _ReadTimeout(Exception):
     """A read deadline passed before the bytes we waited for arrived."""
 
 
-class Connection:
+class Connection(SocketIO):
     """A client connection, from accept to its terminal state.
 
     Attributes users may read (e.g. in a ``conn_state`` hook):
@@ -110,17 +88,11 @@ class Connection:
     #: Whether this connection's forwarding headers are believed (set by the WSGI adapter).
     forwarded_trusted = False
 
-    def __init__(self, server: Server, sock: Any, peer: Any) -> None:
+    def __init__(self, server: HTTPServer, sock: Any, peer: Any) -> None:
         self.id = next(_connection_ids)
         self.server = server
         self.config = server.config
-        #: The socket: a plain non-blocking one as the server accepts it (a
-        #: gevent socket is made only if the application hijacks it), or a
-        #: gevent socket (TLS: gevent's ssl wraps one).
-        self.sock: Any = sock
-        # gevent sockets wrap a non-blocking plain socket; reading it directly
-        # lets every wait go through our own interruptible deadline.
-        self._raw: _socket.socket = sock if type(sock) is _PLAIN_SOCKET else getattr(sock, "_sock", sock)
+        SocketIO.__init__(self, sock, server.config.write_timeout)
         self.peer = peer
         self.state = NEW
         self.observer = server.registry.observe
@@ -135,17 +107,6 @@ class Connection:
             max_field_size=self.config.max_field_size,
             max_body_size=self.config.max_body_size,
         )
-        self._hub = get_hub()
-        self._read_watcher: Any = None
-        # While a wait is pending: the switch into the waiting greenlet, which
-        # the watcher, the deadline timer and end_wait() call.
-        self._wake: Optional[Callable[[bool], Any]] = None
-        # The timer of the pending wait, if it has one.
-        self._deadline_timer: Any = None
-        # A timer kept for the next wait of the same length (each keep-alive
-        # wait is idle_timeout long): restarting it costs less than a new one.
-        self._reusable_timer: Any = None
-        self._reusable_seconds = -1.0
         # Per-request state, reset by _begin_request().
         self.request: Optional[Request] = None
         self.body_done = True
@@ -211,9 +172,7 @@ class Connection:
                 # for a shutdown to close, so stop tracking it.
                 self.server.registry.forget(self)
             self._parser.close()
-            self._close_watcher()
-            if self._reusable_timer is not None:
-                self._reusable_timer.close()
+            self._close_waits()
 
     def _prepare(self) -> bool:
         """What comes before the first request (the PROXY header); False: close."""
@@ -383,9 +342,9 @@ class Connection:
         self.response_status = ""
         observer = server.request_observer
         if observer is None:
-            return server.wsgi.handle(self, request)
+            return server.handler.handle(self, request)
         started = time.perf_counter()
-        keep_alive = server.wsgi.handle(self, request)
+        keep_alive = server.handler.handle(self, request)
         observer(self, started)
         return keep_alive
 
@@ -448,44 +407,6 @@ class Connection:
         if kind is ProtocolError:
             raise BadRequestBody(event.status, event.reason)  # type: ignore[union-attr]
         raise ClientDisconnected("client closed the connection mid-body")
-
-    def send(self, data: bytes) -> None:
-        """Write bytes to the client (bounded by ``write_timeout``).
-
-        Raises:
-            ClientDisconnected: the client is gone or stopped reading.
-        """
-        try:
-            # One direct send first: gevent's sendall asks the kernel for the
-            # send buffer size on every call, which costs more than the send
-            # itself for a small response.
-            try:
-                sent = self._raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent < len(data):
-                self._send_rest(memoryview(data)[sent:])
-        except OSError as exc:  # TimeoutError included: write_timeout passed
-            raise ClientDisconnected(f"sending the response failed: {exc}") from exc
-
-    def send_parts(self, head: bytes, body: bytes) -> None:
-        """Write ``head`` then ``body`` with one ``sendmsg``, not joined first (a copy less).
-
-        Raises:
-            ClientDisconnected: the client is gone or stopped reading.
-        """
-        try:
-            try:
-                sent = self._raw.sendmsg((head, body))
-            except BlockingIOError:
-                sent = 0
-            if sent < len(head):
-                self._send_rest(memoryview(head)[sent:])
-                sent = len(head)
-            if sent - len(head) < len(body):
-                self._send_rest(memoryview(body)[sent - len(head) :])
-        except OSError as exc:  # TimeoutError included: write_timeout passed
-            raise ClientDisconnected(f"sending the response failed: {exc}") from exc
 
     def hijack(self) -> tuple[socket.socket, bytes]:
         """Hand the socket to the application; see ``environ['gshutdown.hijack']``.
@@ -583,82 +504,6 @@ class Connection:
                 raise _ReadTimeout()
             parser.feed(data)
 
-    def _recv(self, timeout: Optional[float], wait_first: bool = False, size: int = RECV_SIZE) -> Optional[bytes]:
-        """Up to ``size`` bytes from the socket; ``b""`` at EOF; None if ``timeout`` passed."""
-        raw = self._raw
-        if wait_first and not self._wait_readable(timeout):
-            return None
-        while True:
-            try:
-                return raw.recv(size)
-            except BlockingIOError:
-                pass
-            except InterruptedError:
-                continue
-            except ConnectionError:
-                return b""
-            if timeout is not None and timeout <= 0:
-                return None
-            if not self._wait_readable(timeout):
-                return None
-
-    def _bytes_waiting(self) -> bool:
-        """True if the kernel holds bytes from the client (or cannot say).
-
-        Asked of every idle connection at a shutdown: unlike a read that
-        finds nothing, it raises no exception (a tenth of the per-connection
-        cost of closing 10,000 of them).
-        """
-        try:
-            return bool(int.from_bytes(fcntl.ioctl(self._raw.fileno(), termios.FIONREAD, _INT_BUFFER), "little"))
-        except OSError:
-            return True
-
-    def _wait_readable(self, timeout: Optional[float]) -> bool:
-        """Block until readable (True) or the deadline timer fires (False).
-
-        The greenlet parks in the hub and the watcher or the timer switches
-        straight back into it: both are stopped before this returns, so
-        neither can fire later, and a Waiter object per wait would add
-        nothing but its cost.
-        """
-        hub = self._hub
-        watcher = self._read_watcher
-        if watcher is None:
-            watcher = self._read_watcher = hub.loop.io(self._raw.fileno(), 1)
-        wake = getcurrent().switch
-        watcher.start(wake, True)
-        if timeout is not None:
-            if timeout == self._reusable_seconds:
-                timer = self._reusable_timer
-                timer.again(wake, False)  # its repeat is ``timeout``: fires ``timeout`` from now
-            elif timeout > 0:
-                if self._reusable_timer is not None:
-                    self._reusable_timer.close()
-                timer = self._reusable_timer = hub.loop.timer(timeout, timeout)
-                self._reusable_seconds = timeout
-                timer.start(wake, False)
-            else:  # a deadline already past (a repeat must be positive)
-                timer = hub.loop.timer(timeout)
-                timer.start(wake, False)
-            self._deadline_timer = timer
-        self._wake = wake
-        try:
-            return bool(hub.switch())
-        finally:
-            self._wake = None
-            watcher.stop()
-            self._end_deadline_timer()
-
-    def _end_deadline_timer(self) -> None:
-        timer = self._deadline_timer
-        if timer is not None:
-            self._deadline_timer = None
-            if timer is self._reusable_timer:
-                timer.stop()
-            else:
-                timer.close()
-
     def _finish_body(self) -> bool:
         """Discard what the application left unread; False: too much, close."""
         budget = self.config.max_discard_body
@@ -673,37 +518,6 @@ class Connection:
         return True
 
     # -- writing and closing -------------------------------------------------
-
-    def _send_rest(self, data: memoryview) -> None:
-        """Send what the kernel did not take at once, within ``write_timeout`` in all.
-
-        Raises:
-            OSError: TimeoutError when ``write_timeout`` passes first.
-        """
-        sock = self.sock
-        if sock is not self._raw:  # a gevent socket: its sendall obeys its timeout
-            sock.sendall(data)
-            return
-        raw = self._raw
-        timeout = self.config.write_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while data:
-            wait_write(raw.fileno(), timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
-            try:
-                data = data[raw.send(data) :]
-            except BlockingIOError:
-                pass
-
-    def _close_watcher(self) -> None:
-        watcher = self._read_watcher
-        if watcher is not None:
-            self._read_watcher = None
-            watcher.close()
-
-    def _close_socket(self) -> None:
-        # The watcher first: none may outlive the descriptor it watches.
-        self._close_watcher()
-        self.sock.close()
 
     def send_error(self, status: int, reason: str) -> None:
         """Send a complete error response that announces the close."""

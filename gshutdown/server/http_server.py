@@ -53,12 +53,12 @@ from gshutdown.config.server_config import Config
 from gshutdown.protocol.forwarded import TrustedProxies
 from gshutdown.server import allocator
 from gshutdown.server.connection import Connection
+from gshutdown.server.handler import Handler
 from gshutdown.server.hooks import HookList, HookOutcome, HookPhase, join_drain_hooks
 from gshutdown.server.jobs import JobFn, PeriodicJob, Scheduler
 from gshutdown.server.registry import ConnRegistry, ConnStateHook
 from gshutdown.server.state import ConnState
 from gshutdown.server.tls import TLSConnection, server_context
-from gshutdown.wsgi.adapter import WSGIAdapter, WSGIApp
 
 log = logging.getLogger("gshutdown")
 
@@ -116,19 +116,19 @@ class ShutdownResult:
     jobs_killed: tuple[str, ...] = ()
 
 
-class Server(StreamServer):
-    """An HTTP/1.1 WSGI server on a gevent ``StreamServer``, built to stop well.
+class HTTPServer(StreamServer):
+    """An HTTP/1.1 server on a gevent ``StreamServer``, built to stop well.
+
+    It serves a ``Handler``; ``gshutdown.Server`` is this with the WSGI one.
 
     Args:
         listener: ``(host, port)`` (IPv4 or IPv6; port 0 picks one),
             ``"unix:/path"``, or an already-bound listening socket.
-        application: any PEP 3333 application.
+        handler: what serves each request (``gshutdown.server.handler``).
         conn_state: called as ``conn_state(connection, new_state)`` on every
             connection state change, synchronously; must not block. An
             exception in it is logged and otherwise ignored.
         config: a ``Config``; keyword ``options`` override its fields.
-        multiprocess: other processes serve the same listeners (a master's
-            workers): PEP 3333's ``wsgi.multiprocess``.
 
     Raises:
         ValueError: an option is invalid; ``gshutdown.server.tls.TLSConfigError``
@@ -138,11 +138,10 @@ class Server(StreamServer):
     def __init__(
         self,
         listener: Listener,
-        application: WSGIApp,
+        handler: Handler,
         *,
         conn_state: Optional[ConnStateHook] = None,
         config: Optional[Config] = None,
-        multiprocess: bool = False,
         **options: Any,
     ) -> None:
         self.config = (config or Config()).replace(**options) if options else (config or Config())
@@ -159,8 +158,7 @@ class Server(StreamServer):
             # gevent's accept loop calls accept() until it would block: a
             # blocking listener would hang the hub on the second call.
             listener.setblocking(False)
-        self.application = application
-        self.multiprocess = multiprocess
+        self.handler = handler
         self.registry = ConnRegistry(conn_state)
         #: Set when a shutdown starts; handlers may wait on it
         #: (``environ['gshutdown.shutting_down']``).
@@ -168,7 +166,6 @@ class Server(StreamServer):
         self.shutdown_started = False
         self.keep_alives_enabled = self.config.keep_alive
         self.phase = ShutdownPhase.SERVING
-        self.wsgi: WSGIAdapter
         #: On-shutdown hooks (see ``register_on_shutdown``).
         self.hooks = HookList()
         self._shutdown_result: Optional[AsyncResult] = None
@@ -221,7 +218,7 @@ class Server(StreamServer):
 
     def init_socket(self) -> None:
         super().init_socket()
-        self.wsgi = WSGIAdapter(self.application, self)
+        self.handler.bind(self)
         listener = self.socket
         self._accepted_kind = (int(listener.family), int(listener.type), listener.proto)
 

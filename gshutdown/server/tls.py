@@ -29,7 +29,9 @@ from gevent import ssl as gevent_ssl
 from gevent.socket import wait_write
 
 from gshutdown.config.server_config import Config
-from gshutdown.server.connection import RECV_SIZE, ClientDisconnected, Connection
+from gshutdown.server.connection import Connection
+from gshutdown.server.errors import ClientDisconnected
+from gshutdown.server.socket_io import RECV_SIZE
 from gshutdown.server.state import ConnState
 
 log = logging.getLogger("gshutdown")

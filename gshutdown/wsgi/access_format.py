@@ -29,6 +29,9 @@ import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Optional
 
+#: The application's request lines (``--access-log``).
+access_log = logging.getLogger("gshutdown.access")
+
 #: The Common Log Format, gshutdown's default.
 COMMON_FORMAT = '%(h)s - %(u)s %(t)s "%(r)s" %(s)s %(B)s'
 

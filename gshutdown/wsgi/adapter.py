@@ -27,12 +27,12 @@ from gevent import GreenletExit
 from gshutdown.protocol.events import Request
 from gshutdown.protocol.forwarded import apply_forwarded
 from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
-from gshutdown.server.connection import BadRequestBody, ClientDisconnected
+from gshutdown.server.errors import BadRequestBody, ClientDisconnected
 from gshutdown.server.state import HIJACKED
 
 if TYPE_CHECKING:  # pragma: no cover
     from gshutdown.server.connection import Connection
-    from gshutdown.server.http_server import Server
+    from gshutdown.server.http_server import HTTPServer
 
 log = logging.getLogger("gshutdown")
 
@@ -326,14 +326,27 @@ class Response:
 
 
 class WSGIAdapter:
-    """Runs a WSGI application for each request a connection reads."""
+    """The ``Handler`` that runs a WSGI application for each request a connection reads.
 
-    def __init__(self, app: WSGIApp, server: Server) -> None:
+    Args:
+        app: any PEP 3333 application.
+        multiprocess: other processes serve the same listeners (a master's
+            workers): PEP 3333's ``wsgi.multiprocess``.
+    """
+
+    server: HTTPServer
+    base_environ: dict[str, Any]
+
+    def __init__(self, app: WSGIApp, *, multiprocess: bool = False) -> None:
         self.app = app
-        self.server = server
+        self.multiprocess = multiprocess
         self._warned_untrusted_proxy = False
+
+    def bind(self, server: HTTPServer) -> None:
+        """Take the environ entries that come from ``server`` (its address, TLS)."""
+        self.server = server
         host, port = server.server_host_port()
-        self.base_environ: dict[str, Any] = {
+        self.base_environ = {
             "SERVER_NAME": host,
             "SERVER_PORT": port,
             "SCRIPT_NAME": "",
@@ -341,7 +354,7 @@ class WSGIAdapter:
             "wsgi.url_scheme": "https" if server.ssl_context else "http",
             "wsgi.errors": sys.stderr,
             "wsgi.multithread": False,
-            "wsgi.multiprocess": server.multiprocess,
+            "wsgi.multiprocess": self.multiprocess,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,
             "gshutdown.shutting_down": server.shutting_down,

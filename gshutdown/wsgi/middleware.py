@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
-from gshutdown.process.logs import access_log
 from gshutdown.wsgi import access_format
-from gshutdown.wsgi.access_format import AccessEmit
+from gshutdown.wsgi.access_format import AccessEmit, access_log
 from gshutdown.wsgi.adapter import WSGIApp
 
 

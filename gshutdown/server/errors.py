@@ -1,0 +1,22 @@
+"""Errors a request's reader sees: the client left, or its body broke HTTP framing."""
+
+from __future__ import annotations
+
+
+class ClientDisconnected(ConnectionError):
+    """The client went away before its request body was complete.
+
+    Raised from ``wsgi.input`` reads; the server drops the request quietly.
+    """
+
+
+class BadRequestBody(ValueError):
+    """The request body broke HTTP framing (e.g. a bad chunk size).
+
+    Raised from ``wsgi.input`` reads; unless a response has begun, the server
+    answers 400 and closes the connection.
+    """
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
