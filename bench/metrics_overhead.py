@@ -17,8 +17,6 @@ each variant runs under callgrind twice, serving the two ``--requests``
 counts of sequential keep-alive requests from one client, and the difference
 between the two totals, over the difference in requests, is what one request
 costs (start-up and exit cancel out). It takes some minutes.
-Until ``gshutdown.cli`` has ``--metrics-path``, the launcher sets
-``args.metrics_path`` itself, as ``tests/apps/metrics_cli.py`` does.
 """
 
 from __future__ import annotations
@@ -40,9 +38,9 @@ LAUNCHER = """
 import sys
 from gshutdown import cli
 from gshutdown.process import master, runner
-args = cli.parse_args(sys.argv[2:])
-args.metrics_path = sys.argv[1] or None
-sys.exit(master.main(args) if args.workers else runner.serve(args))
+metrics = ["--metrics-path", sys.argv[1]] if sys.argv[1] else []
+settings = cli.parse_args([*metrics, *sys.argv[2:]])
+sys.exit(master.main(settings) if settings.workers else runner.serve(settings))
 """
 VARIANTS = {
     "single": (),
