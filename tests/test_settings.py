@@ -8,13 +8,15 @@ command for real.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from pathlib import Path
 
 import pytest
 
 from gshutdown.cli import parse_args
-from gshutdown.config import settings
+from gshutdown.config import settings, table
 from gshutdown.config.server_config import Config
 from gshutdown.process.runner import server_options
 
@@ -240,3 +242,26 @@ def test_the_readme_documents_every_option() -> None:
         if flag.startswith("--") and not re.search(rf"`[^`|]*{re.escape(flag)}\b[^`|]*`", readme)
     ]
     assert missing == []
+
+
+def test_the_readme_option_table_is_made_from_the_settings_table() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    generated = re.search(r"<!-- generated: options -->\n(.*?)<!-- end: options -->", readme, re.DOTALL)
+    assert generated is not None
+    assert generated.group(1) == table.readme_table(), "run: python scripts/readme_tables.py"
+
+
+def test_settings_has_one_typed_field_per_row_of_the_table_in_its_order() -> None:
+    fields = [field.name for field in dataclasses.fields(settings.Settings)]
+    assert fields == [setting.name for setting in settings.SETTINGS] + ["sources", "warnings"]
+    hints = typing.get_type_hints(settings.Settings)
+    assert all(hints[name] is not typing.Any for name in fields)
+
+
+def test_settings_are_frozen_and_default_as_the_table_says() -> None:
+    defaults = settings.Settings.defaults()
+    for setting in settings.SETTINGS:
+        assert getattr(defaults, setting.name) == setting.default, setting.name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        defaults.workers = 2  # type: ignore[misc]
+    assert parse_args([APP]) == defaults.replace(app=APP)

@@ -52,6 +52,10 @@ class Setting:
     metavar: Optional[str] = None
     #: Its names in a gunicorn configuration file, when they differ.
     gunicorn: tuple[str, ...] = ()
+    #: The README's "meaning" column, when it says more than ``help``.
+    doc: str = ""
+    #: The README's "default" column, when the default itself does not read well there.
+    shown_default: Optional[str] = None
 
     @property
     def env(self) -> str:
@@ -70,6 +74,8 @@ SETTINGS: tuple[Setting, ...] = (
         "HOST:PORT, [::1]:PORT or unix:PATH; repeatable",
         kind=Kind.LIST,
         metavar="ADDRESS",
+        doc="`HOST:PORT`, `[::1]:PORT`, `unix:PATH`; repeatable",
+        shown_default="`127.0.0.1:8000`",
     ),
     # -- shutdown
     S(
@@ -78,6 +84,7 @@ SETTINGS: tuple[Setting, ...] = (
         seconds,
         30.0,
         "seconds a graceful shutdown may take before connections are forced (Kubernetes' grace: 30)",
+        doc="seconds for the drain before connections are forced",
     ),
     S(
         "drain_delay",
@@ -85,6 +92,7 @@ SETTINGS: tuple[Setting, ...] = (
         seconds,
         0.0,
         "seconds to keep serving with readiness at 503 before closing the listener",
+        doc="seconds of readiness 503 while still serving, before the listener closes",
     ),
     S(
         "readiness_path",
@@ -92,6 +100,7 @@ SETTINGS: tuple[Setting, ...] = (
         text,
         "/-/ready",
         "path the server answers itself: 200, or 503 once draining ('' to disable)",
+        doc="answered by the server: 200, then 503 once draining (`''` disables)",
     ),
     S(
         "metrics_path",
@@ -100,6 +109,8 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "path the server answers itself with Prometheus metrics (needs pip install 'gshutdown[metrics]')",
         metavar="PATH",
+        doc="answered by the server with Prometheus metrics (see Metrics; `pip install 'gshutdown[metrics]'`)",
+        shown_default="none",
     ),
     S(
         "idle_grace",
@@ -107,6 +118,7 @@ SETTINGS: tuple[Setting, ...] = (
         seconds,
         0.1,
         "at shutdown, idle connections get this read deadline: a request arriving inside it is served",
+        doc="seconds an idle connection may still start a request once a shutdown begins",
     ),
     # -- timeouts and limits
     S(
@@ -116,6 +128,7 @@ SETTINGS: tuple[Setting, ...] = (
         5.0,
         "keep-alive idle seconds, or 'none' (uvicorn: 5)",
         gunicorn=("keepalive",),
+        doc="keep-alive idle seconds (gunicorn `--keep-alive`, 2 there)",
     ),
     S(
         "read_header_timeout",
@@ -123,6 +136,7 @@ SETTINGS: tuple[Setting, ...] = (
         limit_seconds,
         10.0,
         "seconds to receive a request head, then 408, or 'none' (Go's ReadHeaderTimeout)",
+        doc="seconds to receive a request head, then 408",
     ),
     S(
         "read_body_timeout",
@@ -130,6 +144,7 @@ SETTINGS: tuple[Setting, ...] = (
         limit_seconds,
         30.0,
         "longest wait for the next piece of a request body the application reads, or 'none'",
+        doc="longest wait for the next piece of a request body",
     ),
     S(
         "write_timeout",
@@ -137,6 +152,7 @@ SETTINGS: tuple[Setting, ...] = (
         limit_seconds,
         30.0,
         "longest time one response write may take against a client not reading, or 'none'",
+        doc="longest time one response write may take",
     ),
     S(
         "max_connections",
@@ -145,6 +161,7 @@ SETTINGS: tuple[Setting, ...] = (
         1000,
         "connections served at once, the rest wait in the backlog (gunicorn worker_connections: 1000); 'none'",
         gunicorn=("worker_connections",),
+        doc="connections served at once, the rest wait in the backlog (gunicorn `--worker-connections`, also 1000)",
     ),
     S(
         "max_body_size",
@@ -153,6 +170,8 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "largest request body in bytes; larger ones get 413 before the app runs (nginx client_max_body_size)",
         metavar="BYTES",
+        doc="larger request bodies get 413 before the app runs (nginx `client_max_body_size`)",
+        shown_default="none",
     ),
     S(
         "min_body_rate",
@@ -161,16 +180,33 @@ SETTINGS: tuple[Setting, ...] = (
         500,
         "bytes per second a request body must keep up once read_body_timeout is spent (Apache MinRate), or 'none'",
         metavar="BYTES",
+        doc="past `--read-body-timeout`, a body must keep up this many bytes per second (Apache's `MinRate`), so a trickle cannot hold a connection forever",
     ),
-    S("backlog", ("--backlog",), count, 2048, "listen backlog (gunicorn: 2048)"),
-    S("limit_request_line", ("--limit-request-line",), count, 8190, "longest request line in bytes, then 414"),
-    S("limit_request_fields", ("--limit-request-fields",), count, 100, "most header fields in a request, then 431"),
+    S("backlog", ("--backlog",), count, 2048, "listen backlog (gunicorn: 2048)", doc="listen backlog (gunicorn's)"),
+    S(
+        "limit_request_line",
+        ("--limit-request-line",),
+        count,
+        8190,
+        "longest request line in bytes, then 414",
+        doc="longest request line in bytes, then 414 (gunicorn's, 4094 there)",
+    ),
+    S(
+        "limit_request_fields",
+        ("--limit-request-fields",),
+        count,
+        100,
+        "most header fields in a request, then 431",
+        doc="most header fields, then 431 (gunicorn's)",
+    ),
     S(
         "limit_request_field_size",
         ("--limit-request-field-size",),
         optional_count,
         None,
         "longest header field (name and value) in bytes, then 431 (gunicorn: 8190); 'none': the 64 KiB head limit only",
+        doc="longest header field in bytes, then 431; otherwise only the 64 KiB head limit (gunicorn's, 8190 there)",
+        shown_default="none",
     ),
     S(
         "no_keep_alive",
@@ -179,8 +215,16 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "close every connection after its response",
         kind=Kind.FLAG,
+        doc="every response closes its connection",
     ),
-    S("server_header", ("--server-header",), text, "gshutdown", "the Server header value ('' to send none)"),
+    S(
+        "server_header",
+        ("--server-header",),
+        text,
+        "gshutdown",
+        "the Server header value ('' to send none)",
+        doc="the `Server` field (`''`: none)",
+    ),
     # -- logging
     S(
         "access_log",
@@ -190,6 +234,8 @@ SETTINGS: tuple[Setting, ...] = (
         "access log file, '-' for stderr",
         metavar="FILE",
         gunicorn=("accesslog",),
+        doc="one line per request; `-` for stderr (gunicorn `--access-logfile`)",
+        shown_default="off",
     ),
     S(
         "access_log_format",
@@ -198,6 +244,8 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "gunicorn's atoms, e.g. '%%(h)s \"%%(r)s\" %%(s)s %%(D)s', or 'json' (default: Common Log Format)",
         metavar="FORMAT",
+        doc='gunicorn\'s atoms (`%(h)s "%(r)s" %(s)s %(D)s %({name}i)s` ...), or `json` (one object per request, response time in `duration_s`)',
+        shown_default="Common Log Format",
     ),
     S(
         "error_log",
@@ -207,6 +255,8 @@ SETTINGS: tuple[Setting, ...] = (
         "server log file (default '-': stderr)",
         metavar="FILE",
         gunicorn=("errorlog",),
+        doc="the server's own log (gunicorn `--error-logfile`)",
+        shown_default="`-` (stderr)",
     ),
     S(
         "log_level",
@@ -215,6 +265,7 @@ SETTINGS: tuple[Setting, ...] = (
         "info",
         "debug, info, warning, error or critical",
         gunicorn=("loglevel",),
+        shown_default="info",
     ),
     S(
         "log_config",
@@ -224,6 +275,7 @@ SETTINGS: tuple[Setting, ...] = (
         "a JSON file holding a logging.config.dictConfig() dictionary",
         metavar="FILE",
         gunicorn=("logconfig_dict",),
+        doc="a JSON file with a `logging.config.dictConfig()` dictionary, applied last",
     ),
     S(
         "max_blocking_time",
@@ -232,6 +284,8 @@ SETTINGS: tuple[Setting, ...] = (
         0.0,
         "log, with its stack, every greenlet that blocks the event loop over MS milliseconds (0: off)",
         metavar="MS",
+        doc="log, with its stack, each greenlet that blocks the event loop over MS milliseconds (gevent's own monitor thread)",
+        shown_default="0 (off)",
     ),
     # -- process
     S(
@@ -242,11 +296,50 @@ SETTINGS: tuple[Setting, ...] = (
         "do not call gevent.monkey.patch_all() before importing the app",
         kind=Kind.FLAG,
     ),
-    S("pid", ("--pid",), optional_text, None, "write the process id to FILE", metavar="FILE", gunicorn=("pidfile",)),
-    S("chdir", ("--chdir",), optional_text, None, "change to DIR before loading the app", metavar="DIR"),
-    S("user", ("--user",), optional_text, None, "after binding, switch to this user (name or uid)"),
-    S("group", ("--group",), optional_text, None, "after binding, switch to this group (name or gid)"),
-    S("umask", ("--umask",), octal, None, "process umask, octal (gunicorn: 0); unix socket files get it too"),
+    S(
+        "pid",
+        ("--pid",),
+        optional_text,
+        None,
+        "write the process id to FILE",
+        metavar="FILE",
+        gunicorn=("pidfile",),
+        doc="written atomically, removed at exit",
+    ),
+    S(
+        "chdir",
+        ("--chdir",),
+        optional_text,
+        None,
+        "change to DIR before loading the app",
+        metavar="DIR",
+        doc="change directory before loading the app",
+    ),
+    S(
+        "user",
+        ("--user",),
+        optional_text,
+        None,
+        "after binding, switch to this user (name or uid)",
+        doc="switch to this user (name or uid) once the listeners are bound",
+    ),
+    S(
+        "group",
+        ("--group",),
+        optional_text,
+        None,
+        "after binding, switch to this group (name or gid)",
+        doc="switch to this group (name or gid) once the listeners are bound",
+    ),
+    S(
+        "umask",
+        ("--umask",),
+        octal,
+        None,
+        "process umask, octal (gunicorn: 0); unix socket files get it too",
+        doc="process umask, octal; unix socket files get it",
+        shown_default="inherited",
+    ),
     S(
         "unix_socket_mode",
         ("--unix-socket-mode",),
@@ -254,6 +347,8 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "octal permission bits of unix: sockets bound, e.g. 660 (default: what the umask leaves)",
         metavar="MODE",
+        doc="octal permission bits of `unix:` sockets, e.g. `660`",
+        shown_default="umask",
     ),
     S(
         "raw_env",
@@ -263,6 +358,7 @@ SETTINGS: tuple[Setting, ...] = (
         "NAME=VALUE set in the environment before the app is loaded; repeatable",
         kind=Kind.LIST,
         metavar="NAME=VALUE",
+        doc="set in the environment before the app loads; repeatable",
     ),
     # -- workers
     # -- proxies and TLS
@@ -273,6 +369,7 @@ SETTINGS: tuple[Setting, ...] = (
         "127.0.0.1,::1",
         "peers whose X-Forwarded-For/-Proto, Forwarded and PROXY addresses are believed: IPs and CIDRs, "
         "comma-separated, '*' for any (gunicorn's)",
+        doc="peers whose forwarding headers and PROXY addresses are believed (see Behind a proxy)",
     ),
     S(
         "no_proxy_headers",
@@ -281,6 +378,7 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "ignore X-Forwarded-* and Forwarded even from trusted peers (uvicorn --no-proxy-headers)",
         kind=Kind.FLAG,
+        doc="ignore `X-Forwarded-*` and `Forwarded` from every peer",
     ),
     S(
         "proxy_protocol",
@@ -289,9 +387,26 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "every connection begins with a PROXY v1/v2 header (HAProxy, nginx, AWS NLB); without a valid one: 400",
         kind=Kind.FLAG,
+        doc="every connection begins with a PROXY v1/v2 header",
     ),
-    S("certfile", ("--certfile",), optional_text, None, "PEM certificate chain: serve HTTPS", metavar="FILE"),
-    S("keyfile", ("--keyfile",), optional_text, None, "PEM private key (default: in --certfile)", metavar="FILE"),
+    S(
+        "certfile",
+        ("--certfile",),
+        optional_text,
+        None,
+        "PEM certificate chain: serve HTTPS",
+        metavar="FILE",
+        doc="PEM certificate chain: serve HTTPS (see TLS)",
+    ),
+    S(
+        "keyfile",
+        ("--keyfile",),
+        optional_text,
+        None,
+        "PEM private key (default: in --certfile)",
+        metavar="FILE",
+        doc="PEM private key (default: in `--certfile`)",
+    ),
     S(
         "ca_certs",
         ("--ca-certs",),
@@ -299,6 +414,7 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "PEM CA bundle to verify client certificates with",
         metavar="FILE",
+        doc="PEM CA bundle to verify client certificates with",
     ),
     S(
         "cert_reqs",
@@ -306,6 +422,7 @@ SETTINGS: tuple[Setting, ...] = (
         client_certificates,
         None,
         "client certificates: none, optional or required (default: required with --ca-certs, else none)",
+        doc="verify client certificates: `none`, `optional`, `required` (default: `required` with `--ca-certs`)",
     ),
     S("ciphers", ("--ciphers",), optional_text, None, "OpenSSL cipher list for TLS 1.2"),
     S(
@@ -314,6 +431,9 @@ SETTINGS: tuple[Setting, ...] = (
         count_or_zero,
         0,
         "run a master with this many worker processes (reload, upgrade); 0: serve in this one process",
+        doc="a master with N worker processes (reload and upgrade)",
+        shown_default="one process",
+        metavar="N",
     ),
     S(
         "preload",
@@ -323,6 +443,7 @@ SETTINGS: tuple[Setting, ...] = (
         "with --workers: import the app in the master before forking",
         kind=Kind.FLAG,
         gunicorn=("preload_app",),
+        doc="with `--workers`: import the app in the master",
     ),
     S(
         "ready_timeout",
@@ -330,6 +451,7 @@ SETTINGS: tuple[Setting, ...] = (
         seconds,
         30.0,
         "with --workers: seconds new workers or a new master get to become ready",
+        doc="with `--workers`: seconds new workers/master get to become ready",
     ),
     S(
         "reuse_port",
@@ -338,6 +460,7 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "with --workers: each worker listens on its own SO_REUSEPORT socket (default: one shared accept queue)",
         kind=Kind.FLAG,
+        doc="with `--workers`: each worker listens on its own `SO_REUSEPORT` socket and the kernel spreads connections by a hash of the peer; the default is one accept queue shared by the workers, which a blocked or busy worker simply stops taking from, and which also works for unix sockets and systemd socket activation",
     ),
     S(
         "max_requests",
@@ -345,6 +468,9 @@ SETTINGS: tuple[Setting, ...] = (
         count_or_zero,
         0,
         "with --workers: replace a worker after it has served this many requests (0: never)",
+        doc="with `--workers`: replace a worker after about N requests; its replacement starts first, and it drains only once that one is ready (gunicorn `--max-requests`)",
+        shown_default="0 (off)",
+        metavar="N",
     ),
     S(
         "max_requests_jitter",
@@ -352,6 +478,8 @@ SETTINGS: tuple[Setting, ...] = (
         count_or_zero,
         0,
         "with --max-requests: add 0 to this many requests per worker, so they do not restart together",
+        doc="adds 0 to J to each worker's N, so they do not all restart together (gunicorn's)",
+        metavar="J",
     ),
     S(
         "timeout",
@@ -359,8 +487,45 @@ SETTINGS: tuple[Setting, ...] = (
         seconds,
         0.0,
         "with --workers: replace a worker whose event loop is blocked this many seconds, logging its stack (0: off)",
+        doc="with `--workers`: a worker whose event loop is blocked S seconds (CPU loop, unpatched C call) is killed and replaced, its stack written to the log; its connections count as forced (gunicorn `--timeout`, which is 30 there and a heartbeat file)",
+        shown_default="0 (off)",
+        metavar="S",
     ),
 )
 del S
 
 BY_NAME: Mapping[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+
+#: Rows of the README's option table that are not settings.
+_COMMAND_ROWS = (
+    ("`-c/--config FILE`", "", "a Python file of settings"),
+    ("`--print-config`", "", "print the settings and their sources, then exit"),
+)
+
+
+def readme_table() -> str:
+    """The README's option table, in Markdown: one row per setting, in table order."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    rows += [f"| {option} | {default} | {meaning} |" for option, default, meaning in _COMMAND_ROWS]
+    for setting in SETTINGS:
+        if not setting.flags:
+            continue  # APP, the positional argument
+        option = "/".join(setting.flags) + (f" {setting.metavar}" if setting.metavar else "")
+        rows.append(f"| `{option}` | {_readme_default(setting)} | {setting.doc or setting.help} |")
+    return "\n".join(rows) + "\n"
+
+
+def _readme_default(setting: Setting) -> str:
+    if setting.shown_default is not None:
+        return setting.shown_default
+    default = setting.default
+    if setting.kind is Kind.FLAG:
+        return "on" if default else "off"
+    if default is None or default == []:
+        return ""
+    if isinstance(default, float):
+        return f"{default:g}"
+    if isinstance(default, str):
+        return f"`{default}`"
+    return str(default)
