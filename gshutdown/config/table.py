@@ -180,7 +180,10 @@ SETTINGS: tuple[Setting, ...] = (
         500,
         "bytes per second a request body must keep up once read_body_timeout is spent (Apache MinRate), or 'none'",
         metavar="BYTES",
-        doc="past `--read-body-timeout`, a body must keep up this many bytes per second (Apache's `MinRate`), so a trickle cannot hold a connection forever",
+        doc=(
+            "past `--read-body-timeout`, a body must keep up this many bytes per second (Apache's `MinRate`), so a "
+            "trickle cannot hold a connection forever"
+        ),
     ),
     S("backlog", ("--backlog",), count, 2048, "listen backlog (gunicorn: 2048)", doc="listen backlog (gunicorn's)"),
     S(
@@ -244,7 +247,10 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "gunicorn's atoms, e.g. '%%(h)s \"%%(r)s\" %%(s)s %%(D)s', or 'json' (default: Common Log Format)",
         metavar="FORMAT",
-        doc='gunicorn\'s atoms (`%(h)s "%(r)s" %(s)s %(D)s %({name}i)s` ...), or `json` (one object per request, response time in `duration_s`)',
+        doc=(
+            'gunicorn\'s atoms (`%(h)s "%(r)s" %(s)s %(D)s %({name}i)s` ...), or `json` (one object per request, '
+            "response time in `duration_s`)"
+        ),
         shown_default="Common Log Format",
     ),
     S(
@@ -284,7 +290,10 @@ SETTINGS: tuple[Setting, ...] = (
         0.0,
         "log, with its stack, every greenlet that blocks the event loop over MS milliseconds (0: off)",
         metavar="MS",
-        doc="log, with its stack, each greenlet that blocks the event loop over MS milliseconds (gevent's own monitor thread)",
+        doc=(
+            "log, with its stack, each greenlet that blocks the event loop over MS milliseconds (gevent's own "
+            "monitor thread)"
+        ),
         shown_default="0 (off)",
     ),
     # -- process
@@ -460,7 +469,12 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "with --workers: each worker listens on its own SO_REUSEPORT socket (default: one shared accept queue)",
         kind=Kind.FLAG,
-        doc="with `--workers`: each worker listens on its own `SO_REUSEPORT` socket and the kernel spreads connections by a hash of the peer; the default is one accept queue shared by the workers, which a blocked or busy worker simply stops taking from, and which also works for unix sockets and systemd socket activation",
+        doc=(
+            "with `--workers`: each worker listens on its own `SO_REUSEPORT` socket and the kernel spreads "
+            "connections by a hash of the peer; the default is one accept queue shared by the workers, which a "
+            "blocked or busy worker simply stops taking from, and which also works for unix sockets and systemd "
+            "socket activation"
+        ),
     ),
     S(
         "max_requests",
@@ -468,7 +482,10 @@ SETTINGS: tuple[Setting, ...] = (
         count_or_zero,
         0,
         "with --workers: replace a worker after it has served this many requests (0: never)",
-        doc="with `--workers`: replace a worker after about N requests; its replacement starts first, and it drains only once that one is ready (gunicorn `--max-requests`)",
+        doc=(
+            "with `--workers`: replace a worker after about N requests; its replacement starts first, and it drains "
+            "only once that one is ready (gunicorn `--max-requests`)"
+        ),
         shown_default="0 (off)",
         metavar="N",
     ),
@@ -487,7 +504,11 @@ SETTINGS: tuple[Setting, ...] = (
         seconds,
         0.0,
         "with --workers: replace a worker whose event loop is blocked this many seconds, logging its stack (0: off)",
-        doc="with `--workers`: a worker whose event loop is blocked S seconds (CPU loop, unpatched C call) is killed and replaced, its stack written to the log; its connections count as forced (gunicorn `--timeout`, which is 30 there and a heartbeat file)",
+        doc=(
+            "with `--workers`: a worker whose event loop is blocked S seconds (CPU loop, unpatched C call) is killed "
+            "and replaced, its stack written to the log; its connections count as forced (gunicorn `--timeout`, "
+            "which is 30 there and a heartbeat file)"
+        ),
         shown_default="0 (off)",
         metavar="S",
     ),
