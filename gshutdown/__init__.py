@@ -6,8 +6,9 @@ from gshutdown.process.runner import Runner, run
 from gshutdown.server.connection import Connection
 from gshutdown.server.errors import BadRequestBody, ClientDisconnected
 from gshutdown.server.hooks import HookOutcome, HookPhase, on_shutdown
-from gshutdown.server.http_server import ForcedConnection, HTTPServer, ShutdownPhase, ShutdownResult
+from gshutdown.server.http_server import HTTPServer
 from gshutdown.server.jobs import every
+from gshutdown.server.shutdown import ForcedConnection, ShutdownPhase, ShutdownResult
 from gshutdown.server.state import TRANSITIONS, ConnState, IllegalTransition
 from gshutdown.wsgi.server import Server
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, P
 
 import gevent
 
-from gshutdown.server.http_server import ShutdownPhase
+from gshutdown.server.shutdown import ShutdownPhase
 from gshutdown.server.state import ConnState
 from gshutdown.wsgi.adapter import WSGIApp
 

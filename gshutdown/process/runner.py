@@ -50,7 +50,8 @@ from gshutdown.process.exit_status import ExitStatus, fail
 from gshutdown.process.metrics import MetricsUnavailable, ProcessMetrics, check_path
 from gshutdown.process.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
 from gshutdown.server.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
-from gshutdown.server.http_server import Listener, ShutdownResult
+from gshutdown.server.http_server import Listener
+from gshutdown.server.shutdown import ShutdownResult
 from gshutdown.server.state import ConnState
 from gshutdown.wsgi import access_format
 from gshutdown.wsgi.adapter import WSGIApp

@@ -21,24 +21,15 @@ Shutdown timeline (``Server.shutdown(timeout)``), each step a private method:
 Every connection it ends is reported in the result of a shutdown it
 interrupts (or that follows it) as forced.
 
-Accept: when the process (EMFILE) or the system (ENFILE) is out of file
-descriptors, or the kernel out of buffers, accepting pauses, with a retry
-delay that doubles from 5 ms to 1 s (as Go's ``Server.Serve``), while open
-connections are served as usual; clients wait in the listen backlog meanwhile.
-It is logged at most once per ``ACCEPT_ERROR_LOG_INTERVAL``, and when
-accepting resumes after a pause that was logged.
+Accepting, and pausing it when out of descriptors, is ``accept.PausingAccept``.
 """
 
 from __future__ import annotations
 
-import _socket
-import enum
-import errno
 import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, Callable, Optional, Union
 
@@ -52,11 +43,13 @@ from gshutdown.config.addresses import bind_unix
 from gshutdown.config.server_config import Config
 from gshutdown.protocol.forwarded import TrustedProxies
 from gshutdown.server import allocator
+from gshutdown.server.accept import PausingAccept
 from gshutdown.server.connection import Connection
 from gshutdown.server.handler import Handler
-from gshutdown.server.hooks import HookList, HookOutcome, HookPhase, join_drain_hooks
+from gshutdown.server.hooks import HookList, HookPhase, join_drain_hooks
 from gshutdown.server.jobs import JobFn, PeriodicJob, Scheduler
 from gshutdown.server.registry import ConnRegistry, ConnStateHook
+from gshutdown.server.shutdown import ForcedConnection, ShutdownPhase, ShutdownResult
 from gshutdown.server.state import ConnState
 from gshutdown.server.tls import TLSConnection, server_context
 
@@ -66,57 +59,8 @@ Listener = Union[tuple, str, socket.socket]
 
 _NO_LIMIT = float("inf")
 
-#: Seconds between log lines while accepting is paused for lack of resources.
-ACCEPT_ERROR_LOG_INTERVAL = 10.0
-_ACCEPT_RETRY_FIRST = 0.005
-_ACCEPT_RETRY_MAX = 1.0
-# accept() errors that say "no room for another connection now".
-_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-# accept() errors about one connection, gone before it was accepted.
-_CONNECTION_ABORTED = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
-
-class ShutdownPhase(enum.Enum):
-    """Where the server is in its life."""
-
-    SERVING = "serving"
-    DRAINING = "draining"
-    FORCING = "forcing"
-    STOPPING = "stopping"  # running "stopped" hooks, joining greenlets
-    STOPPED = "stopped"
-
-
-@dataclass(frozen=True)
-class ForcedConnection:
-    """A connection that was still open at the shutdown deadline."""
-
-    state: ConnState
-    peer: Any
-    request_line: str
-    #: Seconds since the connection was accepted.
-    age: float
-
-
-@dataclass(frozen=True)
-class ShutdownResult:
-    """What ``Server.shutdown()`` did."""
-
-    #: True when every connection finished on its own before the deadline.
-    clean: bool
-    #: Connections force-closed at the deadline.
-    forced: tuple[ForcedConnection, ...] = ()
-    #: Hijacked sockets still open at the end, closed by the server.
-    hijacked_closed: int = 0
-    hooks: tuple[HookOutcome, ...] = ()
-    #: Seconds from the start of the shutdown to its end.
-    duration: float = 0.0
-    #: Idle connections closed by step 3.
-    idle_closed: int = 0
-    #: Periodic jobs killed because they were still running at the deadline.
-    jobs_killed: tuple[str, ...] = ()
-
-
-class HTTPServer(StreamServer):
+class HTTPServer(PausingAccept):
     """An HTTP/1.1 server on a gevent ``StreamServer``, built to stop well.
 
     It serves a ``Handler``; ``gshutdown.Server`` is this with the WSGI one.
@@ -177,14 +121,6 @@ class HTTPServer(StreamServer):
         # and the hijacked sockets close() closed.
         self._forced: dict[int, ForcedConnection] = {}
         self._hijacked_closed_by_close = 0
-        # Accept paused for lack of resources: the retry timer, its delay,
-        # since when, and when it was last logged.
-        self._accept_retry_timer: Any = None
-        self._accept_retry_delay = 0.0
-        self._accept_paused_at = 0.0
-        self._accept_error_logged_at = -ACCEPT_ERROR_LOG_INTERVAL
-        self._accept_pause_logged = False
-        self._accept_errors = 0
         #: Requests read so far, on all connections.
         self.requests_total = 0
         #: ``requests_total`` at which ``_on_request_limit`` runs (see ``notify_after_requests``).
@@ -219,96 +155,15 @@ class HTTPServer(StreamServer):
     def init_socket(self) -> None:
         super().init_socket()
         self.handler.bind(self)
-        listener = self.socket
-        self._accepted_kind = (int(listener.family), int(listener.type), listener.proto)
-
-    def _accept(self) -> Any:
-        """``(socket, address)`` of a connection accepted now, or None.
-
-        A plain connection gets a plain non-blocking socket rather than
-        gevent's wrapper, whose set-up and close cost more than the rest of
-        a short connection's Python work (``Connection`` waits on its own
-        watcher anyway). TLS needs the wrapper: gevent's ssl wraps it.
-        """
-        if self.ssl_context is not None:
-            return super().do_read()
-        try:
-            fd, address = self.socket._accept()
-        except BlockingIOError:
-            return None
-        family, kind, proto = self._accepted_kind
-        sock = _socket.socket(family, kind, proto, fd)
-        sock.setblocking(False)
-        return sock, address
-
-    def do_read(self) -> Any:
-        """Accept one connection; None when there is none to accept now."""
-        try:
-            accepted = self._accept()
-        except OSError as exc:
-            if exc.errno in _CONNECTION_ABORTED:
-                return None  # that client is gone; the next one may be fine
-            if exc.errno not in _OUT_OF_RESOURCES:
-                raise
-            self._pause_accepting(exc)
-            return None
-        if self._accept_retry_delay and accepted:
-            if self._accept_pause_logged:
-                log.info(
-                    "accept: resumed after %.1f s (%d attempts failed)",
-                    time.monotonic() - self._accept_paused_at,
-                    self._accept_errors,
-                )
-            self._accept_retry_delay = 0.0
-            self._accept_errors = 0
-            self._accept_pause_logged = False
-        return accepted
-
-    def _pause_accepting(self, exc: OSError) -> None:
-        """Out of descriptors or buffers: stop watching the listener for a while.
-
-        Watching on would spin: the listener stays readable while the backlog
-        holds a connection that cannot be accepted.
-        """
-        now = time.monotonic()
-        if not self._accept_retry_delay:
-            self._accept_paused_at = now
-        self._accept_errors += 1
-        delay = min(max(2 * self._accept_retry_delay, _ACCEPT_RETRY_FIRST), _ACCEPT_RETRY_MAX)
-        self._accept_retry_delay = delay
-        if now - self._accept_error_logged_at >= ACCEPT_ERROR_LOG_INTERVAL:
-            self._accept_error_logged_at = now
-            self._accept_pause_logged = True
-            log.warning(
-                "accept: %s (%s); serving the %d open connections, new ones wait in the backlog; "
-                "retrying for %.1f s so far (logged every %g s)",
-                os.strerror(exc.errno or 0),
-                errno.errorcode.get(exc.errno or 0, exc.errno),
-                len(self.registry),
-                now - self._accept_paused_at,
-                ACCEPT_ERROR_LOG_INTERVAL,
-            )
-        self.stop_accepting()
-        self._cancel_accept_retry()
-        timer = self._accept_retry_timer = self.loop.timer(delay)
-        timer.start(self._retry_accepting)
-
-    def _retry_accepting(self) -> None:
-        self._cancel_accept_retry()
-        if hasattr(self, "socket") and self.started and not self.shutdown_started:
-            self.start_accepting()
-
-    def _cancel_accept_retry(self) -> None:
-        timer = self._accept_retry_timer
-        if timer is not None:
-            timer.close()
-            self._accept_retry_timer = None
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         """Serve one accepted socket in the calling greenlet."""
         conn = self.connection_class(self, sock, address)
         conn.greenlet = getcurrent()
         conn.serve()
+
+    def open_connections(self) -> int:
+        return len(self.registry)
 
     def do_handle(self, sock: socket.socket, address: Any) -> None:
         # Registered here, in the accept path, rather than when the greenlet
