@@ -23,7 +23,7 @@ import requests
 from gshutdown import ConnState, Server
 from gshutdown.server.tls import TLSConfigError
 from tests.helpers import ServerThread, read_response, recv_until_closed, wait_until
-from tests.test_conn import cyclic_garbage_from_gshutdown
+from tests.test_connection import cyclic_garbage_from_gshutdown
 from tests.tls_helpers import TLSFiles, raw_after_close_notify, read_until_close_notify, tls_connect
 
 Serve = Callable[..., ServerThread]
