@@ -9,6 +9,11 @@ def test_describe_address_ipv4_ipv6_unix():
     assert describe_address("/run/app.sock") == "unix:/run/app.sock"
 
 
+def test_describe_address_of_a_tls_listener_is_https():
+    assert describe_address(("127.0.0.1", 8443), tls=True) == "https://127.0.0.1:8443"
+    assert describe_address(("::1", 8443, 0, 0), tls=True) == "https://[::1]:8443"
+
+
 def test_describe_listener_keeps_the_users_spelling():
     assert describe_listener("unix:/run/app.sock") == "unix:/run/app.sock"
     assert describe_listener(("0.0.0.0", 80)) == "0.0.0.0:80"

@@ -303,3 +303,5 @@ def test_kubernetes_deployment_fits_drain_delay_and_graceful_timeout_in_the_grac
     assert args.drain_delay + args.graceful_timeout < pod["terminationGracePeriodSeconds"]
     assert container["readinessProbe"]["httpGet"]["path"] == args.readiness_path
     assert container["livenessProbe"].get("httpGet", {}).get("path") != args.readiness_path
+    # Balancers in front (AWS ALB, ingress-nginx) keep idle connections 60 s: gshutdown must keep them longer.
+    assert args.idle_timeout > 60

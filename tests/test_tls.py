@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import gc
 import json
+import re
+import signal
 import socket
 import ssl
 import subprocess
 import time
 import weakref
+from pathlib import Path
 from typing import Any, Callable
 
 import gevent
@@ -23,6 +26,7 @@ import requests
 from gshutdown import ConnState, Server
 from gshutdown.server.tls import TLSConfigError
 from tests.helpers import ServerThread, read_response, recv_until_closed, wait_until
+from tests.process_helpers import PROBE, free_port, start_gshutdown, start_master
 from tests.test_connection import cyclic_garbage_from_gshutdown
 from tests.tls_helpers import TLSFiles, raw_after_close_notify, read_until_close_notify, tls_connect
 
@@ -315,3 +319,20 @@ def test_ciphers_restrict_tls_1_2(serve: Serve, tls_files: TLSFiles) -> None:
     context.set_ciphers("ECDHE-ECDSA-AES256-GCM-SHA384")
     with socket.create_connection(("127.0.0.1", st.port), timeout=10) as plain, pytest.raises(ssl.SSLError):
         context.wrap_socket(plain, server_hostname="localhost")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_https_listener_is_logged_as_https(tmp_path: Path, tls_files: TLSFiles, workers: int) -> None:
+    """The address logged at start-up is the URL to use: https:// for a TLS listener, from the master too."""
+    port = free_port()
+    tls = ("--certfile", str(tls_files.cert), "--keyfile", str(tls_files.key))
+    if workers:
+        server = start_master(tmp_path / "log", PROBE, port, *tls, workers=workers)
+    else:
+        server = start_gshutdown(tmp_path / "log", *tls, "--bind", f"127.0.0.1:{port}", PROBE)
+    with server:
+        assert requests.get(f"https://localhost:{port}/", verify=str(tls_files.cert), timeout=10).ok
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    logged = re.findall(r"listening on (\S+)$", server.log(), re.MULTILINE)
+    assert logged == [f"https://127.0.0.1:{port}"] * (1 + workers)  # the master's line, then each worker's

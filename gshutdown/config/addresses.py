@@ -13,11 +13,11 @@ import stat
 from typing import Any, Optional
 
 
-def describe_address(address: Any) -> str:
-    """A bound address as a URL (``unix:PATH`` for unix sockets)."""
+def describe_address(address: Any, tls: bool = False) -> str:
+    """A bound address as a URL, ``https://`` when ``tls`` (``unix:PATH`` for unix sockets)."""
     if isinstance(address, tuple):
-        host = address[0]
-        return f"http://[{host}]:{address[1]}" if ":" in host else f"http://{host}:{address[1]}"
+        host, scheme = address[0], "https" if tls else "http"
+        return f"{scheme}://[{host}]:{address[1]}" if ":" in host else f"{scheme}://{host}:{address[1]}"
     return f"unix:{address}"
 
 

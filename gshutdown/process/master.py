@@ -270,7 +270,8 @@ class Master:
                 return fail(str(exc), ExitStatus.USAGE)
         self._install_signals()
         for sock in self.listeners:
-            log.info("master %d listening on %s", os.getpid(), describe_address(sock.getsockname()))
+            address = describe_address(sock.getsockname(), tls=bool(self.settings.certfile))
+            log.info("master %d listening on %s", os.getpid(), address)
         self._spawn_generation()
         try:
             while True:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Optional
+
+#: Pid files are readable by everyone (supervisors, ``kill $(cat FILE)``), whatever the umask.
+PID_FILE_MODE = 0o644
 
 
 def write(path: Optional[str]) -> None:
@@ -11,12 +15,27 @@ def write(path: Optional[str]) -> None:
 
     Written to a temporary file and renamed, so a supervisor never reads half
     a pid, even while an upgrade hands the file from one master to the next.
+    The temporary file gets a random name and is created exclusively, never
+    through a symlink: a pid file often lives in a directory others can write
+    (``/tmp``, ``/run``), where a predictable name could be planted in advance
+    to make this process (often root) overwrite another file, or hand over a
+    pid file its planter can still write to.
     """
-    if path:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as fh:
+    if not path:
+        return
+    directory, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            os.fchmod(fh.fileno(), PID_FILE_MODE)  # mkstemp creates it 0o600
             fh.write(f"{os.getpid()}\n")
-        os.replace(tmp, path)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def remove(path: Optional[str]) -> None:

@@ -248,7 +248,7 @@ class Runner:
             if self.role is Role.SINGLE:
                 pidfile.write(self.pidfile)
             for server in self.servers:
-                log.info("listening on %s", describe_address(server.address))
+                log.info("listening on %s", describe_address(server.address, tls=server.ssl_context is not None))
             if self.link is not None:
                 helpers += self._start_worker_duties(self.link)
             if self.on_ready is not None:

@@ -19,6 +19,12 @@ unchanged, e.g. ``'%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'`
 
 ``json`` writes one object per request with the same facts, response time
 included (``duration_s``, seconds).
+
+Every atom is escaped as nginx escapes its access log, so that a client cannot
+forge a line or a field, or reach the terminal of whoever reads the log: bytes
+below 0x20, 0x7f, C1 controls, bytes that are not UTF-8, ``"`` and ``\\``
+become ``\\xHH`` (uppercase hex, ``/a%0d%0a`` logs as ``/a\\x0D\\x0A``); UTF-8
+text stays text. JSON escapes by itself.
 """
 
 from __future__ import annotations
@@ -39,8 +45,37 @@ COMMON_FORMAT = '%(h)s - %(u)s %(t)s "%(r)s" %(s)s %(B)s'
 AccessEmit = Callable[[dict[str, Any], str, list[tuple[str, str]], int, float], None]
 
 
+def _escapes() -> dict[int, str]:
+    """``str.translate`` table: code point -> the ``\\xHH`` escape of the bytes it stands for."""
+    table = {c: f"\\x{c:02X}" for c in (*range(0x20), 0x22, 0x5C, 0x7F)}
+    # C1 controls (8-bit CSI is 0x9B) arrive from UTF-8 as U+0080..U+009F: escape their two bytes.
+    table.update({c: f"\\xC2\\x{c:02X}" for c in range(0x80, 0xA0)})
+    # Bytes that are not UTF-8, as surrogateescape decodes them (U+DC80..U+DCFF).
+    table.update({0xDC00 + b: f"\\x{b:02X}" for b in range(0x80, 0x100)})
+    return table
+
+
+_ESCAPES = _escapes()
+
+
+def escape(value: str) -> str:
+    """``value`` made safe for one access-log line, nginx style (see the module docstring).
+
+    WSGI strings carry request bytes one per code point (latin-1), so those are
+    decoded as UTF-8 first; a string holding wider characters (an environ value
+    the application set) is text already, and only its controls are escaped.
+    """
+    if value.isascii() and value.isprintable() and '"' not in value and "\\" not in value:
+        return value  # the usual case: printable ASCII with nothing to escape
+    try:
+        value = value.encode("latin-1").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        pass
+    return value.translate(_ESCAPES)
+
+
 class _Atoms(Mapping[str, str]):
-    """The atoms of one request, computed only when the format asks for them."""
+    """The atoms of one request, computed only when the format asks for them, escaped."""
 
     __slots__ = ("_environ", "_headers", "_seconds", "_sent", "_status")
 
@@ -68,11 +103,15 @@ class _Atoms(Mapping[str, str]):
                 value = env.get(name)
             else:
                 raise KeyError(key)
-            return "-" if value is None else str(value)
+            return "-" if value is None else escape(str(value))
         atom = _ATOMS.get(key)
         if atom is None:
             raise KeyError(key)
-        return atom(self)
+        value = atom(self)
+        # escape()'s first test, inlined: it runs for most atoms of every line.
+        if key in _OWN_ATOMS or (value.isascii() and value.isprintable() and '"' not in value and "\\" not in value):
+            return value
+        return escape(value)
 
     def __iter__(self) -> Iterator[str]:
         return iter(_ATOMS)
@@ -116,6 +155,9 @@ _ATOMS: dict[str, Callable[[_Atoms], str]] = {
     "L": lambda a: f"{a._seconds:.6f}",
     "p": lambda a: f"<{os.getpid()}>",
 }
+
+#: Atoms made of numbers and time only, never of request data: nothing to escape.
+_OWN_ATOMS = frozenset("ltBbTMDLp")
 
 
 def check(fmt: str) -> None:
