@@ -24,6 +24,7 @@ from tests.process_helpers import (
     gshutdown_argv,
     start_master,
     wait_until,
+    with_and_without_preload,
 )
 
 #: Each master test runs twice: signals to the master's pid, and to its whole
@@ -43,8 +44,8 @@ def _app_file(tmp_path: Path, body: str = "v1") -> Path:
     return path
 
 
-def _start(tmp_path: Path, app: str, port: int, *extra: str) -> GProcess:
-    return start_master(tmp_path / "master.log", app, port, *extra)
+def _start(tmp_path: Path, app: str, port: int, *extra: str, preload: bool = False) -> GProcess:
+    return start_master(tmp_path / "master.log", app, port, *extra, preload=preload)
 
 
 @by_pid_and_group
@@ -67,9 +68,10 @@ def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path: Path, grou
 
 
 @by_pid_and_group
-def test_a_killed_worker_is_replaced(tmp_path: Path, group: bool) -> None:
+@with_and_without_preload
+def test_a_killed_worker_is_replaced(tmp_path: Path, group: bool, preload: bool) -> None:
     port = free_port()
-    with _start(tmp_path, PROBE, port) as master:
+    with _start(tmp_path, PROBE, port, preload=preload) as master:
         victim = int(re.findall(r"worker (\d+) ready", master.log())[0])
         os.kill(victim, signal.SIGKILL)
         master.wait_for_log(rf"worker {victim} died with signal SIGKILL; restarting")
@@ -120,11 +122,13 @@ def test_reload_with_a_broken_app_keeps_the_old_workers(tmp_path: Path, group: b
         assert master.wait() == 0
 
 
-@by_pid_and_group
-def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Path, group: bool) -> None:
+@pytest.mark.parametrize(
+    "group, preload", [(False, False), (True, False), (False, True)], ids=["pid", "group", "pid-preload"]
+)
+def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Path, group: bool, preload: bool) -> None:
     port = free_port()
     pidfile = tmp_path / "gshutdown.pid"
-    with _start(tmp_path, PROBE, port, "--pid", str(pidfile)) as master:
+    with _start(tmp_path, PROBE, port, "--pid", str(pidfile), preload=preload) as master:
         assert pidfile.read_text().strip() == str(master.pid)
         new_pid = 0
         try:

@@ -357,11 +357,14 @@ class Master:
             # this process's now: gevent's fork would re-initialise it, the
             # master's plain one does not.
             gevent.reinit()
-            _set_wakeup_fd(-1)
+            # A worker runs a hub: gevent's signal functions here, if patched. Its
+            # SIGCHLD reset also tells the loop to take SIGCHLD back when a child
+            # watcher needs it (the app's subprocess calls); the plain one would not.
+            signal.set_wakeup_fd(-1)
             for signum in _MASTER_SIGNALS:
                 # Until the runner handles them: what the master acts on is
                 # nothing to a worker, and SIGTTIN/SIGTTOU would suspend it.
-                _set_handler(signum, signal.SIG_DFL if signum in _WORKER_DEFAULTS else signal.SIG_IGN)
+                signal.signal(signum, signal.SIG_DFL if signum in _WORKER_DEFAULTS else signal.SIG_IGN)
             for fd in (self._wake_r, self._wake_w, self._liveness_w):
                 _close(fd)
             for worker in self.workers.values():
