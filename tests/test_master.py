@@ -24,12 +24,17 @@ from tests.process_helpers import (
     gshutdown_argv,
     start_master,
     wait_until,
-    with_and_without_preload,
 )
 
 #: Each master test runs twice: signals to the master's pid, and to its whole
 #: process group (systemd's KillMode=control-group, tini -g, Ctrl-C).
 by_pid_and_group = pytest.mark.parametrize("group", [False, True], ids=["pid", "group"])
+#: Those that supervise workers also run once with ``--preload``: the master
+#: imported the app, and so was monkey-patched (the process group case is the
+#: topology tests' ``preload-group``).
+by_pid_and_group_and_preloaded = pytest.mark.parametrize(
+    "group, preload", [(False, False), (True, False), (False, True)], ids=["pid", "group", "pid-preload"]
+)
 
 
 def _app_file(tmp_path: Path, body: str = "v1") -> Path:
@@ -67,8 +72,7 @@ def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path: Path, grou
         assert len(re.findall(r"worker \d+ exited with status 0", master.log())) == 2
 
 
-@by_pid_and_group
-@with_and_without_preload
+@by_pid_and_group_and_preloaded
 def test_a_killed_worker_is_replaced(tmp_path: Path, group: bool, preload: bool) -> None:
     port = free_port()
     with _start(tmp_path, PROBE, port, preload=preload) as master:
@@ -122,9 +126,7 @@ def test_reload_with_a_broken_app_keeps_the_old_workers(tmp_path: Path, group: b
         assert master.wait() == 0
 
 
-@pytest.mark.parametrize(
-    "group, preload", [(False, False), (True, False), (False, True)], ids=["pid", "group", "pid-preload"]
-)
+@by_pid_and_group_and_preloaded
 def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Path, group: bool, preload: bool) -> None:
     port = free_port()
     pidfile = tmp_path / "gshutdown.pid"

@@ -2,8 +2,9 @@
 
 The rest of the matrix runs the existing master tests with and without
 ``--preload`` (``with_and_without_preload``, and the ``preload-*`` topologies
-of ``test_shutdown_topologies``). Here: SIGINT, a SIGHUP reload, and an app
-whose import uses gevent's hub and a child process in the master.
+of ``test_shutdown_topologies``). Here: SIGINT (the master treats it as
+SIGTERM), a SIGHUP reload, and an app whose import uses gevent's hub, its
+resolver and a child process in the master.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from tests.process_helpers import (
     get,
     start_master,
     wait_until,
-    with_and_without_preload,
 )
 
 
@@ -32,11 +32,10 @@ def _ready_workers(text: str) -> list[int]:
     return [int(pid) for pid in re.findall(r"worker (\d+) ready", text)]
 
 
-@with_and_without_preload
 @pytest.mark.parametrize("group", [False, True], ids=["pid", "group"])
-def test_sigint_drains_every_worker_and_the_master_exits_0(tmp_path: Path, group: bool, preload: bool) -> None:
+def test_sigint_drains_every_worker_and_the_master_exits_0(tmp_path: Path, group: bool) -> None:
     port = free_port()
-    with start_master(tmp_path / "master.log", PROBE, port, preload=preload) as master:
+    with start_master(tmp_path / "master.log", PROBE, port, preload=True) as master:
         workers = _ready_workers(master.log())
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         try:
