@@ -66,10 +66,9 @@ def _lines(path: Path) -> list[str]:
     return _text(path).splitlines()
 
 
-@with_and_without_preload
-def test_kill_9_of_the_master_leaves_no_orphan_serving(tmp_path: Path, preload: bool) -> None:
+def test_kill_9_of_the_master_leaves_no_orphan_serving(tmp_path: Path) -> None:
     port = free_port()
-    with _master(tmp_path, port, preload=preload) as master:
+    with _master(tmp_path, port) as master:
         workers = _ready_workers(master.log())
         assert len(workers) == 2
         with connect(port) as idle, connect(port) as slow:
