@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
+import pytest
+
 from tests import helpers
 
 #: The repository root: children run here so ``examples.*`` and ``tests.apps.*`` import.
@@ -223,9 +225,15 @@ def start_embedded(log_path: Path, bind: Any, **options: Any) -> GProcess:
 #: What a master logs once its first workers all serve.
 MASTER_READY = r"master (\d+): (\d+) worker\(s\) ready"
 
+#: A master test run twice: each worker imports the app, and the master imports it before
+#: forking (``--preload``), which monkey-patches the master: its supervision must not differ.
+with_and_without_preload = pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
 
-def start_master(log_path: Path, app: str, port: int, *args: str, workers: int = 2) -> GProcess:
-    """``python -m gshutdown APP -b 127.0.0.1:PORT -w WORKERS ARGS``, waited for until its workers serve."""
+
+def start_master(log_path: Path, app: str, port: int, *args: str, workers: int = 2, preload: bool = False) -> GProcess:
+    """``python -m gshutdown APP -b 127.0.0.1:PORT -w WORKERS [--preload] ARGS``, waited for until its workers serve."""
+    if preload:
+        args = ("--preload", *args)
     argv = gshutdown_argv(app, "-b", f"127.0.0.1:{port}", "-w", str(workers), "--ready-timeout", "10", *args)
     proc = GProcess(argv, log_path)
     try:

@@ -29,6 +29,12 @@ from tests.process_helpers import (
 #: Each master test runs twice: signals to the master's pid, and to its whole
 #: process group (systemd's KillMode=control-group, tini -g, Ctrl-C).
 by_pid_and_group = pytest.mark.parametrize("group", [False, True], ids=["pid", "group"])
+#: Those that supervise workers also run once with ``--preload``: the master
+#: imported the app, and so was monkey-patched (the process group case is the
+#: topology tests' ``preload-group``).
+by_pid_and_group_and_preloaded = pytest.mark.parametrize(
+    "group, preload", [(False, False), (True, False), (False, True)], ids=["pid", "group", "pid-preload"]
+)
 
 
 def _app_file(tmp_path: Path, body: str = "v1") -> Path:
@@ -43,8 +49,8 @@ def _app_file(tmp_path: Path, body: str = "v1") -> Path:
     return path
 
 
-def _start(tmp_path: Path, app: str, port: int, *extra: str) -> GProcess:
-    return start_master(tmp_path / "master.log", app, port, *extra)
+def _start(tmp_path: Path, app: str, port: int, *extra: str, preload: bool = False) -> GProcess:
+    return start_master(tmp_path / "master.log", app, port, *extra, preload=preload)
 
 
 @by_pid_and_group
@@ -66,10 +72,10 @@ def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path: Path, grou
         assert len(re.findall(r"worker \d+ exited with status 0", master.log())) == 2
 
 
-@by_pid_and_group
-def test_a_killed_worker_is_replaced(tmp_path: Path, group: bool) -> None:
+@by_pid_and_group_and_preloaded
+def test_a_killed_worker_is_replaced(tmp_path: Path, group: bool, preload: bool) -> None:
     port = free_port()
-    with _start(tmp_path, PROBE, port) as master:
+    with _start(tmp_path, PROBE, port, preload=preload) as master:
         victim = int(re.findall(r"worker (\d+) ready", master.log())[0])
         os.kill(victim, signal.SIGKILL)
         master.wait_for_log(rf"worker {victim} died with signal SIGKILL; restarting")
@@ -120,11 +126,11 @@ def test_reload_with_a_broken_app_keeps_the_old_workers(tmp_path: Path, group: b
         assert master.wait() == 0
 
 
-@by_pid_and_group
-def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Path, group: bool) -> None:
+@by_pid_and_group_and_preloaded
+def test_sigusr2_upgrade_under_load_hands_over_with_no_request_lost(tmp_path: Path, group: bool, preload: bool) -> None:
     port = free_port()
     pidfile = tmp_path / "gshutdown.pid"
-    with _start(tmp_path, PROBE, port, "--pid", str(pidfile)) as master:
+    with _start(tmp_path, PROBE, port, "--pid", str(pidfile), preload=preload) as master:
         assert pidfile.read_text().strip() == str(master.pid)
         new_pid = 0
         try:

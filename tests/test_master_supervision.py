@@ -33,11 +33,12 @@ from tests.process_helpers import (
     request_bytes,
     start_master,
     wait_until,
+    with_and_without_preload,
 )
 
 
-def _master(tmp_path: Path, port: int, *extra: str) -> GProcess:
-    return start_master(tmp_path / "master.log", PROBE, port, *extra)
+def _master(tmp_path: Path, port: int, *extra: str, preload: bool = False) -> GProcess:
+    return start_master(tmp_path / "master.log", PROBE, port, *extra, preload=preload)
 
 
 def _ready_workers(text: str) -> list[int]:
@@ -154,9 +155,10 @@ def test_sigusr1_reopens_the_access_and_error_logs_of_the_master_and_every_worke
     assert proc.log() == "", "with --error-log, nothing goes to stderr"
 
 
-def test_sigttin_and_sigttou_change_the_worker_count_under_load_losing_nothing(tmp_path: Path) -> None:
+@with_and_without_preload
+def test_sigttin_and_sigttou_change_the_worker_count_under_load_losing_nothing(tmp_path: Path, preload: bool) -> None:
     port = free_port()
-    with _master(tmp_path, port) as master, LoadClients(port, count=4) as load:
+    with _master(tmp_path, port, preload=preload) as master, LoadClients(port, count=4) as load:
         wait_until(lambda: load.ok > 100)
         mark = len(master.log())
         master.send_signal(signal.SIGTTIN)
@@ -176,10 +178,11 @@ def test_sigttin_and_sigttou_change_the_worker_count_under_load_losing_nothing(t
     assert str(removed).encode() not in load.bodies[-50:]
 
 
-def test_max_requests_recycles_workers_under_keep_alive_load_losing_nothing(tmp_path: Path) -> None:
+@with_and_without_preload
+def test_max_requests_recycles_workers_under_keep_alive_load_losing_nothing(tmp_path: Path, preload: bool) -> None:
     port = free_port()
     with (
-        _master(tmp_path, port, "--max-requests", "200", "--max-requests-jitter", "50") as master,
+        _master(tmp_path, port, "--max-requests", "200", "--max-requests-jitter", "50", preload=preload) as master,
         LoadClients(port, count=8, limit=60) as load,
     ):
         wait_until(lambda: len(re.findall(r"exited with status 0", master.log())) >= 5, timeout=60)
@@ -196,9 +199,10 @@ def test_max_requests_recycles_workers_under_keep_alive_load_losing_nothing(tmp_
     assert len(set(limits)) > 1, "the jitter gave every worker the same limit"
 
 
-def test_a_worker_blocked_past_timeout_is_replaced_with_its_stack_logged(tmp_path: Path) -> None:
+@with_and_without_preload
+def test_a_worker_blocked_past_timeout_is_replaced_with_its_stack_logged(tmp_path: Path, preload: bool) -> None:
     port = free_port()
-    with _master(tmp_path, port, "--timeout", "2") as master, connect(port) as spinning:
+    with _master(tmp_path, port, "--timeout", "2", preload=preload) as master, connect(port) as spinning:
         spinning.sendall(request_bytes("/spin?s=30"))
         stuck = int(master.wait_for_log(r"\[(\d+)\] \[INFO\] spin started").group(1))
         # Meanwhile the other worker serves every new connection.

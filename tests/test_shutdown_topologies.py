@@ -8,7 +8,9 @@ Each scenario runs against:
   ``KillMode=control-group``, ``tini -g``, Ctrl-C in a terminal): master and
   workers get every signal at once;
 - ``reuseport-pid``: two workers with ``--reuse-port`` (a listener each), by pid;
-- ``single-group``: one process, signalled as a group (Ctrl-C).
+- ``single-group``: one process, signalled as a group (Ctrl-C);
+- ``preload-pid``, ``preload-group``: two workers forked from a master that
+  imported the app (``--preload``), and so was monkey-patched, by pid and as a group.
 
 A signal to the group must mean exactly what a signal to the master alone
 means: idle connections get FIN at once, requests in flight (a slow one, a
@@ -44,7 +46,7 @@ from tests.process_helpers import (
 )
 from tests.shutdown_helpers import EOF, read_raw
 
-TOPOLOGIES = ["workers-pid", "workers-group", "reuseport-pid", "single-group"]
+TOPOLOGIES = ["workers-pid", "workers-group", "reuseport-pid", "single-group", "preload-pid", "preload-group"]
 
 
 @dataclass
@@ -66,6 +68,8 @@ def deploy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deploymen
     extra = ["-w", str(workers)] if workers else []
     if request.param.startswith("reuseport"):
         extra.append("--reuse-port")
+    if request.param.startswith("preload"):
+        extra.append("--preload")
     argv = gshutdown_argv(PROBE, "-b", f"127.0.0.1:{port}", *extra)
     proc = GProcess(argv, tmp_path / "server.log")
     with proc:

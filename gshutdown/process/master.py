@@ -52,6 +52,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
+import gevent
+from gevent import monkey
+
 from gshutdown.config.addresses import bind_unix, cannot_listen, describe_address
 from gshutdown.config.settings import Settings
 from gshutdown.process import logs, pidfile, runner, systemd, worker_link
@@ -87,6 +90,19 @@ _MASTER_SIGNALS = (
 )
 #: Of those, the ones a booting worker leaves to their default action.
 _WORKER_DEFAULTS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD)
+
+# The master runs no gevent hub, but the app it imports for --preload (or a
+# config file) may monkey-patch this process, and gevent's versions of these
+# hand their work to a hub: its fork watches each child with libev, whose
+# SIGCHLD handler then replaces the master's; its signal.signal keeps a
+# SIGCHLD handler for the hub to call; its close defers the close to the hub,
+# so the master would hold every status pipe's write end and never see a
+# worker's EOF. Nothing would wake the loop for a worker that exits: it would
+# stay a zombie, unreplaced. So the master calls the standard library's, which
+# get_original gives whether the patching came before this import or after.
+_fork, _waitpid, _close = monkey.get_original("os", ["fork", "waitpid", "close"])
+_set_handler, _set_wakeup_fd = monkey.get_original("signal", ["signal", "set_wakeup_fd"])
+_select = monkey.get_original("select", "select")
 
 
 def main(settings: Settings) -> ExitStatus:
@@ -244,7 +260,6 @@ class Master:
         self._announced_ready = False
         self._stop_deadline: Optional[float] = None
         self._exit_status: Optional[ExitStatus] = None
-        self._select = _unpatched_select()
 
     # -- signals ---------------------------------------------------------------
 
@@ -254,9 +269,9 @@ class Master:
     def _install_signals(self) -> None:
         for fd in (self._wake_r, self._wake_w):
             os.set_blocking(fd, False)
-        signal.set_wakeup_fd(self._wake_w)
+        _set_wakeup_fd(self._wake_w)
         for signum in _MASTER_SIGNALS:
-            signal.signal(signum, self._record)
+            _set_handler(signum, self._record)
 
     # -- main loop -------------------------------------------------------------
 
@@ -307,7 +322,7 @@ class Master:
         if self._upgrade is not None:
             fds.append(self._upgrade.ready_fd)
         try:
-            readable, _, _ = self._select(fds, [], [], timeout)
+            readable, _, _ = _select(fds, [], [], timeout)
         except InterruptedError:
             return
         for fd in readable:
@@ -327,11 +342,11 @@ class Master:
 
     def _spawn_worker(self) -> None:
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
+        pid = _fork()
         if pid == 0:  # pragma: no cover - runs in the child
-            os.close(read_fd)
+            _close(read_fd)
             self._become_worker(write_fd)
-        os.close(write_fd)
+        _close(write_fd)
         os.set_blocking(read_fd, False)
         self.workers[pid] = Worker(pid, self.generation, read_fd)
         log.info("worker %d started (generation %d)", pid, self.generation)
@@ -339,17 +354,24 @@ class Master:
     def _become_worker(self, status_fd: int) -> None:
         code = 1
         try:
+            # A hub the app made while the master imported it (--preload) is
+            # this process's now: gevent's fork would re-initialise it, the
+            # master's plain one does not.
+            gevent.reinit()
+            # A worker runs a hub: gevent's signal functions here, if patched. Its
+            # SIGCHLD reset also tells the loop to take SIGCHLD back when a child
+            # watcher needs it (the app's subprocess calls); the plain one would not.
             signal.set_wakeup_fd(-1)
             for signum in _MASTER_SIGNALS:
                 # Until the runner handles them: what the master acts on is
                 # nothing to a worker, and SIGTTIN/SIGTTOU would suspend it.
                 signal.signal(signum, signal.SIG_DFL if signum in _WORKER_DEFAULTS else signal.SIG_IGN)
             for fd in (self._wake_r, self._wake_w, self._liveness_w):
-                os.close(fd)
+                _close(fd)
             for worker in self.workers.values():
-                os.close(worker.status_fd)
+                _close(worker.status_fd)
             if self._upgrade is not None:
-                os.close(self._upgrade.ready_fd)
+                _close(self._upgrade.ready_fd)
             logs.install_stack_dump(STACK_DUMP_SIGNAL)
             heartbeat = min(self.settings.timeout / 4, 1.0) if self.settings.timeout else None
             link = WorkerLink(status_fd, self._liveness_r, heartbeat=heartbeat)
@@ -402,7 +424,7 @@ class Master:
         if fd:
             try:
                 os.write(int(fd), b"R")
-                os.close(int(fd))
+                _close(int(fd))
             except OSError:
                 pass
         systemd.notify(f"READY=1\nMAINPID={os.getpid()}")
@@ -444,7 +466,7 @@ class Master:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = _waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -452,13 +474,13 @@ class Master:
             code = os.waitstatus_to_exitcode(status)
             if self._upgrade is not None and pid == self._upgrade.pid:
                 log.error("upgrade failed: the new master %d exited with %d; still serving", pid, code)
-                os.close(self._upgrade.ready_fd)
+                _close(self._upgrade.ready_fd)
                 self._upgrade = None
                 continue
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
-            os.close(worker.status_fd)
+            _close(worker.status_fd)
             self.metrics.worker_exited(pid)
             if code == ExitStatus.FORCED or code < 0:
                 # A worker that never served (an aborted reload's) forced nothing.
@@ -644,17 +666,17 @@ class Master:
         env[LISTEN_FDS_ENV] = ",".join(map(str, fds))
         env[READY_FD_ENV] = str(write_fd)
         argv = [sys.executable, "-m", "gshutdown", *sys.argv[1:]]
-        pid = os.fork()
+        pid = _fork()
         if pid == 0:  # pragma: no cover - runs in the child
             try:
-                os.close(read_fd)
+                _close(read_fd)
                 for fd in (*fds, write_fd):
                     os.set_inheritable(fd, True)
-                signal.set_wakeup_fd(-1)
+                _set_wakeup_fd(-1)
                 os.execvpe(argv[0], argv, env)
             finally:
                 os._exit(1)
-        os.close(write_fd)
+        _close(write_fd)
         self._upgrade = _Upgrade(pid, read_fd, time.monotonic() + self.settings.ready_timeout)
         log.info("SIGUSR2: upgrading: new master %d started", pid)
 
@@ -667,7 +689,7 @@ class Master:
             data = b""
         if not data:
             return  # it died; _reap reports it
-        os.close(upgrade.ready_fd)
+        _close(upgrade.ready_fd)
         self._upgrade = None
         self._handed_over = True
         log.info("upgrade: new master %d is serving; this master drains and exits", upgrade.pid)
@@ -685,9 +707,9 @@ class Master:
             sock.close()
 
     def _cleanup(self) -> None:
-        signal.set_wakeup_fd(-1)
+        _set_wakeup_fd(-1)
         self._close_listeners()
-        os.close(self._liveness_w)
+        _close(self._liveness_w)
         if not self._handed_over:
             pidfile.remove(self.settings.pid)
         log.info("master %d: exit%s", os.getpid(), " (forced)" if self._forced else "")
@@ -699,14 +721,6 @@ def _drain_pipe(fd: int) -> None:
             pass
     except BlockingIOError:
         pass
-
-
-def _unpatched_select() -> Any:
-    # With --preload the master may be monkey-patched; its loop must not run
-    # on a gevent hub (signals wake it through the self-pipe, not libev).
-    from gevent import monkey
-
-    return monkey.get_original("select", "select")
 
 
 def _kill(pid: int, signum: int) -> None:
