@@ -102,13 +102,14 @@ def main(settings: Settings) -> ExitStatus:
             settings.bind, settings.backlog, reuse_port=settings.reuse_port, unix_socket_mode=settings.unix_socket_mode
         )
     except OSError as exc:
-        return fail(str(exc), ExitStatus.START_FAILED)
+        # _bind's message already names the address and the reason: without "[Errno N]".
+        return fail(exc.strerror or str(exc), ExitStatus.START_FAILED)
     try:
         admin_listener = bind_admin(settings.admin_bind, settings.backlog, settings.unix_socket_mode)
     except OSError as exc:
         for sock in listeners:
             sock.close()
-        return fail(str(exc), ExitStatus.START_FAILED)
+        return fail(exc.strerror or str(exc), ExitStatus.START_FAILED)
     failed = runner.drop_privileges(settings.user, settings.group)
     if failed is not None:
         return failed
