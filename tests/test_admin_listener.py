@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,7 @@ from tests.metrics_helpers import METRICS_PATH, Scrape
 from tests.process_helpers import (
     PROBE,
     PROCESS_IO_TIMEOUT,
+    GProcess,
     free_port,
     gone,
     refused,
@@ -165,6 +167,31 @@ def test_admin_bind_errors_are_one_line(workers: tuple[str, ...]) -> None:
     assert done.stderr.strip().splitlines() == [
         "gshutdown: error: --admin-bind needs the readiness path or --metrics-path: it serves nothing else"
     ]
+
+
+#: ``gshutdown.run()`` from a user's own ``__main__``, with the admin listener: argv is the two ports.
+RUN_WITH_ADMIN = """
+import logging, sys
+import gshutdown
+from tests.apps.probe import app
+
+logging.basicConfig(level=logging.INFO)
+port, admin = int(sys.argv[1]), int(sys.argv[2])
+raise SystemExit(gshutdown.run(app, ("127.0.0.1", port), admin_bind=("127.0.0.1", admin), drain_delay=5))
+"""
+
+
+def test_run_takes_admin_bind(tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    argv = [sys.executable, "-c", RUN_WITH_ADMIN, str(port), str(admin)]
+    with GProcess(argv, tmp_path / "log").listening() as proc:
+        assert request(admin, READY) == (200, b"ready\n")
+        assert request(port, READY) == (200, APP_BODY)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait_for_log("drain delay: readiness is 503")
+        assert request(admin, READY) == (503, b"draining\n")
+        proc.send_signal(signal.SIGQUIT)  # the rest of the 5 s delay is not this test's
+        assert proc.wait() == 0
 
 
 # -- --admin-bind with --workers ------------------------------------------------------------------
