@@ -302,6 +302,10 @@ def test_kubernetes_deployment_fits_drain_delay_and_graceful_timeout_in_the_grac
     assert "lifecycle" not in container
     assert args.drain_delay + args.graceful_timeout < pod["terminationGracePeriodSeconds"]
     assert container["readinessProbe"]["httpGet"]["path"] == args.readiness_path
+    # The probe goes to --admin-bind's port: the app's port leaves the readiness path to the app.
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert args.admin_bind == ("0.0.0.0", ports[container["readinessProbe"]["httpGet"]["port"]])
+    assert args.bind == [("0.0.0.0", ports["http"])]
     assert container["livenessProbe"].get("httpGet", {}).get("path") != args.readiness_path
     # Balancers in front (AWS ALB, ingress-nginx) keep idle connections 60 s: gshutdown must keep them longer.
     assert args.idle_timeout > 60

@@ -48,6 +48,8 @@ class Settings:
     readiness_path: str
     #: Path the server answers itself with Prometheus metrics (None: none).
     metrics_path: Optional[str]
+    #: A listener of its own for the readiness and metrics paths (None: they are on the app's listeners).
+    admin_bind: Optional[BindAddress]
     #: Seconds an idle connection may still start a request once a shutdown begins.
     idle_grace: float
     #: Keep-alive idle seconds (None: no limit).
@@ -267,6 +269,10 @@ def render(settings: Settings) -> str:
             from gshutdown.config.addresses import describe_listener
 
             shown = repr([describe_listener(item) for item in value])
+        elif setting.name == "admin_bind" and value is not None:
+            from gshutdown.config.addresses import describe_listener
+
+            shown = repr(describe_listener(value))
         elif setting.parse is octal and value is not None:
             shown = oct(value)
         elif setting.parse is milliseconds:

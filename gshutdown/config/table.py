@@ -113,6 +113,18 @@ SETTINGS: tuple[Setting, ...] = (
         shown_default="none",
     ),
     S(
+        "admin_bind",
+        ("--admin-bind",),
+        bind_address,
+        None,
+        "HOST:PORT or unix:PATH of a separate listener for the readiness and metrics paths; "
+        "the app's port then no longer answers them",
+        metavar="ADDRESS",
+        doc="a listener of their own for the readiness and metrics paths (see Kubernetes); "
+        "the app's port then leaves them to the app",
+        shown_default="none",
+    ),
+    S(
         "idle_grace",
         ("--idle-grace",),
         seconds,

@@ -57,7 +57,7 @@ from gevent import monkey
 
 from gshutdown.config.addresses import bind_unix, cannot_listen, describe_address
 from gshutdown.config.settings import Settings
-from gshutdown.process import logs, pidfile, runner, systemd, worker_link
+from gshutdown.process import admin, logs, pidfile, runner, systemd, worker_link
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
 from gshutdown.process.metrics import MasterMetrics, MetricsUnavailable
@@ -110,19 +110,29 @@ def main(settings: Settings) -> ExitStatus:
     failed = runner.prepare_process(settings) or runner.configure_logging(settings)
     if failed is not None:
         return failed
+    unusable = admin.usage_error(settings)
+    if unusable is not None:
+        return fail(unusable, ExitStatus.USAGE)
     try:
         listeners = bind_listeners(
             settings.bind, settings.backlog, reuse_port=settings.reuse_port, unix_socket_mode=settings.unix_socket_mode
         )
     except OSError as exc:
-        return fail(str(exc), ExitStatus.START_FAILED)
+        # _bind's message already names the address and the reason: without "[Errno N]".
+        return fail(exc.strerror or str(exc), ExitStatus.START_FAILED)
+    try:
+        admin_listener = bind_admin(settings.admin_bind, settings.backlog, settings.unix_socket_mode)
+    except OSError as exc:
+        for sock in listeners:
+            sock.close()
+        return fail(exc.strerror or str(exc), ExitStatus.START_FAILED)
     failed = runner.drop_privileges(settings.user, settings.group)
     if failed is not None:
         return failed
     try:
         # After dropping privileges: the workers must be able to write there.
         with MasterMetrics.started(settings.metrics_path, settings.readiness_path or None) as metrics:
-            return Master(settings, listeners, metrics).run()
+            return Master(settings, listeners, metrics, admin_listener).run()
     except MetricsUnavailable as exc:
         return fail(str(exc), ExitStatus.USAGE)
 
@@ -151,6 +161,19 @@ def bind_listeners(
             sock.close()
         raise
     return sockets
+
+
+def bind_admin(address: Any, backlog: int, unix_socket_mode: Optional[int]) -> Optional[socket.socket]:
+    """The admin listener (``--admin-bind``): inherited from an old master, or bound now (None: not set).
+
+    Shared by the workers as the application's listeners are; see ``process.admin``.
+    """
+    inherited = os.environ.pop(admin.ADMIN_FD_ENV, "")
+    if inherited:
+        return socket.socket(fileno=int(inherited))
+    if address is None:
+        return None
+    return _bind(address, backlog, False, unix_socket_mode)
 
 
 def _bind(bind: Any, backlog: int, reuse_port: bool, unix_socket_mode: Optional[int]) -> socket.socket:
@@ -238,10 +261,19 @@ class Master:
     """Supervises worker processes; see the module docstring."""
 
     def __init__(
-        self, settings: Settings, listeners: list[socket.socket], metrics: Optional[MasterMetrics] = None
+        self,
+        settings: Settings,
+        listeners: list[socket.socket],
+        metrics: Optional[MasterMetrics] = None,
+        admin_listener: Optional[socket.socket] = None,
     ) -> None:
         self.settings = settings
         self.listeners = listeners
+        #: ``--admin-bind``'s socket: every worker serves it (``process.admin``).
+        self.admin_listener = admin_listener
+        #: Set as this master stops (not as it hands over to a new one): the
+        #: workers' admin readiness answers 503 from then on.
+        self.stop_flag = admin.StopFlag()
         self.metrics = metrics or MasterMetrics()
         self.count: int = settings.workers
         self.workers: dict[int, Worker] = {}
@@ -287,6 +319,9 @@ class Master:
         for sock in self.listeners:
             address = describe_address(sock.getsockname(), tls=bool(self.settings.certfile))
             log.info("master %d listening on %s", os.getpid(), address)
+        if self.admin_listener is not None:
+            address = describe_address(self.admin_listener.getsockname())
+            log.info("master %d: readiness and metrics on %s (--admin-bind)", os.getpid(), address)
         self._spawn_generation()
         try:
             while True:
@@ -378,7 +413,9 @@ class Master:
             listeners = self.listeners
             if self.settings.reuse_port:
                 listeners = [own_listener(sock, self.settings.backlog) for sock in listeners]
-            code = runner.serve(self.settings, listeners, link=link)
+            code = runner.serve(
+                self.settings, listeners, link=link, admin_listener=self.admin_listener, master_stop=self.stop_flag
+            )
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
@@ -606,6 +643,8 @@ class Master:
         """Stop every worker: ``order`` is ``DRAIN_SIGNAL`` (gracefully) or ``SIGQUIT`` (now)."""
         log.info("master %d: %s: stopping %d worker(s)", os.getpid(), why, len(self.workers))
         systemd.notify("STOPPING=1")
+        if not self._handed_over:
+            self.stop_flag.set()  # before the order: no worker drains while its probe still says 200
         self._stopping = True
         self._restart_at = None
         self._reload_deadline = None
@@ -664,6 +703,9 @@ class Master:
         fds = [sock.fileno() for sock in self.listeners]
         env = self.metrics.for_new_master(dict(os.environ))
         env[LISTEN_FDS_ENV] = ",".join(map(str, fds))
+        if self.admin_listener is not None:
+            env[admin.ADMIN_FD_ENV] = str(self.admin_listener.fileno())
+            fds.append(self.admin_listener.fileno())
         env[READY_FD_ENV] = str(write_fd)
         argv = [sys.executable, "-m", "gshutdown", *sys.argv[1:]]
         pid = _fork()
@@ -696,7 +738,9 @@ class Master:
         self._stop(DRAIN_SIGNAL, "upgrade handed over")
 
     def _close_listeners(self) -> None:
-        for sock in self.listeners:
+        # The admin listener too: the workers' copies keep it answering until the last one exits.
+        admin_listener = [self.admin_listener] if self.admin_listener is not None else []
+        for sock in (*self.listeners, *admin_listener):
             if sock.fileno() == -1:
                 continue
             if not self._handed_over and sock.family == socket.AF_UNIX:

@@ -41,6 +41,7 @@ import gevent
 from gshutdown.server.shutdown import ShutdownPhase
 from gshutdown.server.state import ConnState
 from gshutdown.wsgi.adapter import WSGIApp
+from gshutdown.wsgi.middleware import asks_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from gshutdown.server.connection import Connection
@@ -273,11 +274,12 @@ class ProcessMetrics:
     # -- serving ----------------------------------------------------------------
 
     def endpoint(self, app: WSGIApp) -> WSGIApp:
-        """``app``, with this metrics path answered before it (it never sees those requests)."""
+        """``app``, with a GET or HEAD of this metrics path answered before it (it never sees those)."""
         path = self.path
 
         def answer_metrics(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-            if environ["PATH_INFO"] != path:
+            # As the readiness path: a GET or HEAD of the path as sent, not percent-decoded.
+            if not asks_for(environ, path):
                 return app(environ, start_response)
             body, content_type = self.render(environ.get("HTTP_ACCEPT", ""))
             start_response(

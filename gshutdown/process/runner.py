@@ -44,7 +44,8 @@ from gevent.queue import Empty, Queue
 
 from gshutdown.config.addresses import cannot_listen, describe_address
 from gshutdown.config.settings import Settings
-from gshutdown.process import logs, pidfile, systemd
+from gshutdown.process import admin, logs, pidfile, systemd
+from gshutdown.process.admin import StopFlag
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
 from gshutdown.process.metrics import MetricsUnavailable, ProcessMetrics, check_path
@@ -177,6 +178,9 @@ class Runner:
         metrics: observes the servers and records the shutdown (``--metrics-path``).
         role: what signals mean (``SIGNAL_ACTIONS``); by default a worker
             with ``link``, the single process without.
+        admin: the admin listener's server (``--admin-bind``, ``process.admin``):
+            started with ``servers``, closed only as ``run()`` returns; it is
+            not drained, and its connections are not in ``results``.
     """
 
     def __init__(
@@ -195,8 +199,10 @@ class Runner:
         max_requests: Optional[int] = None,
         metrics: Optional[ProcessMetrics] = None,
         role: Optional[Role] = None,
+        admin: Optional[Server] = None,
     ) -> None:
         self.servers = list(servers)
+        self.admin = admin
         self.graceful_timeout = graceful_timeout
         self.drain_delay = drain_delay
         self.readiness = readiness
@@ -245,10 +251,14 @@ class Runner:
             for server in self.servers:
                 if not server.started:
                     server.start()
+            if self.admin is not None and not self.admin.started:
+                self.admin.start()
             if self.role is Role.SINGLE:
                 pidfile.write(self.pidfile)
             for server in self.servers:
                 log.info("listening on %s", describe_address(server.address, tls=server.ssl_context is not None))
+            if self.admin is not None:
+                log.info("readiness and metrics on %s (--admin-bind)", describe_address(self.admin.address))
             if self.link is not None:
                 helpers += self._start_worker_duties(self.link)
             if self.on_ready is not None:
@@ -267,6 +277,9 @@ class Runner:
                 self.metrics.detach()
             if self.role is Role.SINGLE:
                 pidfile.remove(self.pidfile)
+            if self.admin is not None:
+                # Last: readiness answers (503) for as long as the process serves anything.
+                self.admin.close()
 
     def _wait_trigger(self) -> None:
         assert self.shutdown_trigger is not None
@@ -468,6 +481,7 @@ def run(
     pidfile: Optional[str] = None,
     shutdown_trigger: Optional[Callable[[], Any]] = None,
     metrics_path: Optional[str] = None,
+    admin_bind: Optional[Listener] = None,
     **options: Any,
 ) -> ExitStatus:
     """Serve ``app`` as the CLI does (signals included) and return the exit status.
@@ -483,11 +497,20 @@ def run(
         shutdown_trigger: blocks until shutdown should start (besides signals).
         metrics_path: path answered with Prometheus metrics (None: off; needs
             the ``metrics`` extra, else ``MetricsUnavailable``).
+        admin_bind: a listener of their own for the readiness and metrics
+            paths (``(host, port)``, ``"unix:/path"``); ``bind`` then leaves
+            them to the app.
         options: ``Config`` fields (``idle_timeout``, ``max_connections``, ...).
     """
     binds: list[Listener] = list(bind) if isinstance(bind, list) else [bind]  # type: ignore[list-item]
     metrics = process_metrics(metrics_path, readiness_path)
-    wrapped, readiness = build_app(app, readiness_path=readiness_path, access_log=access_log, metrics=metrics)
+    admin_server = None
+    if admin_bind is None:
+        wrapped, readiness = build_app(app, readiness_path=readiness_path, access_log=access_log, metrics=metrics)
+    else:
+        wrapped, _ = build_app(app, readiness_path=None, access_log=access_log)
+        admin_wsgi, readiness = admin.admin_app(readiness_path, metrics)
+        admin_server = admin.admin_server(admin_bind, admin_wsgi)
     servers = [Server(listener, wrapped, **options) for listener in binds]
     return runner_for(
         servers,
@@ -497,6 +520,7 @@ def run(
         shutdown_trigger=shutdown_trigger,
         pidfile=pidfile,
         metrics=metrics,
+        admin=admin_server,
     ).run()
 
 
@@ -661,14 +685,23 @@ def serve(
     listeners: Optional[Sequence[Any]] = None,
     *,
     link: Optional[WorkerLink] = None,
+    admin_listener: Optional[Any] = None,
+    master_stop: Optional[StopFlag] = None,
 ) -> ExitStatus:
     """Serve ``settings.app`` in this process until told to stop; return the exit status.
+
+    Binding comes first (as root, if started so), then the switch to
+    ``--user``/``--group``, and only then the application's import: its
+    import-time code runs with the privileges it will serve with.
 
     Args:
         settings: the settings (``gshutdown.cli`` resolves them).
         listeners: sockets to serve on instead of binding ``settings.bind``
             (a worker gets its master's).
         link: a worker's pipes to its master (None: the single process).
+        admin_listener: a worker's admin listener, bound by its master
+            (``--admin-bind``; the single process binds its own).
+        master_stop: a worker's master's ``StopFlag``: its admin readiness follows it.
     """
     if link is None:
         # A worker's master did all this already, and a worker inherits its
@@ -683,50 +716,70 @@ def serve(
         monkey_patch(settings)
     watch_blocking(settings.max_blocking_time)
     readiness_path = settings.readiness_path or None
-    try:
-        # A worker's metrics add up with its siblings' (the master set that up).
-        metrics = process_metrics(settings.metrics_path, readiness_path, multiprocess=link is not None)
-    except MetricsUnavailable as exc:
-        return fail(str(exc), ExitStatus.USAGE)
-    try:
-        app = load_app(settings.app)
-    except AppNotLoadable as exc:
-        return fail(str(exc), ExitStatus.USAGE)
-    wrapped, readiness = build_app(
-        app,
-        readiness_path=readiness_path,
-        access_log=bool(settings.access_log),
-        access_log_format=settings.access_log_format,
-        metrics=metrics,
-    )
+    unusable = admin.usage_error(settings)
+    if unusable is not None:
+        return fail(unusable, ExitStatus.USAGE)
     if listeners is None:
         listeners = systemd.listen_fds() or settings.bind
+    if link is None:
+        admin_listener = settings.admin_bind
     options = server_options(settings)
-    servers = []
+    servers: list[Server] = []
+    admin_server: Optional[Server] = None
     try:
         for listener in listeners:
-            server = Server(listener, wrapped, multiprocess=link is not None, **options)
+            # The application comes once it is imported, after the switch to --user.
+            server = Server(listener, _not_loaded, multiprocess=link is not None, **options)
             if link is not None and not settings.reuse_port:
                 # Workers sharing one accept queue: one connection per wake-up,
                 # so the first worker awake does not take a whole burst.
                 server.max_accept = 1
             server.init_socket()  # bind now, to report a busy port before anything else
             servers.append(server)
+        if admin_listener is not None:
+            listener = admin_listener
+            admin_server = admin.admin_server(
+                listener, _not_loaded, multiprocess=link is not None, unix_socket_mode=settings.unix_socket_mode
+            )
+            admin_server.init_socket()
     except (OSError, ValueError) as exc:
         for server in servers:
             server.close()
         if isinstance(exc, ValueError):  # a setting (a TLS file, forwarded_allow_ips)
             return fail(str(exc), ExitStatus.USAGE)
         return fail(cannot_listen(listener, exc), ExitStatus.START_FAILED)
-    if link is None:
-        failed = drop_privileges(settings.user, settings.group)
-        if failed is not None:
-            return failed
+    loaded = _switch_user_and_load(settings, link)
+    if isinstance(loaded, ExitStatus):
+        for server in (*servers, *([admin_server] if admin_server is not None else [])):
+            server.close()
+        return loaded
+    app, metrics = loaded
     # Only now: a usage or bind error must stay the one line on stderr.
     log.info(
         "gevent monkey-patching %s",
         "disabled (--no-monkey-patch)" if settings.no_monkey_patch else "applied before importing the app",
     )
+    access_log, access_log_format = bool(settings.access_log), settings.access_log_format
+    if admin_server is None:
+        wrapped, readiness = build_app(
+            app,
+            readiness_path=readiness_path,
+            access_log=access_log,
+            access_log_format=access_log_format,
+            metrics=metrics,
+        )
+    else:
+        # The app's port leaves the readiness and metrics paths to the app.
+        wrapped, _ = build_app(app, readiness_path=None, access_log=access_log, access_log_format=access_log_format)
+        serving = admin.master_serving(master_stop) if master_stop is not None else None
+        admin_wsgi, readiness = admin.admin_app(readiness_path, metrics, serving=serving)
+        admin_server.set_application(admin_wsgi)
+        if serving is not None:
+            # A worker's admin readiness says what its master decided, not
+            # that this worker drains (it may only be retiring).
+            readiness = None
+    for server in servers:
+        server.set_application(wrapped)
     if link is not None and settings.max_requests:
         # Spread the recycles: workers that started together must not all
         # restart together (gunicorn's max_requests_jitter).
@@ -742,4 +795,28 @@ def serve(
         link=link,
         max_requests=max_requests,
         metrics=metrics,
+        admin=admin_server,
     ).run()
+
+
+def _switch_user_and_load(
+    settings: Settings, link: Optional[WorkerLink]
+) -> Union[ExitStatus, tuple[WSGIApp, Optional[ProcessMetrics]]]:
+    """``--user``/``--group`` (a worker's master switched already), then, as that user,
+    the metrics and the application's import; or a usage error status."""
+    if link is None:
+        failed = drop_privileges(settings.user, settings.group)
+        if failed is not None:
+            return failed
+    try:
+        # A worker's metrics add up with its siblings' (the master set that up).
+        metrics = process_metrics(settings.metrics_path, settings.readiness_path or None, multiprocess=link is not None)
+        return load_app(settings.app), metrics
+    except (MetricsUnavailable, AppNotLoadable) as exc:
+        return fail(str(exc), ExitStatus.USAGE)
+
+
+def _not_loaded(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    # Stands in until the application is imported; nothing is accepted before then.
+    start_response("503 Service Unavailable", [("Content-Length", "0")])
+    return []

@@ -9,28 +9,59 @@ from gshutdown.wsgi import access_format
 from gshutdown.wsgi.access_format import AccessEmit, access_log
 from gshutdown.wsgi.adapter import WSGIApp
 
+#: The methods a probe or a scraper sends; any other goes to the application.
+PROBE_METHODS = ("GET", "HEAD")
+
+
+def raw_path(environ: dict[str, Any]) -> str:
+    """The request target's path as the client sent it: not percent-decoded, query left off.
+
+    ``PATH_INFO`` is decoded, so ``/-/%72eady`` would match ``/-/ready`` there;
+    a proxy that blocks ``/-/ready`` by its text would let that one through.
+    Without ``RAW_URI`` (another server), ``PATH_INFO``.
+    """
+    target = environ.get("RAW_URI")
+    if target is None:
+        return str(environ.get("PATH_INFO", ""))
+    return str(target).partition("?")[0]
+
+
+def asks_for(environ: dict[str, Any], path: str) -> bool:
+    """``environ`` is a GET or HEAD of exactly ``path``, as sent (see ``raw_path``)."""
+    return environ["REQUEST_METHOD"] in PROBE_METHODS and raw_path(environ) == path
+
 
 class Readiness:
-    """Answers ``path`` itself: 200 while serving, 503 once draining.
+    """Answers a GET or HEAD of ``path`` itself: 200 while serving, 503 once draining.
 
     Kubernetes (or any load balancer) polls it; turning it to 503 before the
     listener closes lets the endpoint be removed while requests still succeed.
+    ``path`` is matched against the target as sent (``raw_path``); other
+    methods on it go to ``app``.
+
+    Args:
+        app: the application behind it.
+        path: the readiness path.
+        serving: also asked at each probe; False answers 503 (a worker's
+            admin listener asks whether its master still serves).
     """
 
-    def __init__(self, app: WSGIApp, path: str = "/-/ready") -> None:
+    def __init__(self, app: WSGIApp, path: str = "/-/ready", *, serving: Optional[Callable[[], bool]] = None) -> None:
         self.app = app
         self.path = path
         self.ready = True
+        self.serving = serving
 
     def set_draining(self) -> None:
         self.ready = False
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ["PATH_INFO"] != self.path:
+        if not asks_for(environ, self.path):
             return self.app(environ, start_response)
-        body = b"ready\n" if self.ready else b"draining\n"
+        ready = self.ready and (self.serving is None or self.serving())
+        body = b"ready\n" if ready else b"draining\n"
         start_response(
-            "200 OK" if self.ready else "503 Service Unavailable",
+            "200 OK" if ready else "503 Service Unavailable",
             [
                 ("Content-Type", "text/plain"),
                 ("Content-Length", str(len(body))),

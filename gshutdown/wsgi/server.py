@@ -41,10 +41,14 @@ class Server(HTTPServer):
     ) -> None:
         self.application = application
         self.multiprocess = multiprocess
-        super().__init__(
-            listener,
-            WSGIAdapter(application, multiprocess=multiprocess),
-            conn_state=conn_state,
-            config=config,
-            **options,
-        )
+        self._adapter = WSGIAdapter(application, multiprocess=multiprocess)
+        super().__init__(listener, self._adapter, conn_state=conn_state, config=config, **options)
+
+    def set_application(self, application: WSGIApp) -> None:
+        """Serve ``application`` from now on.
+
+        The CLI binds (as root) before it imports the application (as the
+        ``--user`` it switches to in between).
+        """
+        self.application = application
+        self._adapter.app = application
