@@ -635,6 +635,8 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         idle_grace=args.idle_grace,
         max_connections=args.max_connections,
         max_body_size=args.max_body_size,
+        max_websockets=args.max_websockets,
+        max_websocket_message=args.max_websocket_message,
         min_body_rate=args.min_body_rate,
         unix_socket_mode=args.unix_socket_mode,
         backlog=args.backlog,

@@ -49,6 +49,7 @@ from gshutdown.protocol.writer import error_response
 from gshutdown.server.state import ACTIVE, CLOSED, HIJACKED, IDLE, NEW, TERMINAL_STATES, ConnState, move
 
 if TYPE_CHECKING:  # pragma: no cover
+    from gshutdown.server.going_away import GoingAway
     from gshutdown.server.http_server import Server
 
 log = logging.getLogger("gshutdown")
@@ -109,6 +110,9 @@ class Connection:
     proxy_header: Optional[ProxyHeader] = None
     #: Whether this connection's forwarding headers are believed (set by the WSGI adapter).
     forwarded_trusted = False
+    #: Set by the owner of a hijacked connection that can end it when a
+    #: shutdown asks (a WebSocket): see ``gshutdown.server.going_away``.
+    going_away: Optional[GoingAway] = None
 
     def __init__(self, server: Server, sock: Any, peer: Any) -> None:
         self.id = next(_connection_ids)

@@ -53,6 +53,7 @@ from gshutdown.config.server_config import Config
 from gshutdown.protocol.forwarded import TrustedProxies
 from gshutdown.server import allocator
 from gshutdown.server.connection import Connection
+from gshutdown.server.going_away import GoingAway
 from gshutdown.server.hooks import HookList, HookOutcome, HookPhase, join_drain_hooks
 from gshutdown.server.jobs import JobFn, PeriodicJob, Scheduler
 from gshutdown.server.registry import ConnRegistry, ConnStateHook
@@ -114,6 +115,11 @@ class ShutdownResult:
     idle_closed: int = 0
     #: Periodic jobs killed because they were still running at the deadline.
     jobs_killed: tuple[str, ...] = ()
+    #: Hijacked connections asked to end at the drain's start (WebSockets, sent
+    #: Close 1001; see ``gshutdown.server.going_away``) that ended before the deadline.
+    websockets_closed: int = 0
+    #: Those still open at the deadline, closed by the server.
+    websockets_forced: int = 0
 
 
 class Server(StreamServer):
@@ -180,6 +186,8 @@ class Server(StreamServer):
         # and the hijacked sockets close() closed.
         self._forced: dict[int, ForcedConnection] = {}
         self._hijacked_closed_by_close = 0
+        # Hijacked connections told to go away: None until the drain starts.
+        self._going_away: Optional[list[tuple[Connection, GoingAway]]] = None
         # Accept paused for lack of resources: the retry timer, its delay,
         # since when, and when it was last logged.
         self._accept_retry_timer: Any = None
@@ -476,7 +484,9 @@ class Server(StreamServer):
         progress = gevent.spawn(self._log_progress, deadline)
         self._begin_shutdown()
         idle_closed = self._close_idle()
+        self._notify_going_away()
         self._wait_drained(deadline)
+        websockets_closed, websockets_forced = self._wait_going_away(deadline)
         self.phase = ShutdownPhase.STOPPING
         jobs_killed = tuple(jobs.get())
         outcomes = join_drain_hooks(drain_hooks, deadline)
@@ -488,13 +498,15 @@ class Server(StreamServer):
         # Forced at the deadline, or ended by close() during or before this.
         forced = tuple(self._forced.values())
         result = ShutdownResult(
-            clean=not forced and not jobs_killed,
+            clean=not forced and not jobs_killed and not websockets_forced,
             jobs_killed=jobs_killed,
             forced=forced,
             hijacked_closed=hijacked_closed,
             hooks=tuple(outcomes),
             duration=time.monotonic() - started,
             idle_closed=idle_closed,
+            websockets_closed=websockets_closed,
+            websockets_forced=websockets_forced,
         )
         log.info(
             "shutdown: %s in %.3f s (%d forced, %d idle closed, %d hijacked closed)",
@@ -505,6 +517,45 @@ class Server(StreamServer):
             hijacked_closed,
         )
         return result
+
+    def add_going_away(self, conn: Connection, going_away: GoingAway) -> None:
+        """Let a shutdown end hijacked ``conn`` through ``going_away`` (see ``gshutdown.server.going_away``).
+
+        Once the drain has started, ``going_away`` is notified at once.
+        """
+        conn.going_away = going_away
+        if self._going_away is not None:
+            self._going_away.append((conn, going_away))
+            going_away.notify()
+
+    def _notify_going_away(self) -> None:
+        # The drain starts: every hijacked connection that can go away is told to.
+        told = self._going_away = [
+            (conn, conn.going_away)
+            for conn in self.registry.in_state(ConnState.HIJACKED)
+            if conn.going_away is not None and not conn.going_away.finished.is_set()
+        ]
+        for _, going_away in told:
+            going_away.notify()
+        if told:
+            log.info("shutdown: %d WebSocket(s) told to go away (Close 1001)", len(told))
+
+    def _wait_going_away(self, deadline: Optional[float]) -> tuple[int, int]:
+        """Wait for the connections told to go away until ``deadline``; close the rest.
+
+        Returns (ended in time, closed at the deadline).
+        """
+        told = self._going_away or []
+        if not told:
+            return 0, 0
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        gevent.wait([going_away.finished for _, going_away in told], timeout=remaining)
+        left = [conn for conn, going_away in told if not going_away.finished.is_set()]
+        for conn in left:
+            conn.force_close()
+        if left:
+            log.warning("shutdown: %d WebSocket(s) still open at the deadline: closed", len(left))
+        return len(told) - len(left), len(left)
 
     def _begin_shutdown(self) -> None:
         # Steps 1 and 2. No yield happens here, so no connection can observe

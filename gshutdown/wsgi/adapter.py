@@ -29,6 +29,7 @@ from gshutdown.protocol.forwarded import apply_forwarded
 from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
 from gshutdown.server.connection import BadRequestBody, ClientDisconnected
 from gshutdown.server.state import HIJACKED
+from gshutdown.wsgi.websocket import WebSockets
 
 if TYPE_CHECKING:  # pragma: no cover
     from gshutdown.server.connection import Connection
@@ -332,6 +333,8 @@ class WSGIAdapter:
         self.app = app
         self.server = server
         self._warned_untrusted_proxy = False
+        #: WebSocket upgrade requests: admission, environ entries, their end.
+        self.websockets = WebSockets(server)
         host, port = server.server_host_port()
         self.base_environ: dict[str, Any] = {
             "SERVER_NAME": host,
@@ -432,7 +435,10 @@ class WSGIAdapter:
         response = Response(conn, request)
         result: Any = None
         try:
-            result = self.app(self.environ(conn, request), response.start_response)
+            environ = self.environ(conn, request)
+            if request.upgrade and not self.websockets.admit(conn, request, environ):
+                return False  # refused, and answered (400, 426, 503)
+            result = self.app(environ, response.start_response)
             if conn.state is HIJACKED:
                 return False
             if isinstance(result, list) and len(result) == 1 and response.head is None:
@@ -457,8 +463,10 @@ class WSGIAdapter:
             return False
         except GreenletExit:
             raise
-        except Exception:
+        except Exception as exc:
             if conn.state is HIJACKED:
+                if request.upgrade and self.websockets.ended_quietly(conn, exc):
+                    return False  # the end of a WebSocket, as its library signals it
                 log.exception("error in hijacked handler for %s", conn.request_line)
                 return False
             log.exception("error handling %s", conn.request_line)
@@ -472,3 +480,5 @@ class WSGIAdapter:
                     close()
                 except Exception:
                     log.exception("error closing the response of %s", conn.request_line)
+            if request.upgrade:
+                self.websockets.handler_done(conn)
