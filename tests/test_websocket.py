@@ -25,8 +25,6 @@ from tests.websocket_helpers import (
     BINARY,
     CLOSE,
     CONTINUATION,
-    PING,
-    PONG,
     TEXT,
     RawWebSocket,
     close_frame,

@@ -119,4 +119,3 @@ class RawWebSocket:
 
     def close(self) -> None:
         self.sock.close()
-
