@@ -1,0 +1,117 @@
+"""WebSockets and real signals: many open WebSockets, a SIGTERM, one Close 1001 each, exit 0.
+
+Each test serves a WebSocket app with the real CLI (single process, or a
+master with workers), opens WebSockets with the raw client of
+``tests.websocket_helpers`` (every frame visible) or python-socketio's client,
+signals the process by pid, and checks that every WebSocket got exactly one
+Close frame, 1001, and nothing after it, and that the server exited 0 with a
+clean shutdown.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import struct
+import threading
+from pathlib import Path
+
+import socketio
+
+from tests.process_helpers import GProcess, free_port, start_gshutdown, start_master
+from tests.websocket_helpers import CLOSE, TEXT, RawWebSocket, close_frame, frame
+
+#: Bounded, but enough to show the drain does not go one by one.
+MANY = 200
+GRACE = "20"
+
+
+def open_websockets(port: int, count: int, path: str) -> list[RawWebSocket]:
+    clients = []
+    for n in range(count):
+        client = RawWebSocket(("127.0.0.1", port)).open(path)
+        clients.append(client)
+        if n % 50 == 0:  # each kind of app really echoes
+            client.send(frame(TEXT, b"ping %d" % n))
+            assert client.read_frame() == (TEXT, b"ping %d" % n)
+    return clients
+
+
+def answer_one_1001_each(clients: list[RawWebSocket]) -> None:
+    """Every client: one Close 1001, answered; then nothing but EOF."""
+    for client in clients:
+        got = client.read_frame()
+        assert got is not None and got[0] == CLOSE, got
+        assert struct.unpack("!H", got[1][:2])[0] == 1001
+        client.send(close_frame(1001))
+    for client in clients:
+        assert client.frames_until_eof() == []
+        client.close()
+
+
+def shutdown_counts(server: GProcess) -> tuple[int, int]:
+    told = sum(int(n) for n in re.findall(r"shutdown: (\d+) WebSocket\(s\) told to go away", server.log()))
+    forced = sum(int(n) for n in re.findall(r"shutdown: (\d+) WebSocket\(s\) still open", server.log()))
+    return told, forced
+
+
+def test_sigterm_with_many_wsgi_websockets(tmp_path: Path) -> None:
+    port = free_port()
+    args = ("--bind", f"127.0.0.1:{port}", "--graceful-timeout", GRACE, "tests.apps.websockets:raw_echo")
+    with start_gshutdown(tmp_path / "log", *args) as server:
+        clients = open_websockets(port, MANY, "/")
+        server.send_signal(signal.SIGTERM)
+        answer_one_1001_each(clients)
+        assert server.wait() == 0
+        server.wait_for_log(r"shutdown: clean in")
+        assert shutdown_counts(server) == (MANY, 0)
+        assert server.log().count("handler done") == MANY
+
+
+def test_sigterm_with_many_flask_sock_websockets(tmp_path: Path) -> None:
+    port = free_port()
+    args = ("--bind", f"127.0.0.1:{port}", "--graceful-timeout", GRACE, "tests.apps.websockets:flask_sock_app")
+    with start_gshutdown(tmp_path / "log", *args) as server:
+        clients = open_websockets(port, MANY, "/echo")
+        server.send_signal(signal.SIGTERM)
+        answer_one_1001_each(clients)
+        assert server.wait() == 0
+        server.wait_for_log(r"shutdown: clean in")
+        assert shutdown_counts(server) == (MANY, 0)
+        assert server.log().count("handler done") == MANY
+        assert "Traceback" not in server.log()
+
+
+def test_sigterm_to_a_master_drains_every_workers_websockets(tmp_path: Path) -> None:
+    port = free_port()
+    with start_master(
+        tmp_path / "log", "tests.apps.websockets:raw_echo", port, "--graceful-timeout", GRACE, workers=2
+    ) as server:
+        clients = open_websockets(port, 40, "/")
+        server.send_signal(signal.SIGTERM)
+        answer_one_1001_each(clients)
+        assert server.wait() == 0
+        assert shutdown_counts(server) == (40, 0)
+
+
+def test_socketio_client_sees_the_server_go_away(tmp_path: Path) -> None:
+    port = free_port()
+    args = ("--bind", f"127.0.0.1:{port}", "--graceful-timeout", GRACE, "examples.socketio_chat:app")
+    with start_gshutdown(tmp_path / "log", *args) as server:
+        client = socketio.Client(reconnection=False)
+        said: list[str] = []
+        disconnected = threading.Event()
+        client.on("said", said.append)
+        client.on("disconnect", lambda *reason: disconnected.set())
+        client.connect(f"http://127.0.0.1:{port}", transports=["websocket"], wait_timeout=10)
+        try:
+            assert client.transport() == "websocket"
+            assert client.call("say", "hello", timeout=10) == {"ok": True}
+            assert said == ["hello"]
+            server.send_signal(signal.SIGTERM)
+            assert disconnected.wait(15)
+        finally:
+            client.disconnect()
+        assert server.wait() == 0
+        server.wait_for_log(r"shutdown: clean in")
+        assert shutdown_counts(server) == (1, 0)
