@@ -16,6 +16,7 @@ import struct
 import threading
 from pathlib import Path
 
+import pytest
 import socketio
 
 from tests.process_helpers import GProcess, free_port, start_gshutdown, start_master
@@ -94,10 +95,20 @@ def test_sigterm_to_a_master_drains_every_workers_websockets(tmp_path: Path) -> 
         assert shutdown_counts(server) == (40, 0)
 
 
-def test_socketio_client_sees_the_server_go_away(tmp_path: Path) -> None:
+@pytest.mark.parametrize("gevent_websocket", [True, False], ids=["wsgi.websocket", "simple-websocket"])
+def test_socketio_client_sees_the_server_go_away(tmp_path: Path, gevent_websocket: bool) -> None:
+    """python-engineio speaks through wsgi.websocket with gevent-websocket installed, else simple-websocket."""
+    env = None
+    if gevent_websocket:
+        import geventwebsocket  # noqa: F401 - the test extra installs it: engineio's first choice
+    else:
+        hidden = tmp_path / "hide" / "geventwebsocket"
+        hidden.mkdir(parents=True)
+        (hidden / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+        env = {"PYTHONPATH": str(hidden.parent)}
     port = free_port()
     args = ("--bind", f"127.0.0.1:{port}", "--graceful-timeout", GRACE, "examples.socketio_chat:app")
-    with start_gshutdown(tmp_path / "log", *args) as server:
+    with start_gshutdown(tmp_path / "log", *args, env=env) as server:
         client = socketio.Client(reconnection=False)
         said: list[str] = []
         disconnected = threading.Event()
