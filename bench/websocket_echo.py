@@ -114,6 +114,11 @@ class Served:
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
             self.pid = int(children[0])
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the serving process so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_kib(self) -> int:
         match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{self.pid}/status").read_text(), re.MULTILINE)
         assert match
@@ -151,8 +156,8 @@ def open_websockets(port: int, count: int) -> list[socket.socket]:
     return socks
 
 
-def echo_round_trips(port: int, count: int, seconds: float) -> float:
-    """Round trips per second over ``count`` WebSockets, one message in flight each."""
+def echo_round_trips(port: int, count: int, seconds: float) -> tuple[float, int]:
+    """Round trips per second over ``count`` WebSockets, one message in flight each; and their number."""
     socks = open_websockets(port, count)
     selector = selectors.DefaultSelector()
     pending = {}
@@ -176,7 +181,7 @@ def echo_round_trips(port: int, count: int, seconds: float) -> float:
     elapsed = time.perf_counter() - started
     for sock in socks:
         sock.close()
-    return done / elapsed
+    return done / elapsed, done
 
 
 def sigterm_to_exit(served: Served, socks: list[socket.socket]) -> dict[str, Any]:
@@ -225,7 +230,11 @@ def measure(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any
     served = Served(name, workdir)
     try:
         open_websockets(served.port, 20)  # warm-up (closed again by the GC)
-        result["echo_round_trips_per_s"] = round(echo_round_trips(served.port, args.echo_sockets, args.seconds))
+        cpu_before = served.cpu_seconds()
+        per_second, done = echo_round_trips(served.port, args.echo_sockets, args.seconds)
+        result["echo_round_trips_per_s"] = round(per_second)
+        # The client shares the machine: the server's CPU per round trip is the steadier figure.
+        result["server_cpu_us_per_round_trip"] = round((served.cpu_seconds() - cpu_before) / done * 1e6, 1)
     finally:
         served.stop()
     served = Served(name, workdir)

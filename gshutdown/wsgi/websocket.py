@@ -71,6 +71,8 @@ RECV_SIZE = 16 * 1024
 GOING_AWAY_REASON = "server shutting down"
 _ABNORMAL = int(CloseReason.ABNORMAL_CLOSURE)
 _QUIET_END = (StopIteration, OSError)
+#: What ``WebSocket._pump`` returns once the WebSocket is closed.
+_CLOSED = object()
 
 
 class WebSocketClosed(ConnectionError):
@@ -119,6 +121,26 @@ def handshake_problem(request: Request) -> Optional[tuple[int, str]]:
     if _header(request, "sec-websocket-version") != "13":
         return 426, "Upgrade Required"
     return None
+
+
+def _data_frame(opcode: int, payload: bytes) -> bytes:
+    """A whole, uncompressed server message frame (wsproto's, without its per-frame objects)."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x80 | opcode, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, length) + payload
+    return struct.pack("!BBQ", 0x80 | opcode, 127, length) + payload
+
+
+def _send_all(sock: Any, data: bytes) -> None:
+    """``sock.sendall(data)``, trying the plain socket first: most frames fit in one send."""
+    try:
+        sent = sock._sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
 
 
 def _close_frame(code: int, reason: str) -> bytes:
@@ -267,8 +289,11 @@ class WebSocket:
         self._send_lock = Semaphore()
         self._going_away: Optional[GoingAway] = None
         self._parts: list[Union[str, bytes]] = []
+        self._buffer = bytearray()  # received, not yet parsed
+        self._max_message = upgrade.conn.config.max_websocket_message
         self._size = 0
         self._failed = False  # a protocol error: Close sent, nothing more is parsed
+        self._compressed = False  # permessage-deflate agreed: wsproto frames every message
         self._lost = False  # the TCP connection is gone
 
     # -- the handshake ------------------------------------------------------------
@@ -307,12 +332,12 @@ class WebSocket:
             if accepted:
                 head.append(b"Sec-WebSocket-Extensions: " + accepted)
                 extensions.append(deflate)
+                self._compressed = True
         ws = self._ws = WSConnection(ConnectionType.SERVER, extensions)
         conn.response_started = True
         conn.response_status = "101 Switching Protocols"
         self._write(b"\r\n".join(head) + b"\r\n\r\n")
-        if received:
-            ws.receive_data(received)
+        self._buffer += received
         self._going_away = GoingAway(self._go_away)
         conn.server.add_going_away(conn, self._going_away)
         return ws
@@ -332,31 +357,21 @@ class WebSocket:
 
         Pings are answered and fragments joined meanwhile.
         """
-        ws = self._open()
+        self._open()
         while True:
             if self._failed or self._lost:
                 return None
-            for event in ws.events():
-                kind = type(event)
-                if kind is TextMessage or kind is BytesMessage:
-                    message = self._add_part(event)  # type: ignore[arg-type]
-                    if message is not None:
-                        return message
-                    if self._failed:
-                        return None
-                elif kind is Ping:
-                    self._send_event(event.response())  # type: ignore[attr-defined]
-                elif kind is CloseConnection:
-                    self._on_close(event)  # type: ignore[arg-type]
-                    return None
-            if ws.state is ConnectionState.CLOSED:
+            message = self._pump()
+            if message is _CLOSED:
                 return None
+            if message is not None:
+                return message
             data = self._recv()
             if not data:
                 self._lost = True
                 self.close_code = self.close_code or _ABNORMAL
                 return None
-            ws.receive_data(data)
+            self._buffer += data
 
     def send(self, message: Union[str, bytes, bytearray, memoryview], binary: Optional[bool] = None) -> None:
         """Send one message: binary for bytes-like, text for str (``binary`` forces either).
@@ -374,7 +389,12 @@ class WebSocket:
         with self._send_lock:
             if self._lost or self._failed or ws.state is not ConnectionState.OPEN:
                 raise WebSocketClosed("the WebSocket is closed")
-            self._write(ws.send(Message(data=data)))  # type: ignore[type-var]
+            if self._compressed:
+                self._write(ws.send(Message(data=data)))  # type: ignore[type-var]
+            elif binary:
+                self._write(_data_frame(0x2, data))  # type: ignore[arg-type]
+            else:
+                self._write(_data_frame(0x1, data.encode()))  # type: ignore[union-attr]
 
     def close(self, code: int = 1000, message: Union[str, bytes] = b"") -> None:
         """Start the closing handshake (the server completes it when the handler returns)."""
@@ -384,12 +404,90 @@ class WebSocket:
 
     # -- inside ---------------------------------------------------------------------
 
+    def _pump(self) -> Any:
+        """The next message from the bytes received so far; ``_CLOSED``; or None: more bytes needed.
+
+        Frame boundaries are found here, so wsproto only ever gets whole frames
+        and holds no bytes between calls. A whole, unfragmented, masked text or
+        binary frame with no RSV bit (nearly every frame) is unmasked here;
+        anything else (control frames, fragments, compressed messages, frames
+        breaking the rules) goes through wsproto, which answers what is wrong.
+        """
+        ws = self._ws
+        assert ws is not None
+        buffer = self._buffer
+        while True:
+            for event in ws.events():
+                kind = type(event)
+                if kind is TextMessage or kind is BytesMessage:
+                    message = self._add_part(event)  # type: ignore[arg-type]
+                    if message is not None:
+                        return message
+                    if self._failed:
+                        return _CLOSED
+                elif kind is Ping:
+                    self._send_event(event.response())  # type: ignore[attr-defined]
+                elif kind is CloseConnection:
+                    self._on_close(event)  # type: ignore[arg-type]
+                    return _CLOSED
+            if ws.state is ConnectionState.CLOSED or self._failed:
+                return _CLOSED
+            if not buffer:
+                return None
+            if self._compressed:
+                ws.receive_data(bytes(buffer))
+                buffer.clear()
+                continue
+            have = len(buffer)
+            if have < 2:
+                return None
+            first, second = buffer[0], buffer[1]
+            length = second & 0x7F
+            offset = 2
+            if length == 126:
+                if have < 4:
+                    return None
+                length, offset = (buffer[2] << 8) | buffer[3], 4
+            elif length == 127:
+                if have < 10:
+                    return None
+                length, offset = int.from_bytes(buffer[2:10], "big"), 10
+            masked = second & 0x80
+            if masked:
+                offset += 4
+            if length > self._max_message:
+                self._fail(int(CloseReason.MESSAGE_TOO_BIG), "message too big")
+                return _CLOSED
+            end = offset + length
+            if have < end:
+                return None
+            opcode = first & 0x0F
+            if first & 0xF0 == 0x80 and (opcode == 1 or opcode == 2) and masked and not self._parts:
+                mask = buffer[offset - 4 : offset]
+                if length:
+                    repeated = (mask * (length // 4 + 1))[:length]
+                    data = (int.from_bytes(buffer[offset:end], "big") ^ int.from_bytes(repeated, "big")).to_bytes(
+                        length, "big"
+                    )
+                else:
+                    data = b""
+                del buffer[:end]
+                if opcode == 2:
+                    return data
+                try:
+                    return data.decode()
+                except UnicodeDecodeError:
+                    self._fail(int(CloseReason.INVALID_FRAME_PAYLOAD_DATA), "invalid UTF-8 in a text message")
+                    return _CLOSED
+            ws.receive_data(bytes(buffer[:end]))
+            del buffer[:end]
+
     def _add_part(self, event: Union[TextMessage, BytesMessage]) -> Optional[Union[str, bytes]]:
         """Add a piece of a message; the message when complete."""
         self._parts.append(bytes(event.data) if type(event.data) is bytearray else event.data)  # type: ignore[arg-type]
         self._size += len(event.data)
         assert self._conn is not None
-        if self._size > self._conn.config.max_websocket_message:
+        if self._size > self._max_message:
             self._fail(int(CloseReason.MESSAGE_TOO_BIG), "message too big")
             return None
         if not event.message_finished:
@@ -440,7 +538,7 @@ class WebSocket:
     def _write(self, data: bytes) -> None:
         """Write ``data`` within the write timeout; past it (or on error) the connection is closed."""
         try:
-            self._sock.sendall(data)
+            _send_all(self._sock, data)
         except OSError as exc:
             self._lost = True
             self._sock.close()
@@ -486,21 +584,21 @@ class WebSocket:
         ws = self._ws
         assert ws is not None
         with gevent.Timeout(seconds, False):
-            while ws.state is not ConnectionState.CLOSED:
-                if self._failed:
-                    # Nothing more is parsed: wait for the client to hang up.
-                    while self._recv():
-                        pass
-                    return
-                for event in ws.events():
-                    if type(event) is CloseConnection:
-                        self._on_close(event)
-                if ws.state is ConnectionState.CLOSED:
-                    return
+            while not self._failed:
+                # Messages that cross our Close are dropped.
+                got = self._pump()
+                if got is _CLOSED:
+                    break
+                if got is not None:
+                    continue
                 data = self._recv()
                 if not data:
                     return
-                ws.receive_data(data)
+                self._buffer += data
+            if self._failed or ws.state is not ConnectionState.CLOSED:
+                # Nothing more is parsed: wait for the client to hang up.
+                while self._recv():
+                    pass
 
 
 class TakenSocket:
@@ -554,7 +652,7 @@ class TakenSocket:
             if self._close_sent:
                 return  # after the server's Close, nothing may follow (RFC 6455 5.5.1)
             try:
-                sock.sendall(data, flags)
+                _send_all(sock, data) if not flags else sock.sendall(data, flags)
             except OSError:
                 self.close()  # a client that stops reading: the write timeout ends it
                 raise
