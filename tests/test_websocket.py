@@ -25,6 +25,8 @@ from tests.websocket_helpers import (
     BINARY,
     CLOSE,
     CONTINUATION,
+    PING,
+    PONG,
     TEXT,
     RawWebSocket,
     close_frame,
@@ -98,6 +100,41 @@ def test_plain_request_to_a_websocket_app_is_plain_http(serve: Serve) -> None:
     sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     status, _, body = read_response(sock)
     assert (status, body) == (200, b"not a websocket\n")
+
+
+def test_frames_split_and_coalesced_arrive_whole_and_in_order(serve: Serve) -> None:
+    st = serve(raw_echo)
+    client = RawWebSocket(st.address).open()
+    client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    big = bytes(range(256)) * 300  # a 64-bit length
+    wire = (
+        frame(TEXT, b"first")
+        + frame(TEXT, b"frag", fin=False)
+        + frame(PING, b"in between")  # a control frame inside a fragmented message
+        + frame(CONTINUATION, b"mented")
+        + frame(BINARY, b"")
+        + frame(BINARY, big)
+        + frame(TEXT, "ünï".encode())
+    )
+    for start in range(0, 40):  # the first frames a byte at a time, then the rest at once
+        client.send(wire[start : start + 1])
+    client.send(wire[40:])
+    got = [client.read_frame() for _ in range(6)]
+    assert got == [
+        (TEXT, b"first"),
+        (PONG, b"in between"),
+        (TEXT, b"fragmented"),
+        (BINARY, b""),
+        (BINARY, big),
+        (TEXT, "ünï".encode()),
+    ]
+
+
+def test_one_frame_declared_over_the_limit_gets_1009_before_its_payload(serve: Serve) -> None:
+    st = serve(raw_echo, max_websocket_message=1000)
+    client = RawWebSocket(st.address).open()
+    client.send(frame(BINARY, b"z" * 5000)[:100])  # the head says 5,000 bytes: no need to wait for them
+    assert client.read_close_code() == 1009
 
 
 # -- bad input ----------------------------------------------------------------------------------
