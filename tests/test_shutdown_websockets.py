@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import socketio
+import websocket
 
 from tests.process_helpers import GProcess, free_port, start_gshutdown, start_master
 from tests.websocket_helpers import CLOSE, TEXT, RawWebSocket, close_frame, frame
@@ -126,3 +127,37 @@ def test_socketio_client_sees_the_server_go_away(tmp_path: Path, gevent_websocke
         assert server.wait() == 0
         server.wait_for_log(r"shutdown: clean in")
         assert shutdown_counts(server) == (1, 0)
+
+
+def test_sighup_reload_sends_the_old_workers_websockets_1001(tmp_path: Path) -> None:
+    port = free_port()
+    with start_master(
+        tmp_path / "log", "tests.apps.websockets:raw_echo", port, "--graceful-timeout", GRACE, workers=2
+    ) as server:
+        old = open_websockets(port, 20, "/")
+        server.send_signal(signal.SIGHUP)
+        answer_one_1001_each(old)  # the clients' cue to reconnect: to the new workers
+        server.wait_for_log(r"reload done: generation 2 serving")
+        again = RawWebSocket(("127.0.0.1", port)).open()
+        again.send(frame(TEXT, b"after the reload"))
+        assert again.read_frame() == (TEXT, b"after the reload")
+        again.send(close_frame(1000))
+        assert again.read_close_code() == 1000
+        assert shutdown_counts(server) == (20, 0)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+
+
+def test_flask_sock_example_echoes_and_drains(tmp_path: Path) -> None:
+    port = free_port()
+    args = ("--bind", f"127.0.0.1:{port}", "examples.flask_sock_echo:app")
+    with start_gshutdown(tmp_path / "log", *args) as server:
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/echo", timeout=10)
+        ws.send("hello")
+        assert ws.recv() == "hello"
+        server.send_signal(signal.SIGTERM)
+        opcode, payload = ws.recv_data(control_frame=True)
+        assert (opcode, struct.unpack("!H", payload[:2])[0]) == (websocket.ABNF.OPCODE_CLOSE, 1001)
+        ws.close()
+        assert server.wait() == 0
+        server.wait_for_log(r"shutdown: clean in")
