@@ -161,3 +161,17 @@ def test_flask_sock_example_echoes_and_drains(tmp_path: Path) -> None:
         ws.close()
         assert server.wait() == 0
         server.wait_for_log(r"shutdown: clean in")
+
+
+def test_sigterm_to_gunicorn_with_the_gshutdown_worker_drains_websockets(tmp_path: Path) -> None:
+    from tests.test_gunicorn import start_gunicorn
+
+    port = free_port()
+    with start_gunicorn(
+        tmp_path, port, "--graceful-timeout", GRACE, workers=2, app="tests.apps.websockets:raw_echo"
+    ) as server:
+        clients = open_websockets(port, 40, "/")
+        server.send_signal(signal.SIGTERM)
+        answer_one_1001_each(clients)
+        assert server.wait() == 0
+        assert shutdown_counts(server) == (40, 0)
