@@ -7,10 +7,12 @@ websocket-client, websockets (its sync client), python-socketio's client, and
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 import struct
 import threading
+import weakref
 from typing import Any, Callable
 
 import pytest
@@ -21,6 +23,7 @@ from websockets.sync.client import connect as websockets_connect
 from gshutdown import Config, ConnState
 from tests.apps.websockets import flask_sock_app, raw_echo, socketio_app
 from tests.helpers import ServerThread, read_response, wait_until
+from tests.test_connection import cyclic_garbage_from_gshutdown
 from tests.websocket_helpers import (
     BINARY,
     CLOSE,
@@ -135,6 +138,30 @@ def test_one_frame_declared_over_the_limit_gets_1009_before_its_payload(serve: S
     client = RawWebSocket(st.address).open()
     client.send(frame(BINARY, b"z" * 5000)[:100])  # the head says 5,000 bytes: no need to wait for them
     assert client.read_close_code() == 1009
+
+
+def test_a_wsgi_websocket_leaves_no_cyclic_garbage(serve: Serve) -> None:
+    # (flask-sock makes a class per request, closing over its socket: that cycle is its own.)
+    refs: list[weakref.ref[Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        refs.append(weakref.ref(environ["gshutdown.connection"]))
+        return raw_echo(environ, start_response)
+
+    st = serve(app)
+    gc.collect()
+    gc.disable()
+    try:
+        client = RawWebSocket(st.address).open()
+        client.send(frame(TEXT, b"x"))
+        assert client.read_frame() == (TEXT, b"x")
+        client.send(close_frame())
+        assert client.read_close_code() == 1000
+        assert client.frames_until_eof() == []
+        wait_until(lambda: refs and refs[0]() is None)
+        assert cyclic_garbage_from_gshutdown() == []
+    finally:
+        gc.enable()
 
 
 # -- bad input ----------------------------------------------------------------------------------

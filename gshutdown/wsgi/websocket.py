@@ -621,6 +621,8 @@ class WebSocket:
             self._sock.close()
             if self._going_away is not None:
                 self._going_away.finish()
+                # conn -> promise -> this session -> conn: not a cycle left for the collector.
+                conn.going_away = self._going_away = None
 
     def _await_close(self, seconds: float) -> None:
         """Read until the client's Close (or EOF), for at most ``seconds``."""
@@ -712,6 +714,7 @@ class TakenSocket:
         self._upgrade.release()
         if self._going_away is not None:
             self._going_away.finish()
+            self._upgrade.conn.going_away = self._going_away = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._take(), name)
