@@ -254,6 +254,7 @@ def test_max_websockets_must_leave_a_slot_for_http() -> None:
         Config(max_connections=10, max_websockets=10)
     assert Config(max_connections=1000).websocket_limit == 900
     assert Config(max_connections=None).websocket_limit is None
+    assert Config(max_connections=1).websocket_limit == 0
 
 
 # -- simple-websocket (flask-sock) on gunicorn.socket -------------------------------------------

@@ -155,12 +155,12 @@ class Config:
 
     @property
     def websocket_limit(self) -> Optional[int]:
-        """``max_websockets``, or its default: nine tenths of ``max_connections`` (None: no limit)."""
+        """``max_websockets``, or its default: nine tenths of ``max_connections``, rounded down (None: no limit)."""
         if self.max_websockets is not None:
             return self.max_websockets
         if self.max_connections is None:
             return None
-        return max(1, self.max_connections * 9 // 10) if self.max_connections > 1 else None
+        return self.max_connections * 9 // 10  # 0 with a single connection: no WebSockets
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (unknown names raise TypeError)."""

@@ -42,6 +42,7 @@ import base64
 import binascii
 import logging
 import struct
+import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import gevent
@@ -67,6 +68,8 @@ log = logging.getLogger("gshutdown")
 #: Bytes asked of the kernel per read. Small enough that one read of a
 #: compressed message cannot inflate past a few MiB before the size check.
 RECV_SIZE = 16 * 1024
+#: Seconds between log lines about upgrades refused for the limit.
+REFUSAL_LOG_INTERVAL = 10.0
 #: The reason sent with Close 1001 at shutdown.
 GOING_AWAY_REASON = "server shutting down"
 _ABNORMAL = int(CloseReason.ABNORMAL_CLOSURE)
@@ -228,6 +231,7 @@ class WebSockets:
         #: WebSocket upgrades admitted so far.
         self.admitted_total = 0
         self._upgrades: dict[int, _Upgrade] = {}
+        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
 
     def admit(self, conn: Connection, request: Request, environ: dict[str, Any]) -> bool:
         """For an upgrade request: add the WebSocket entries, or answer it; False when answered.
@@ -250,7 +254,14 @@ class WebSockets:
             return False
         limit = server.config.websocket_limit
         if limit is not None and self.open >= limit:
-            log.warning("WebSocket refused (503): %d open, the limit (max_websockets)", self.open)
+            now = time.monotonic()
+            if now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
+                self._refusal_logged_at = now
+                log.warning(
+                    "WebSocket upgrades refused (503): %d open, the limit (max_websockets); logged every %g s",
+                    self.open,
+                    REFUSAL_LOG_INTERVAL,
+                )
             conn.send_error(503, "Service Unavailable (too many WebSockets)")
             return False
         upgrade = _Upgrade(self, conn, request)
