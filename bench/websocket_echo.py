@@ -191,6 +191,7 @@ def sigterm_to_exit(served: Served, socks: list[socket.socket]) -> dict[str, Any
         selector.register(sock, selectors.EVENT_READ)
     codes: dict[int, int] = {}
     buffers = {sock: b"" for sock in socks}
+    cpu_before = cpu_last = served.cpu_seconds()
     sent = time.monotonic()
     os.kill(served.proc.pid, signal.SIGTERM)
     exited = None
@@ -215,14 +216,26 @@ def sigterm_to_exit(served: Served, socks: list[socket.socket]) -> dict[str, Any
                     sock.send(CLOSE_REPLY)  # type: ignore[union-attr]
                 except OSError:
                     pass
-        if exited is None and served.proc.poll() is not None:
-            exited = time.monotonic() - sent
+        if exited is None:
+            try:
+                cpu_last = served.cpu_seconds()  # the last reading before it exits
+            except (OSError, IndexError):
+                pass
+            if served.proc.poll() is not None:
+                exited = time.monotonic() - sent
         if time.monotonic() - sent > 60:
             break
     served.proc.wait(60)
     if exited is None:
         exited = time.monotonic() - sent
-    return {"seconds": round(exited, 3), "close_codes": codes, "exit_status": served.proc.returncode}
+    return {
+        "seconds": round(exited, 3),
+        # CPU the serving process spent meanwhile: the machine is shared, so
+        # this is the steadier figure (gunicorn's arbiter is not the worker: None).
+        "server_cpu_s": round(cpu_last - cpu_before, 3) if served.pid == served.proc.pid else None,
+        "close_codes": codes,
+        "exit_status": served.proc.returncode,
+    }
 
 
 def measure(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
