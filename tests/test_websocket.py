@@ -24,6 +24,7 @@ from gshutdown import Config, ConnState
 from tests.apps.websockets import flask_sock_app, raw_echo, socketio_app
 from tests.helpers import ServerThread, read_response, wait_until
 from tests.test_connection import cyclic_garbage_from_gshutdown
+from tests.tls_helpers import TLSFiles
 from tests.websocket_helpers import (
     BINARY,
     CLOSE,
@@ -162,6 +163,20 @@ def test_a_wsgi_websocket_leaves_no_cyclic_garbage(serve: Serve) -> None:
         assert cyclic_garbage_from_gshutdown() == []
     finally:
         gc.enable()
+
+
+def test_wss_echo_and_drain_over_tls(serve: Serve, tls_files: TLSFiles) -> None:
+    st = serve(raw_echo, certfile=str(tls_files.cert), keyfile=str(tls_files.key))
+    ws = websocket.create_connection(
+        f"wss://127.0.0.1:{st.port}/", timeout=10, sslopt={"ca_certs": str(tls_files.cert), "check_hostname": False}
+    )
+    ws.send("over tls")
+    assert ws.recv() == "over tls"
+    future = st.shutdown_async(10)
+    opcode, payload = ws.recv_data(control_frame=True)
+    assert (opcode, struct.unpack("!H", payload[:2])[0]) == (websocket.ABNF.OPCODE_CLOSE, 1001)
+    ws.close()
+    assert future.result(20).websockets_closed == 1
 
 
 # -- bad input ----------------------------------------------------------------------------------

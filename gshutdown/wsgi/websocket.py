@@ -46,6 +46,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import gevent
+from gevent import socket as gsocket
 from gevent.lock import Semaphore
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState, ConnectionType
@@ -74,6 +75,7 @@ REFUSAL_LOG_INTERVAL = 10.0
 GOING_AWAY_REASON = "server shutting down"
 _ABNORMAL = int(CloseReason.ABNORMAL_CLOSURE)
 _QUIET_END = (StopIteration, OSError)
+_PLAIN_GEVENT_SOCKET = gsocket.socket
 #: What ``WebSocket._pump`` returns once the WebSocket is closed.
 _CLOSED = object()
 
@@ -138,6 +140,9 @@ def _data_frame(opcode: int, payload: bytes) -> bytes:
 
 def _send_all(sock: Any, data: bytes) -> None:
     """``sock.sendall(data)``, trying the plain socket first: most frames fit in one send."""
+    if type(sock) is not _PLAIN_GEVENT_SOCKET:  # TLS: only its own send encrypts
+        sock.sendall(data)
+        return
     try:
         sent = sock._sock.send(data)
     except BlockingIOError:
@@ -153,7 +158,8 @@ def _write_now_or_soon(sock: Any, data: bytes, lock: Semaphore) -> None:
     written, so no other frame can start inside this one.
     """
     try:
-        sent = sock._sock.send(data)
+        # TLS: only its own send encrypts, and it may block: leave it to the greenlet.
+        sent = sock._sock.send(data) if type(sock) is _PLAIN_GEVENT_SOCKET else 0
     except BlockingIOError:
         sent = 0
     except OSError:
