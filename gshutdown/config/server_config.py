@@ -72,6 +72,14 @@ class Config:
     #: until one closes (gunicorn ``worker_connections=1000`` for its gevent
     #: worker). None: no limit.
     max_connections: Optional[int] = 1000
+    #: Most WebSockets open at once; an upgrade beyond it gets 503, so that
+    #: WebSockets never take every ``max_connections`` slot from plain HTTP.
+    #: None: nine tenths of ``max_connections`` (no limit when that has none).
+    max_websockets: Optional[int] = None
+    #: Largest WebSocket message received through ``wsgi.websocket``, in bytes
+    #: (fragments and decompression included); beyond it, Close 1009 (the
+    #: ``websockets`` library's ``max_size``: 1 MiB).
+    max_websocket_message: int = 1024 * 1024
     #: Listen backlog for sockets the server binds (gunicorn ``backlog=2048``).
     backlog: int = 2048
     #: Permission bits of a unix socket the server binds, e.g. ``0o660``
@@ -123,6 +131,14 @@ class Config:
                 raise ValueError(f"{field.name} must not be negative, got {value!r}")
         if self.max_connections is not None and self.max_connections < 1:
             raise ValueError("max_connections must be at least 1")
+        if self.max_websockets is not None:
+            if self.max_websockets < 1:
+                raise ValueError("max_websockets must be at least 1")
+            if self.max_connections is not None and self.max_websockets >= self.max_connections:
+                raise ValueError(
+                    f"max_websockets ({self.max_websockets}) must be less than max_connections "
+                    f"({self.max_connections}), so that plain HTTP keeps a connection slot"
+                )
         if self.min_body_rate is not None and self.min_body_rate <= 0:
             raise ValueError("min_body_rate must be more than 0 bytes per second (None: no minimum)")
         if self.unix_socket_mode is not None and self.unix_socket_mode > 0o777:
@@ -136,6 +152,15 @@ class Config:
             raise ValueError(f"cert_reqs must be one of {', '.join(CERT_REQS)}, not {self.cert_reqs!r}")
         if self.cert_reqs in ("optional", "required") and self.ca_certs is None:
             raise ValueError(f"cert_reqs={self.cert_reqs!r} needs ca_certs to verify client certificates with")
+
+    @property
+    def websocket_limit(self) -> Optional[int]:
+        """``max_websockets``, or its default: nine tenths of ``max_connections``, rounded down (None: no limit)."""
+        if self.max_websockets is not None:
+            return self.max_websockets
+        if self.max_connections is None:
+            return None
+        return self.max_connections * 9 // 10  # 0 with a single connection: no WebSockets
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (unknown names raise TypeError)."""

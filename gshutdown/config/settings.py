@@ -62,6 +62,10 @@ class Settings:
     write_timeout: Optional[float]
     #: Connections served at once (None: no limit).
     max_connections: Optional[int]
+    #: WebSockets open at once (None: 9/10 of ``max_connections``).
+    max_websockets: Optional[int]
+    #: Largest WebSocket message received through ``wsgi.websocket``, in bytes.
+    max_websocket_message: int
     #: Largest request body in bytes (None: no limit).
     max_body_size: Optional[int]
     #: Bytes per second a request body must keep up (None: no minimum).

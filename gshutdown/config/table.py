@@ -176,6 +176,23 @@ SETTINGS: tuple[Setting, ...] = (
         doc="connections served at once, the rest wait in the backlog (gunicorn `--worker-connections`, also 1000)",
     ),
     S(
+        "max_websockets",
+        ("--max-websockets",),
+        optional_count,
+        None,
+        "WebSockets open at once, beyond it upgrades get 503 (default: 9/10 of max-connections)",
+        shown_default="9/10 of `--max-connections`",
+    ),
+    S(
+        "max_websocket_message",
+        ("--max-websocket-message",),
+        count,
+        1024 * 1024,
+        "largest WebSocket message received through wsgi.websocket, in bytes; beyond it, close 1009",
+        metavar="BYTES",
+        shown_default="1 MiB",
+    ),
+    S(
         "max_body_size",
         ("--max-body-size",),
         optional_count,

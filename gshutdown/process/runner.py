@@ -661,6 +661,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         idle_grace=settings.idle_grace,
         max_connections=settings.max_connections,
         max_body_size=settings.max_body_size,
+        max_websockets=settings.max_websockets,
+        max_websocket_message=settings.max_websocket_message,
         min_body_rate=settings.min_body_rate,
         unix_socket_mode=settings.unix_socket_mode,
         backlog=settings.backlog,

@@ -50,6 +50,7 @@ from gshutdown.server.socket_io import RECV_SIZE, SocketIO
 from gshutdown.server.state import ACTIVE, CLOSED, HIJACKED, IDLE, NEW, TERMINAL_STATES, ConnState, move
 
 if TYPE_CHECKING:  # pragma: no cover
+    from gshutdown.server.going_away import GoingAway
     from gshutdown.server.http_server import HTTPServer
 
 log = logging.getLogger("gshutdown")
@@ -87,6 +88,9 @@ class Connection(SocketIO):
     proxy_header: Optional[ProxyHeader] = None
     #: Whether this connection's forwarding headers are believed (set by the WSGI adapter).
     forwarded_trusted = False
+    #: Set by the owner of a hijacked connection that can end it when a
+    #: shutdown asks (a WebSocket): see ``gshutdown.server.going_away``.
+    going_away: Optional[GoingAway] = None
 
     def __init__(self, server: HTTPServer, sock: Any, peer: Any) -> None:
         self.id = next(_connection_ids)

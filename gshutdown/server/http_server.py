@@ -45,6 +45,7 @@ from gshutdown.protocol.forwarded import TrustedProxies
 from gshutdown.server import allocator
 from gshutdown.server.accept import PausingAccept
 from gshutdown.server.connection import Connection
+from gshutdown.server.going_away import GoingAway
 from gshutdown.server.handler import Handler
 from gshutdown.server.hooks import HookList, HookPhase, join_drain_hooks
 from gshutdown.server.jobs import JobFn, PeriodicJob, Scheduler
@@ -121,6 +122,8 @@ class HTTPServer(PausingAccept):
         # and the hijacked sockets close() closed.
         self._forced: dict[int, ForcedConnection] = {}
         self._hijacked_closed_by_close = 0
+        # Hijacked connections told to go away: None until the drain starts.
+        self._going_away: Optional[list[tuple[Connection, GoingAway]]] = None
         #: Requests read so far, on all connections.
         self.requests_total = 0
         #: ``requests_total`` at which ``_on_request_limit`` runs (see ``notify_after_requests``).
@@ -328,7 +331,9 @@ class HTTPServer(PausingAccept):
         progress = gevent.spawn(self._log_progress, deadline)
         self._begin_shutdown()
         idle_closed = self._close_idle()
+        self._notify_going_away()
         self._wait_drained(deadline)
+        websockets_closed, websockets_forced = self._wait_going_away(deadline)
         self.phase = ShutdownPhase.STOPPING
         jobs_killed = tuple(jobs.get())
         outcomes = join_drain_hooks(drain_hooks, deadline)
@@ -340,13 +345,15 @@ class HTTPServer(PausingAccept):
         # Forced at the deadline, or ended by close() during or before this.
         forced = tuple(self._forced.values())
         result = ShutdownResult(
-            clean=not forced and not jobs_killed,
+            clean=not forced and not jobs_killed and not websockets_forced,
             jobs_killed=jobs_killed,
             forced=forced,
             hijacked_closed=hijacked_closed,
             hooks=tuple(outcomes),
             duration=time.monotonic() - started,
             idle_closed=idle_closed,
+            websockets_closed=websockets_closed,
+            websockets_forced=websockets_forced,
         )
         log.info(
             "shutdown: %s in %.3f s (%d forced, %d idle closed, %d hijacked closed)",
@@ -357,6 +364,45 @@ class HTTPServer(PausingAccept):
             hijacked_closed,
         )
         return result
+
+    def add_going_away(self, conn: Connection, going_away: GoingAway) -> None:
+        """Let a shutdown end hijacked ``conn`` through ``going_away`` (see ``gshutdown.server.going_away``).
+
+        Once the drain has started, ``going_away`` is notified at once.
+        """
+        conn.going_away = going_away
+        if self._going_away is not None:
+            self._going_away.append((conn, going_away))
+            going_away.notify()
+
+    def _notify_going_away(self) -> None:
+        # The drain starts: every hijacked connection that can go away is told to.
+        told = self._going_away = [
+            (conn, conn.going_away)
+            for conn in self.registry.in_state(ConnState.HIJACKED)
+            if conn.going_away is not None and not conn.going_away.finished.is_set()
+        ]
+        for _, going_away in told:
+            going_away.notify()
+        if told:
+            log.info("shutdown: %d WebSocket(s) told to go away (Close 1001)", len(told))
+
+    def _wait_going_away(self, deadline: Optional[float]) -> tuple[int, int]:
+        """Wait for the connections told to go away until ``deadline``; close the rest.
+
+        Returns (ended in time, closed at the deadline).
+        """
+        told = self._going_away or []
+        if not told:
+            return 0, 0
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        gevent.wait([going_away.finished for _, going_away in told], timeout=remaining)
+        left = [conn for conn, going_away in told if not going_away.finished.is_set()]
+        for conn in left:
+            conn.force_close()
+        if left:
+            log.warning("shutdown: %d WebSocket(s) still open at the deadline: closed", len(left))
+        return len(told) - len(left), len(left)
 
     def _begin_shutdown(self) -> None:
         # Steps 1 and 2. No yield happens here, so no connection can observe

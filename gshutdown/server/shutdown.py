@@ -48,3 +48,8 @@ class ShutdownResult:
     idle_closed: int = 0
     #: Periodic jobs killed because they were still running at the deadline.
     jobs_killed: tuple[str, ...] = ()
+    #: Hijacked connections asked to end at the drain's start (WebSockets, sent
+    #: Close 1001; see ``gshutdown.server.going_away``) that ended before the deadline.
+    websockets_closed: int = 0
+    #: Those still open at the deadline, closed by the server.
+    websockets_forced: int = 0

@@ -29,6 +29,7 @@ from gshutdown.protocol.forwarded import apply_forwarded
 from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
 from gshutdown.server.errors import BadRequestBody, ClientDisconnected
 from gshutdown.server.state import HIJACKED
+from gshutdown.wsgi.websocket import WebSockets
 
 if TYPE_CHECKING:  # pragma: no cover
     from gshutdown.server.connection import Connection
@@ -336,6 +337,7 @@ class WSGIAdapter:
 
     server: HTTPServer
     base_environ: dict[str, Any]
+    websockets: WebSockets
 
     def __init__(self, app: WSGIApp, *, multiprocess: bool = False) -> None:
         self.app = app
@@ -345,6 +347,8 @@ class WSGIAdapter:
     def bind(self, server: HTTPServer) -> None:
         """Take the environ entries that come from ``server`` (its address, TLS)."""
         self.server = server
+        #: WebSocket upgrade requests: admission, environ entries, their end.
+        self.websockets = WebSockets(server)
         host, port = server.server_host_port()
         self.base_environ = {
             "SERVER_NAME": host,
@@ -445,7 +449,10 @@ class WSGIAdapter:
         response = Response(conn, request)
         result: Any = None
         try:
-            result = self.app(self.environ(conn, request), response.start_response)
+            environ = self.environ(conn, request)
+            if request.upgrade and not self.websockets.admit(conn, request, environ):
+                return False  # refused, and answered (400, 426, 503)
+            result = self.app(environ, response.start_response)
             if conn.state is HIJACKED:
                 return False
             if isinstance(result, list) and len(result) == 1 and response.head is None:
@@ -470,8 +477,10 @@ class WSGIAdapter:
             return False
         except GreenletExit:
             raise
-        except Exception:
+        except Exception as exc:
             if conn.state is HIJACKED:
+                if request.upgrade and self.websockets.ended_quietly(conn, exc):
+                    return False  # the end of a WebSocket, as its library signals it
                 log.exception("error in hijacked handler for %s", conn.request_line)
                 return False
             log.exception("error handling %s", conn.request_line)
@@ -485,3 +494,5 @@ class WSGIAdapter:
                     close()
                 except Exception:
                     log.exception("error closing the response of %s", conn.request_line)
+            if request.upgrade:
+                self.websockets.handler_done(conn)
