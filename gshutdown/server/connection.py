@@ -96,6 +96,10 @@ class Connection(SocketIO):
     #: Whether the current request's body was cut for being too slow (the
     #: server answered 408 if the response had not started, and closes).
     body_cut = False
+    #: Then, the status line the client got: ``"408 Request Timeout"``, or the
+    #: application's if its response had begun. (``response_status`` is the
+    #: application's last try, which goes nowhere after a cut.)
+    cut_status = ""
     #: Whether this connection's forwarding headers are believed (set by the WSGI adapter).
     forwarded_trusted = False
 
@@ -369,6 +373,8 @@ class Connection(SocketIO):
             return server.handler.handle(self, request)
         started = time.perf_counter()
         keep_alive = server.handler.handle(self, request)
+        if self.body_cut:
+            self.response_status = self.cut_status  # what the observer counts is what went out
         observer(self, started)
         return keep_alive
 
@@ -477,6 +483,7 @@ class Connection(SocketIO):
         )
         if not self.response_started:
             self.send_error(408, "Request Timeout")
+        self.cut_status = self.response_status
         # Nothing more goes out: whatever the application still writes fails
         # (ClientDisconnected), so a 408 is never followed by its response.
         try:

@@ -75,8 +75,8 @@ class AccessLog:
         def finish(body_sent: int) -> None:
             status, headers, size = response[0], response[1], sent[0] + body_sent
             conn = environ.get("gshutdown.connection")
-            if conn is not None and conn.body_cut and conn.response_status != status:
-                status, headers, size = conn.response_status, [], 0  # the server's own answer
+            if conn is not None and conn.body_cut and conn.cut_status != status:
+                status, headers, size = conn.cut_status, [], 0  # the server's own answer
             self.emit(environ, status, headers, size, time.monotonic() - began)
 
         try:
