@@ -16,7 +16,9 @@ commit unpacked with ``git archive``), measures:
    ``--seconds``, alone, then again while ``--uploaders`` processes send such
    uploads in a loop (reconnecting after each answer or refusal). Prints
    p50, p99 and max of the probe's latency in ms, and how many uploads were
-   answered 200 or refused.
+   answered 200 or refused. The server's own view comes with it: how late
+   a 1 ms sleep in the server wakes (p99 and max), which no client-side
+   contention enters.
 
 ``--pattern big-first`` sends instead the worst body the minimum average
 chunk size lets through: one chunk of ``--wire-mib`` MiB, then as many 1-byte
@@ -57,8 +59,39 @@ SERVER_CPU, CLIENT_CPU = 0, 1
 PINNED = len(os.sched_getaffinity(0)) >= 2 and {SERVER_CPU, CLIENT_CPU} <= os.sched_getaffinity(0)
 
 
+#: Seconds the server's loop sampler asks to sleep between samples.
+LAG_TICK = 0.001
+# The server side's loop lag samples (seconds late), and whether the sampler runs.
+_lags: list[float] = []
+_sampler: list[Any] = []
+
+
+def _sample_lag() -> None:
+    """In the server: how late a 1 ms sleep wakes, again and again (how long the loop was kept)."""
+    import gevent
+
+    while True:
+        began = time.monotonic()
+        gevent.sleep(LAG_TICK)
+        _lags.append(time.monotonic() - began - LAG_TICK)
+
+
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """The server side: read any body to the end, answer with its length (or ``Hello, World!``)."""
+    """The server side: read any body to the end, answer with its length (or ``Hello, World!``).
+
+    ``GET /lag`` answers the p99 and the max of the loop lag sampled since the
+    last ``/lag``, in ms (the sampler starts with the first request).
+    """
+    if not _sampler:
+        import gevent
+
+        _sampler.append(gevent.spawn(_sample_lag))
+    if environ["PATH_INFO"] == "/lag":
+        lags = sorted(_lags) or [0.0]
+        _lags.clear()
+        body = b"%.3f %.3f" % (lags[min(len(lags) - 1, int(0.99 * len(lags)))] * 1000, lags[-1] * 1000)
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
     stream = environ["wsgi.input"]
     received = 0
     while True:
@@ -175,6 +208,17 @@ def uploader(port: int, wire: bytes, stop: Any, started: Any, counts: Any) -> No
             counts[0 if status == 200 else 1 if status == 400 else 2] += 1
 
 
+def loop_lag(port: int) -> tuple[float, float]:
+    """The server's loop lag since the last call: p99 and max, in ms."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET /lag HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while data := sock.recv(65536):
+            reply += data
+    p99, worst = reply.partition(b"\r\n\r\n")[2].split()
+    return float(p99), float(worst)
+
+
 def probe(port: int, seconds: float) -> list[float]:
     """Latencies (seconds) of back-to-back keep-alive ``GET /`` for ``seconds``."""
     latencies = []
@@ -223,25 +267,32 @@ def measure_tree(label: str, src: Path, args: argparse.Namespace) -> dict[str, f
         print(f"\n== {label}: {src}")
         length_head = b"POST /upload HTTP/1.1\r\nHost: bench\r\nContent-Length: %d\r\n\r\n" % body_bytes
         costs = []
-        # Content-Length uploads are cheap: several, for a cost above the clock tick.
-        for name, head, body, repeat in (
-            ("Content-Length", length_head, b"x" * body_bytes, 20),
-            (args.pattern + " chunks", chunked_head(), wire, 1),
+        chunked_name = args.pattern + " chunks"
+        # Cheap uploads (Content-Length; a refused one) are repeated for a cost above the clock tick.
+        for name, head, body in (
+            ("Content-Length", length_head, b"x" * body_bytes),
+            (chunked_name, chunked_head(), wire),
         ):
+            repeat = 1
             before = cpu_seconds(server.pid)
-            statuses = {upload(port, head, body) for _ in range(repeat)}
+            statuses = [upload(port, head, body)]
+            if name == "Content-Length" or statuses[0] != 200:
+                repeat = 20
+                statuses += [upload(port, head, body) for _ in range(repeat - 1)]
             time.sleep(0.2)  # the server's lingering close of a refused upload, if any
             cost = (cpu_seconds(server.pid) - before) / repeat
             costs.append(cost)
             print(
-                f"one upload of {body_bytes:,} body bytes, {name:14s}: status {sorted(statuses)},"
+                f"one upload of {body_bytes:,} body bytes, {name:17s}: status {sorted(set(statuses))},"
                 f" server CPU {cost:6.4f} s (mean of {repeat})"
             )
         figures["cpu_chunked"] = costs[1]
         ratio = costs[1] / costs[0] if costs[0] else float("inf")
-        print(f"1-byte chunks cost {ratio:.1f}x Content-Length (CPU clock tick: {1 / CLOCK_TICKS:.3f} s)")
+        print(f"{chunked_name} cost {ratio:.1f}x Content-Length (CPU clock tick: {1 / CLOCK_TICKS:.3f} s)")
 
+        loop_lag(port)  # starts the sampler (and forgets what came before)
         alone = probe(port, args.seconds)
+        lag_alone = loop_lag(port)
         print(f"probe alone                : {describe(alone)}")
         stop = multiprocessing.Event()
         counts = multiprocessing.Array("i", 3)
@@ -256,7 +307,9 @@ def measure_tree(label: str, src: Path, args: argparse.Namespace) -> dict[str, f
         for started in startups:
             started.wait(10)
         time.sleep(0.2)  # the uploads are under way
+        loop_lag(port)
         loaded = probe(port, args.seconds)
+        lag_loaded = loop_lag(port)
         stop.set()
         for proc in uploaders:
             proc.join(35)
@@ -264,6 +317,11 @@ def measure_tree(label: str, src: Path, args: argparse.Namespace) -> dict[str, f
                 proc.kill()
         cpu_used = cpu_seconds(server.pid) - cpu_before
         print(f"probe + {args.uploaders} uploaders       : {describe(loaded)}")
+        print(
+            f"server loop lag (1 ms sleeps, p99/max): {lag_alone[0]:.2f}/{lag_alone[1]:.2f} ms alone,"
+            f" {lag_loaded[0]:.2f}/{lag_loaded[1]:.2f} ms with the uploaders"
+        )
+        figures["lag_p99_loaded"] = lag_loaded[0]
         print(
             f"uploads: {counts[0]} answered 200, {counts[1]} refused 400, {counts[2]} other;"
             f" server CPU {cpu_used:.2f} s in the phase"
@@ -302,6 +360,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for label, figures in results.items():
             print(
                 f"{label:10s}: {figures['p99_alone']:7.2f} -> {figures['p99_loaded']:8.2f}"
+                f"   server loop lag p99 with uploaders {figures['lag_p99_loaded']:8.2f}"
                 f"   one upload {figures['cpu_chunked']:.3f} s"
             )
     return 0

@@ -23,10 +23,14 @@ data per chunk on average, else 400. Go bounds the bytes of chunk framing per
 byte of data (CVE-2023-39326: 16 bytes per chunk plus twice its data, net/http
 ``chunkedReader``), picohttpparser the share of framing in a body (80%, past
 100 KB), pekko-http the number of chunks (``max-chunk-count``); this bounds the
-number of chunks per byte of data, which is what costs CPU here. Real clients
-send chunks of KiBs (curl and Go a buffer at a time, requests an iterator's
-item at a time): 64 bytes on average, with the first 1,024 chunks free, is
-far below any of them, and a body of 1-byte chunks is refused after 1 KiB.
+number of chunks per byte of data, which is what costs CPU here (about 0.4 us
+a chunk, against 0.5 us per 64 KiB of a Content-Length body). Real clients
+send chunks of KiBs (curl and Go's client a buffer at a time): 64 bytes on
+average, with the first 1,024 chunks free whatever their size, is far below
+them, and a body of 1-byte chunks is refused after about 1 KiB. A client that
+sends each item of an iterable as a chunk (requests, http.client) passes with
+items of 64 bytes or more; a stream of shorter lines, one chunk each, is
+refused past its first 1,024 lines.
 
 llhttp already enforces RFC 9112 framing (Content-Length with
 Transfer-Encoding, duplicate Content-Length, chunk syntax, obs-fold, bytes not
