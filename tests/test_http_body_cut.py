@@ -26,6 +26,8 @@ from gshutdown.wsgi.access_format import emitter
 from gshutdown.wsgi.middleware import AccessLog
 from tests.helpers import ServerThread, recv_until_closed, wait_until
 from tests.process_helpers import connect, free_port, start_gshutdown
+from tests.test_body_fairness import BodyCounter
+from tests.tls_helpers import TLSFiles, read_until_close_notify, tls_connect
 
 PROBE = "tests.apps.probe:app"
 UPLOAD_HEAD = b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n"
@@ -145,4 +147,14 @@ def test_an_application_that_answers_anyway_after_a_cut_sends_nothing_more(
     assert len(access_lines) == 1 and re.search(r'"POST /upload HTTP/1\.1" 408 ', access_lines[0])
     wait_until(lambda: observed)
     assert observed == ["408 Request Timeout"]
+    assert st.call(lambda: st.server.stats()["requests_cut"]) == 1
+
+
+def test_over_tls_the_408_ends_with_close_notify(serve: Callable[..., ServerThread], tls_files: TLSFiles) -> None:
+    """The cut ends the TLS session cleanly: 408, then close_notify (not a bare FIN)."""
+    st = serve(BodyCounter(), certfile=str(tls_files.cert), keyfile=str(tls_files.key), read_body_timeout=0.3)
+    with tls_connect(tls_files, ("127.0.0.1", st.port)) as sock:
+        sock.sendall(UPLOAD_HEAD + b"x" * 10)
+        received = read_until_close_notify(sock)  # raises SSLEOFError on a bare FIN
+    assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert st.call(lambda: st.server.stats()["requests_cut"]) == 1

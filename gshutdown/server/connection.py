@@ -486,6 +486,10 @@ class Connection(SocketIO):
         self.cut_status = self.response_status
         # Nothing more goes out: whatever the application still writes fails
         # (ClientDisconnected), so a 408 is never followed by its response.
+        self._end_output()
+
+    def _end_output(self) -> None:
+        """Send nothing more (FIN): later writes fail; reads go on until the close."""
         try:
             self._raw.shutdown(socket.SHUT_WR)
         except OSError:
