@@ -25,8 +25,9 @@ UPGRADE = b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: ech
 
 class HijackApp:
     """Routes: /echo (101, then echo until EOF), /keep (101, detach and keep the socket,
-    return), /drop (101, wait for the peer's EOF, return without closing), /late (hijack
-    after the body started); anything else is hello_app."""
+    return), /drop (101, wait for the peer's EOF, return without closing), /leave (101,
+    return at once without closing), /late (hijack after the body started); anything else
+    is hello_app."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -37,7 +38,7 @@ class HijackApp:
         path = environ["PATH_INFO"]
         if path == "/late":
             return self.late(environ, start_response)
-        if path not in ("/echo", "/keep", "/drop"):
+        if path not in ("/echo", "/keep", "/drop", "/leave"):
             return hello_app(environ, start_response)
         # A response begun but not sent does not stop a hijack; the server drops it.
         start_response("200 OK", [("X-Must-Not-Appear", "1")])
@@ -57,7 +58,7 @@ class HijackApp:
         elif path == "/keep":
             # The test goes on using the socket after the handler returns.
             environ["gshutdown.connection"].detach()
-        else:  # /drop: the peer is gone, and the handler forgets to close
+        elif path == "/drop":  # the peer is gone, and the handler forgets to close
             while sock.recv(65536):
                 pass
         return [b"a body the server must not write"]
@@ -205,6 +206,18 @@ def test_a_detached_socket_leaves_the_registry_at_once(server: tuple[ServerThrea
         assert st.call(lambda: conn.state) is ConnState.HIJACKED
         st.call(hijacked.close)  # the application's to close
         assert recv_until_closed(sock) == b""
+
+
+def test_a_handler_that_returns_without_closing_ends_the_connection(server: tuple[ServerThread, HijackApp]) -> None:
+    st, app = server
+    n = app.count()
+    with st.connect() as sock:
+        sock.sendall(UPGRADE.replace(b"/echo", b"/leave"))
+        # The 101 the handler sent, then the end the server made when it returned.
+        assert recv_until_closed(sock) == SWITCH
+    conn, _, _ = app.taken_at(n)
+    assert st.call(lambda: conn not in st.server.connections)
+    assert st.states_of(conn.id) == [ConnState.NEW, ConnState.ACTIVE, ConnState.HIJACKED]
 
 
 def open_fds() -> int:

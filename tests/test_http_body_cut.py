@@ -66,7 +66,7 @@ def test_a_body_cut_by_min_body_rate_gets_408_a_log_line_and_a_408_access_line(t
     assert received.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
     assert b"\r\nConnection: close\r\n" in received
     assert 0 < int(cut[1]) < 50
-    assert 0.5 <= float(cut[2]) < 5
+    assert 0.4 <= float(cut[2]) < 5  # 0.5 s at least, logged to 0.1 s; timers may fire a little early
     exit_line = server.wait_for_log(r"exit: clean after .*$")[0]
     assert "0 requests served" in exit_line and "1 requests cut" in exit_line
 
