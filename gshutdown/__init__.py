@@ -4,7 +4,7 @@ from gshutdown.config.addresses import bind_unix
 from gshutdown.config.server_config import Config
 from gshutdown.process.runner import Runner, run
 from gshutdown.server.connection import Connection
-from gshutdown.server.errors import BadRequestBody, ClientDisconnected
+from gshutdown.server.errors import BadRequestBody, BodyTimeout, ClientDisconnected
 from gshutdown.server.hooks import HookOutcome, HookPhase, on_shutdown
 from gshutdown.server.http_server import HTTPServer
 from gshutdown.server.jobs import every
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "TRANSITIONS",
     "BadRequestBody",
+    "BodyTimeout",
     "ClientDisconnected",
     "Config",
     "ConnState",

@@ -1,12 +1,15 @@
 """``environ['gshutdown.hijack']``: the application takes the socket over.
 
-After a hijack the server must never write to the socket, never close it on
-its own, and still account for it (state HIJACKED) until ``force_close`` or a
-shutdown closes it.
+After a hijack the server must never write to the socket, and it accounts for
+it (state HIJACKED) while the handler runs, until ``force_close`` or a shutdown
+closes it. When the handler returns, the server closes the socket and forgets
+it, unless the application called ``detach()``: an application that hands the
+socket on (to another greenlet, here to the test) and returns must detach it.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from typing import Any, Callable, Iterator
@@ -21,8 +24,10 @@ UPGRADE = b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: ech
 
 
 class HijackApp:
-    """Routes: /echo (101, then echo until EOF), /keep (101, keep the socket, return),
-    /late (hijack after the body started); anything else is hello_app."""
+    """Routes: /echo (101, then echo until EOF), /keep (101, detach and keep the socket,
+    return), /drop (101, wait for the peer's EOF, return without closing), /leave (101,
+    return at once without closing), /late (hijack after the body started); anything else
+    is hello_app."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -33,7 +38,7 @@ class HijackApp:
         path = environ["PATH_INFO"]
         if path == "/late":
             return self.late(environ, start_response)
-        if path not in ("/echo", "/keep"):
+        if path not in ("/echo", "/keep", "/drop", "/leave"):
             return hello_app(environ, start_response)
         # A response begun but not sent does not stop a hijack; the server drops it.
         start_response("200 OK", [("X-Must-Not-Appear", "1")])
@@ -50,6 +55,12 @@ class HijackApp:
                     break
                 sock.sendall(data)
             sock.close()
+        elif path == "/keep":
+            # The test goes on using the socket after the handler returns.
+            environ["gshutdown.connection"].detach()
+        elif path == "/drop":  # the peer is gone, and the handler forgets to close
+            while sock.recv(65536):
+                pass
         return [b"a body the server must not write"]
 
     def late(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
@@ -162,14 +173,15 @@ def test_hijack_after_the_response_started_raises_and_closes(server: tuple[Serve
     hello_ok(st)
 
 
-def test_hijacked_connection_is_listed_until_force_close(server: tuple[ServerThread, HijackApp]) -> None:
+def test_hijacked_connection_is_listed_while_its_handler_runs_until_force_close(
+    server: tuple[ServerThread, HijackApp],
+) -> None:
     st, app = server
     n = app.count()
     with st.connect() as sock:
-        sock.sendall(UPGRADE.replace(b"/echo", b"/keep"))
+        sock.sendall(UPGRADE)  # /echo: the handler runs until our EOF
         assert recv_exact(sock, len(SWITCH)) == SWITCH
         conn, _, _ = app.taken_at(n)
-        wait_until(lambda: st.call(lambda: conn.greenlet.dead))
         assert st.call(lambda: conn in st.server.registry.in_state(ConnState.HIJACKED))
         assert st.call(lambda: conn.state) is ConnState.HIJACKED
         before = st.call(st.server.stats)
@@ -182,7 +194,71 @@ def test_hijacked_connection_is_listed_until_force_close(server: tuple[ServerThr
     assert after["connections_hijacked"] == before["connections_hijacked"]
 
 
+def test_a_detached_socket_leaves_the_registry_at_once(server: tuple[ServerThread, HijackApp]) -> None:
+    st, app = server
+    n = app.count()
+    with st.connect() as sock:
+        sock.sendall(UPGRADE.replace(b"/echo", b"/keep"))
+        assert recv_exact(sock, len(SWITCH)) == SWITCH
+        conn, hijacked, _ = app.taken_at(n)
+        wait_until(lambda: st.call(lambda: conn.greenlet.dead))
+        assert st.call(lambda: conn not in st.server.connections)
+        assert st.call(lambda: conn.state) is ConnState.HIJACKED
+        st.call(hijacked.close)  # the application's to close
+        assert recv_until_closed(sock) == b""
+
+
+def test_a_handler_that_returns_without_closing_ends_the_connection(server: tuple[ServerThread, HijackApp]) -> None:
+    st, app = server
+    n = app.count()
+    with st.connect() as sock:
+        sock.sendall(UPGRADE.replace(b"/echo", b"/leave"))
+        # The 101 the handler sent, then the end the server made when it returned.
+        assert recv_until_closed(sock) == SWITCH
+    conn, _, _ = app.taken_at(n)
+    assert st.call(lambda: conn not in st.server.connections)
+    assert st.states_of(conn.id) == [ConnState.NEW, ConnState.ACTIVE, ConnState.HIJACKED]
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_hijack_handlers_that_return_without_closing_leave_nothing_open(serve: Callable[..., ServerThread]) -> None:
+    """50 handlers hijack, see their peer leave, and return without closing the socket (nor
+    detaching it): the server closes each one and forgets it, so no descriptor is left in
+    CLOSE_WAIT, no connection is listed as hijacked, and a shutdown finds none to close."""
+    count = 50
+    app = HijackApp()
+    st = serve(app)
+    hello_ok(st)  # whatever the server opens on first use is in the baseline
+    baseline = open_fds()
+    clients = [st.connect() for _ in range(count)]
+    try:
+        for sock in clients:
+            sock.sendall(UPGRADE.replace(b"/echo", b"/drop"))
+        for sock in clients:
+            assert recv_exact(sock, len(SWITCH)) == SWITCH
+        wait_until(lambda: app.count() == count)
+        assert st.call(lambda: st.server.registry.counts()["hijacked"]) == count
+    finally:
+        for sock in clients:
+            sock.close()  # the peers leave; each handler's recv sees EOF and returns
+    conns = [app.taken_at(index)[0] for index in range(count)]
+    wait_until(lambda: st.call(lambda: all(conn.greenlet.dead for conn in conns)))
+    assert st.call(lambda: [conn.id for conn in conns if conn.sock.fileno() != -1]) == []
+    wait_until(lambda: open_fds() <= baseline)  # the server's ends of the 50 are closed
+    stats = st.call(st.server.stats)
+    assert stats["connections"]["hijacked"] == 0
+    assert stats["connections_hijacked"] == count
+    assert st.call(lambda: len(st.server.registry)) == 0
+    result = st.shutdown(10)
+    assert result.clean
+    assert result.hijacked_closed == 0
+
+
 def test_shutdown_does_not_wait_for_hijacked_sockets_and_closes_them(serve: Callable[..., ServerThread]) -> None:
+    """The shutdown closes a hijacked socket whose handler still runs, and leaves a detached one open."""
     app = HijackApp()
     st = serve(app)
     with st.connect() as kept, st.connect() as echoing:
@@ -192,12 +268,16 @@ def test_shutdown_does_not_wait_for_hijacked_sockets_and_closes_them(serve: Call
         assert recv_exact(echoing, len(SWITCH)) == SWITCH
         echoing.sendall(b"x")
         assert recv_exact(echoing, 1) == b"x"
-        assert st.call(lambda: st.server.registry.counts()["hijacked"]) == 2
+        assert st.call(lambda: st.server.registry.counts()["hijacked"]) == 1  # /keep detached itself
         result = st.shutdown(10)
-        assert recv_until_closed(kept) == b""
         assert recv_until_closed(echoing) == b""
+        _, detached, _ = app.taken_at(0)
+        st.call(detached.sendall, b"still open")
+        assert recv_exact(kept, 10) == b"still open"
+        st.call(detached.close)
+        assert recv_until_closed(kept) == b""
     assert result.clean
-    assert result.hijacked_closed == 2
+    assert result.hijacked_closed == 1
     assert result.duration < 5
     assert st.call(lambda: len(st.server.registry)) == 0
     for cid in st.conn_ids():

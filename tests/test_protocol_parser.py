@@ -24,10 +24,14 @@ from gshutdown.protocol import (
     RequestParser,
 )
 from gshutdown.protocol.parser import (
+    CHUNKED_FEED_SLICE,
     DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_HEADER_COUNT,
     DEFAULT_MAX_REQUEST_LINE,
+    DEFAULT_MIN_AVERAGE_CHUNK_SIZE,
+    DENSE_SLICE_CHUNKS,
     FEED_SLICE,
+    FREE_CHUNKS,
 )
 
 HOST = b"Host: example.test\r\n"
@@ -781,3 +785,96 @@ def test_a_header_field_longer_than_max_field_size_gets_431() -> None:
     parser.feed(b"GET / HTTP/1.1\r\nHost: x\r\nX-Ok: " + b"v" * 50 + b"\r\nX-Long: " + b"v" * 60 + b"\r\n\r\n")
     event = parser.next_event()
     assert type(event) is ProtocolError and event.status == 431
+
+
+# -- the work a chunked body costs -------------------------------------------------------
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n"
+
+
+def chunks(*sizes: int) -> bytes:
+    return b"".join(b"%x\r\n" % size + b"d" * size + b"\r\n" for size in sizes)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def test_a_chunked_body_is_one_data_event_per_slice_not_per_chunk() -> None:
+    parser = RequestParser()
+    parser.feed(CHUNKED_HEAD)
+    assert kinds(drain(parser)) == ["Request"]
+    parser.feed(chunks(*[100] * 500) + LAST_CHUNK)  # 51 KiB: one slice
+    assert drain(parser) == [Data(b"d" * 50_000), EndOfMessage()]
+
+
+def body_kinds(events: list[Event]) -> tuple[list[str], int]:
+    """The kinds of ``events``, a run of Data as one, and the body's length."""
+    merged: list[str] = []
+    for kind in kinds(events):
+        if kind != "Data" or not merged or merged[-1] != "Data":
+            merged.append(kind)
+    return merged, sum(len(event.data) for event in events if type(event) is Data)
+
+
+def most_1_byte_chunks() -> int:
+    """How many chunks a body of 1-byte chunks may have: each chunk, when its size line
+    is read, must be within FREE_CHUNKS plus one per DEFAULT_MIN_AVERAGE_CHUNK_SIZE
+    bytes of data before it."""
+    count = FREE_CHUNKS
+    while count + 1 <= FREE_CHUNKS + count // DEFAULT_MIN_AVERAGE_CHUNK_SIZE:
+        count += 1
+    return count
+
+
+def test_1_byte_chunks_past_the_allowance_get_400() -> None:
+    most = most_1_byte_chunks()
+    assert FREE_CHUNKS < most < FREE_CHUNKS * 1.1
+    # most - 1 data chunks and the last chunk: within the allowance.
+    events, _ = parse(CHUNKED_HEAD + chunks(*[1] * (most - 1)) + LAST_CHUNK)
+    assert body_kinds(events) == (["Request", "Data", "EndOfMessage"], most - 1)
+    events, parser = parse(CHUNKED_HEAD + chunks(*[1] * most) + LAST_CHUNK)
+    assert events[-1] == ProtocolError(400, "Chunks Too Small")
+    assert parser.finished
+    assert body_kinds(events) == (["Request", "Data", "ProtocolError"], most)  # the data before it comes first
+
+
+@pytest.mark.parametrize("size", [DEFAULT_MIN_AVERAGE_CHUNK_SIZE, 100, 4096])
+def test_chunks_of_the_minimum_average_or_more_pass_however_many(size: int) -> None:
+    count = 4 * FREE_CHUNKS
+    events, _ = parse(CHUNKED_HEAD + chunks(*[size] * count) + LAST_CHUNK)
+    assert body_kinds(events) == (["Request", "Data", "EndOfMessage"], size * count)
+
+
+def test_small_chunks_are_paid_for_by_the_bytes_before_them() -> None:
+    """The rule is on the average: a big chunk buys room for small ones, and no more."""
+    big = 64 * 1024
+    allowed_small = FREE_CHUNKS + big // DEFAULT_MIN_AVERAGE_CHUNK_SIZE - 1  # the big chunk is one of them
+    # Small chunks add to the data too: stay under what the big one alone pays for.
+    events, _ = parse(CHUNKED_HEAD + chunks(big, *[1] * (allowed_small - 40)) + LAST_CHUNK)
+    assert body_kinds(events)[0] == ["Request", "Data", "EndOfMessage"]
+    events, _ = parse(CHUNKED_HEAD + chunks(big, *[1] * (allowed_small + 100)) + LAST_CHUNK)
+    assert events[-1] == ProtocolError(400, "Chunks Too Small")
+
+
+def test_no_minimum_average_chunk_size_when_none() -> None:
+    events, _ = parse(CHUNKED_HEAD + chunks(*[1] * (4 * FREE_CHUNKS)) + LAST_CHUNK, min_average_chunk_size=None)
+    assert body_kinds(events) == (["Request", "Data", "EndOfMessage"], 4 * FREE_CHUNKS)
+
+
+def test_the_parsing_between_two_events_is_bounded_once_chunks_are_small() -> None:
+    """Slices of many small chunks shrink to FEED_SLICE: a caller pulling events can
+    yield between them, whatever the chunks (at most DENSE_SLICE_CHUNKS in a slice
+    of FEED_SLICE after a dense one)."""
+    parser = RequestParser(min_average_chunk_size=None)
+    parser.feed(CHUNKED_HEAD)
+    assert kinds(drain(parser)) == ["Request"]
+    parser.feed(chunks(*[1] * 40_000))  # 240 KB of 1-byte chunks in one read
+    per_event = []
+    while (event := parser.next_event()) is not None:
+        assert type(event) is Data
+        per_event.append(len(event.data))
+    assert sum(per_event) == 40_000
+    first, *rest = per_event
+    assert first <= CHUNKED_FEED_SLICE // 6 + 1  # the first slice is a big one...
+    assert rest and max(rest) <= FEED_SLICE // 6 + 1  # ...then they are small
+    assert DENSE_SLICE_CHUNKS < CHUNKED_FEED_SLICE // 6

@@ -410,12 +410,14 @@ class Runner:
         jobs_killed = sum(len(result.jobs_killed) for result in self.results)
         clean = not forced_by_signal and all(result.clean for result in self.results)
         log.info(
-            "exit: %s after %.3f s; %d requests served, %d connections forced, %d jobs killed",
+            "exit: %s after %.3f s; %d requests served, %d connections forced, %d jobs killed, %d requests cut"
+            " (body too slow: 408)",
             "clean" if clean else "forced",
             self.drain_duration,
-            sum(server.requests_total for server in self.servers),
+            sum(server.requests_total - server.requests_cut for server in self.servers),
             self.forced_connections,
             jobs_killed,
+            sum(server.requests_cut for server in self.servers),
         )
         return ExitStatus.OK if clean else ExitStatus.FORCED
 

@@ -32,7 +32,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from gevent import GreenletExit, getcurrent
+from gevent import GreenletExit, getcurrent, idle
 from gevent import socket as gsocket
 
 from gshutdown.protocol import (
@@ -45,7 +45,7 @@ from gshutdown.protocol import (
 )
 from gshutdown.protocol.proxy_protocol import V1_MAX_LENGTH, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from gshutdown.protocol.writer import error_response
-from gshutdown.server.errors import BadRequestBody, ClientDisconnected
+from gshutdown.server.errors import BadRequestBody, BodyTimeout, ClientDisconnected
 from gshutdown.server.socket_io import RECV_SIZE, SocketIO
 from gshutdown.server.state import ACTIVE, CLOSED, HIJACKED, IDLE, NEW, TERMINAL_STATES, ConnState, move
 
@@ -58,6 +58,12 @@ log = logging.getLogger("gshutdown")
 #: Per read of a request body: bigger reads drain the socket in fewer turns
 #: (a 1 MiB POST went from ~800 to ~2,800 requests/s on loopback).
 BODY_RECV_SIZE = 256 * 1024
+#: A body read gives the other greenlets a turn after this many bytes, or
+#: ``YIELD_CHUNKS`` chunks, read without one: a client that sends faster than
+#: the server parses never makes the connection wait, and so would never let
+#: anything else run (about 0.5 ms of parsing at most, for 1,024 small chunks).
+YIELD_BYTES = 1024 * 1024
+YIELD_CHUNKS = 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLIENT_GONE = (ConnectionError, TimeoutError, BrokenPipeError)
 # Connection ids: a global counter (a class attribute is a slower lookup).
@@ -86,6 +92,15 @@ class Connection(SocketIO):
 
     # Class-level defaults: set per connection only when in use.
     proxy_header: Optional[ProxyHeader] = None
+    #: Whether the application took a hijacked socket over for good (``detach()``).
+    detached = False
+    #: Whether the current request's body was cut for being too slow (the
+    #: server answered 408 if the response had not started, and closes).
+    body_cut = False
+    #: Then, the status line the client got: ``"408 Request Timeout"``, or the
+    #: application's if its response had begun. (``response_status`` is the
+    #: application's last try, which goes nowhere after a cut.)
+    cut_status = ""
     #: Whether this connection's forwarding headers are believed (set by the WSGI adapter).
     forwarded_trusted = False
     #: Set by the owner of a hijacked connection that can end it when a
@@ -118,6 +133,12 @@ class Connection(SocketIO):
         # Seconds read_body() may still wait for the client, this body (see
         # Config.min_body_rate); None: no total bound.
         self._body_wait_left: Optional[float] = None
+        # time.monotonic() when the body's request head was read (set when it has a body).
+        self._body_started = 0.0
+        # Body bytes and the parser's chunk count since the last turn given to
+        # the other greenlets (see YIELD_BYTES).
+        self._bytes_since_yield = 0
+        self._chunks_at_yield = 0
         self.expect_continue = False
         self.response_started = False
         self.response_status = ""
@@ -171,9 +192,11 @@ class Connection(SocketIO):
         finally:
             if self.state is not HIJACKED:
                 self._close_now()
-            elif self.sock.fileno() == -1:
-                # The handler is done and so is its socket: nothing is left
-                # for a shutdown to close, so stop tracking it.
+            elif not self.detached:
+                # The handler is done, and nobody took the socket over: close
+                # it (the peer is often gone already) rather than leave it and
+                # its registry entry to the next shutdown.
+                self._close_socket()
                 self.server.registry.forget(self)
             self._parser.close()
             self._close_waits()
@@ -331,10 +354,15 @@ class Connection(SocketIO):
         self.body_done = not request.has_body
         self.body_received = 0
         config = self.config
-        if self.body_done or config.min_body_rate is None or config.read_body_timeout is None:
+        if self.body_done:
             self._body_wait_left = None
         else:
-            self._body_wait_left = config.read_body_timeout
+            self._body_started = time.monotonic()
+            self._chunks_at_yield = 0
+            if config.min_body_rate is None or config.read_body_timeout is None:
+                self._body_wait_left = None
+            else:
+                self._body_wait_left = config.read_body_timeout
         if self.body_done:
             # Pull the EndOfMessage that follows a body-less head right away,
             # so the connection knows the request is complete.
@@ -349,6 +377,8 @@ class Connection(SocketIO):
             return server.handler.handle(self, request)
         started = time.perf_counter()
         keep_alive = server.handler.handle(self, request)
+        if self.body_cut:
+            self.response_status = self.cut_status  # what the observer counts is what went out
         observer(self, started)
         return keep_alive
 
@@ -360,10 +390,25 @@ class Connection(SocketIO):
         A piece read from the socket is at most ``size`` bytes; one the parser
         already holds (received with the head, or de-chunked) may be longer.
 
+        A body that comes too slowly (``read_body_timeout`` for one wait, or
+        under ``min_body_rate``) is cut: the client gets 408 unless the
+        response has begun, one line is logged, the request counts as cut
+        (``HTTPServer.requests_cut``), nothing more is sent on the connection,
+        and it closes.
+
         Raises:
-            ClientDisconnected: the client closed mid-body or timed out.
+            BodyTimeout: the body was cut for being too slow (a ClientDisconnected).
+            ClientDisconnected: the client closed mid-body.
             BadRequestBody: the body's framing is invalid.
         """
+        try:
+            return self._read_body(size)
+        except BodyTimeout as exc:
+            self._cut_body(exc)
+            raise
+
+    def _read_body(self, size: int) -> bytes:
+        """``read_body()`` without what a cut does (``_finish_body()`` reads through it)."""
         if self.body_done:
             return b""
         if self.expect_continue:
@@ -393,7 +438,7 @@ class Connection(SocketIO):
             else:
                 event = self._next_event(None if timeout is None else started + timeout, BODY_RECV_SIZE)
         except _ReadTimeout:
-            raise ClientDisconnected(
+            raise BodyTimeout(
                 "request body slower than min_body_rate" if slow else "timed out reading the request body"
             ) from None
         kind = type(event)
@@ -404,6 +449,9 @@ class Connection(SocketIO):
             if wait_left is not None and rate is not None:
                 # Waiting for the client costs budget; bytes received earn it.
                 self._body_wait_left = wait_left - (time.monotonic() - started) + received / rate
+            unyielded = self._bytes_since_yield = self._bytes_since_yield + received
+            if unyielded >= YIELD_BYTES or parser.chunk_count - self._chunks_at_yield >= YIELD_CHUNKS:
+                self._yield_to_others()
             return event.data  # type: ignore[union-attr]
         if kind is EndOfMessage:
             self.body_done = True
@@ -412,11 +460,52 @@ class Connection(SocketIO):
             raise BadRequestBody(event.status, event.reason)  # type: ignore[union-attr]
         raise ClientDisconnected("client closed the connection mid-body")
 
+    def _yield_to_others(self) -> None:
+        """Let the hub poll for I/O and run what is ready, then go on reading.
+
+        ``idle()``, not ``sleep(0)``: gevent runs callbacks (what ``sleep(0)``
+        waits on) until 50 of them have run and its switch interval (5 ms)
+        has passed before it polls again, so greenlets that take turns with
+        ``sleep(0)`` still keep every socket waiting (a probe's p99 went from
+        4 to 144 ms beside two uploads that did).
+        """
+        self._bytes_since_yield = 0
+        self._chunks_at_yield = self._parser.chunk_count
+        idle()
+
+    def _cut_body(self, exc: BodyTimeout) -> None:
+        """A body was too slow: log it, count it, answer 408 if nothing was sent, and end the output."""
+        self.body_cut = True
+        self.server.requests_cut += 1
+        log.info(
+            "%s from %s: request body cut after %d bytes in %.1f s: %s",
+            self.request_line,
+            self.peer,
+            self.body_received,
+            time.monotonic() - self._body_started,
+            exc,
+        )
+        if not self.response_started:
+            self.send_error(408, "Request Timeout")
+        self.cut_status = self.response_status
+        # Nothing more goes out: whatever the application still writes fails
+        # (ClientDisconnected), so a 408 is never followed by its response.
+        self._end_output()
+
+    def _end_output(self) -> None:
+        """Send nothing more (FIN): later writes fail; reads go on until the close."""
+        try:
+            self._raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
     def hijack(self) -> tuple[socket.socket, bytes]:
         """Hand the socket to the application; see ``environ['gshutdown.hijack']``.
 
         Returns the socket, with no timeout (a gevent socket: blocking calls
-        are cooperative), and the bytes already received after the head.
+        are cooperative), and the bytes already received after the head. The
+        server closes the socket when the handler returns, unless it was
+        ``detach()``ed.
         """
         if self.response_started:
             raise RuntimeError("cannot hijack after the response has started")
@@ -438,9 +527,13 @@ class Connection(SocketIO):
     def detach(self) -> None:
         """Tell the server a hijacked socket is no longer its business.
 
-        The server closes hijacked sockets still open when a shutdown ends;
-        call this to keep one open past that (e.g. after handing it on).
+        Without it the server closes a hijacked socket when its handler
+        returns, or when a shutdown ends if the handler is still running.
+        Call this before the handler returns to keep the socket open past
+        both (e.g. after handing it to another greenlet, which must then
+        close it).
         """
+        self.detached = True
         self.server.registry.forget(self)
         pool = self.server.pool
         if pool is not None and self.greenlet in pool:
@@ -510,11 +603,13 @@ class Connection(SocketIO):
 
     def _finish_body(self) -> bool:
         """Discard what the application left unread; False: too much, close."""
+        if self.body_cut:
+            return False
         budget = self.config.max_discard_body
         try:
             while not self.body_done:
                 self.expect_continue = False  # never invite a body we will discard
-                budget -= len(self.read_body())
+                budget -= len(self._read_body(BODY_RECV_SIZE))
                 if budget < 0:
                     return False
         except (ClientDisconnected, BadRequestBody):

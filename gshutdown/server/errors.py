@@ -10,6 +10,15 @@ class ClientDisconnected(ConnectionError):
     """
 
 
+class BodyTimeout(ClientDisconnected):
+    """The request body came too slowly (``read_body_timeout``, ``min_body_rate``) and was cut.
+
+    Raised from ``wsgi.input`` reads. The server has already answered 408
+    (unless the response had begun), and nothing more is sent on the
+    connection, which closes once the application returns.
+    """
+
+
 class BadRequestBody(ValueError):
     """The request body broke HTTP framing (e.g. a bad chunk size).
 

@@ -126,6 +126,8 @@ class HTTPServer(PausingAccept):
         self._going_away: Optional[list[tuple[Connection, GoingAway]]] = None
         #: Requests read so far, on all connections.
         self.requests_total = 0
+        #: Of those, requests whose body was cut for being too slow (answered 408, not served).
+        self.requests_cut = 0
         #: ``requests_total`` at which ``_on_request_limit`` runs (see ``notify_after_requests``).
         self.request_limit = _NO_LIMIT
         self._on_request_limit: Optional[Callable[[], Any]] = None
@@ -206,6 +208,7 @@ class HTTPServer(PausingAccept):
             "connections_closed": self.registry.closed_total,
             "connections_hijacked": self.registry.hijacked_total,
             "requests": self.requests_total,
+            "requests_cut": self.requests_cut,
             "phase": self.phase.value,
         }
 

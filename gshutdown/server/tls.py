@@ -234,6 +234,10 @@ class TLSConnection(Connection):
             self._send_close_notify()
         super()._linger_close()
 
+    def _end_output(self) -> None:
+        self._send_close_notify()  # a clean end of the TLS session; later sends fail
+        super()._end_output()
+
     def _close_now(self) -> None:
         if self.state in (ConnState.NEW, ConnState.IDLE):
             # Between requests: a clean end. ACTIVE here means cut off (a

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+from gshutdown.server.errors import BodyTimeout
 from gshutdown.wsgi import access_format
 from gshutdown.wsgi.access_format import AccessEmit, access_log
 from gshutdown.wsgi.adapter import WSGIApp
@@ -74,6 +75,10 @@ class Readiness:
 class AccessLog:
     """Logs one line per request: by default in the Common Log Format to ``gshutdown.access``.
 
+    A request whose body the server cut for being too slow is logged with
+    the status that went out: the server's 408, or the application's status
+    if its response had begun.
+
     Args:
         app: the WSGI application.
         emit: an ``AccessEmit`` that writes the line instead (another logger's format).
@@ -99,9 +104,17 @@ class AccessLog:
             return counting_write
 
         def finish(body_sent: int) -> None:
-            self.emit(environ, response[0], response[1], sent[0] + body_sent, time.monotonic() - began)
+            status, headers, size = response[0], response[1], sent[0] + body_sent
+            conn = environ.get("gshutdown.connection")
+            if conn is not None and conn.body_cut and conn.cut_status != status:
+                status, headers, size = conn.cut_status, [], 0  # the server's own answer
+            self.emit(environ, status, headers, size, time.monotonic() - began)
 
-        result = self.app(environ, recording_start_response)
+        try:
+            result = self.app(environ, recording_start_response)
+        except BodyTimeout:
+            finish(0)
+            raise
         if isinstance(result, list):
             # Stay a list, so the server still sees the whole body at once.
             logged_list = _LoggedList(result)
