@@ -2,8 +2,8 @@
 
 Each ``Setting`` is a command-line option, a ``GSHUTDOWN_<NAME>`` environment
 variable and a name in a configuration file (``-c FILE``; gunicorn's names are
-understood too). ``settings.Settings`` has one typed field per row, in the
-same order; ``settings.resolve`` fills it, and ``--print-config``, ``--help``
+understood too: ``gunicorn_names`` says what each becomes). ``settings.Settings``
+has one typed field per row, in the same order; ``settings.resolve`` fills it, and ``--print-config``, ``--help``
 and the README's table are all made from these rows.
 """
 
@@ -18,6 +18,8 @@ from gshutdown.config.parsers import (
     client_certificates,
     count,
     count_or_zero,
+    directories,
+    header_names,
     limit_seconds,
     log_level,
     milliseconds,
@@ -25,6 +27,7 @@ from gshutdown.config.parsers import (
     octal,
     optional_count,
     optional_text,
+    scheme_header,
     seconds,
     socket_mode,
     text,
@@ -50,8 +53,6 @@ class Setting:
     help: str
     kind: Kind = Kind.VALUE
     metavar: Optional[str] = None
-    #: Its names in a gunicorn configuration file, when they differ.
-    gunicorn: tuple[str, ...] = ()
 
     @property
     def env(self) -> str:
@@ -61,7 +62,7 @@ class Setting:
 S = Setting
 #: Every setting, in the order ``--help`` and ``--print-config`` show them.
 SETTINGS: tuple[Setting, ...] = (
-    S("app", (), text, None, "MODULE:NAME, MODULE (finds app/application), or FILE.py[:NAME]", gunicorn=("wsgi_app",)),
+    S("app", (), text, None, "MODULE:NAME, MODULE (finds app/application), or FILE.py[:NAME]"),
     S(
         "bind",
         ("-b", "--bind"),
@@ -115,7 +116,6 @@ SETTINGS: tuple[Setting, ...] = (
         limit_seconds,
         5.0,
         "keep-alive idle seconds, or 'none' (uvicorn: 5)",
-        gunicorn=("keepalive",),
     ),
     S(
         "read_header_timeout",
@@ -144,7 +144,6 @@ SETTINGS: tuple[Setting, ...] = (
         optional_count,
         1000,
         "connections served at once, the rest wait in the backlog (gunicorn worker_connections: 1000); 'none'",
-        gunicorn=("worker_connections",),
     ),
     S(
         "max_body_size",
@@ -189,7 +188,6 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "access log file, '-' for stderr",
         metavar="FILE",
-        gunicorn=("accesslog",),
     ),
     S(
         "access_log_format",
@@ -206,7 +204,6 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "server log file (default '-': stderr)",
         metavar="FILE",
-        gunicorn=("errorlog",),
     ),
     S(
         "log_level",
@@ -214,16 +211,22 @@ SETTINGS: tuple[Setting, ...] = (
         log_level,
         "info",
         "debug, info, warning, error or critical",
-        gunicorn=("loglevel",),
     ),
     S(
         "log_config",
         ("--log-config",),
         optional_text,
         None,
-        "a JSON file holding a logging.config.dictConfig() dictionary",
+        "a JSON file holding a logging.config.dictConfig() dictionary, or a logging.config.fileConfig() file",
         metavar="FILE",
-        gunicorn=("logconfig_dict",),
+    ),
+    S(
+        "capture_output",
+        ("--capture-output",),
+        yes_no,
+        False,
+        "send what the app prints (stdout and stderr) to the error log",
+        kind=Kind.FLAG,
     ),
     S(
         "max_blocking_time",
@@ -242,7 +245,14 @@ SETTINGS: tuple[Setting, ...] = (
         "do not call gevent.monkey.patch_all() before importing the app",
         kind=Kind.FLAG,
     ),
-    S("pid", ("--pid",), optional_text, None, "write the process id to FILE", metavar="FILE", gunicorn=("pidfile",)),
+    S(
+        "pid",
+        ("--pid",),
+        optional_text,
+        None,
+        "write the process id to FILE",
+        metavar="FILE",
+    ),
     S("chdir", ("--chdir",), optional_text, None, "change to DIR before loading the app", metavar="DIR"),
     S("user", ("--user",), optional_text, None, "after binding, switch to this user (name or uid)"),
     S("group", ("--group",), optional_text, None, "after binding, switch to this group (name or gid)"),
@@ -264,6 +274,39 @@ SETTINGS: tuple[Setting, ...] = (
         kind=Kind.LIST,
         metavar="NAME=VALUE",
     ),
+    S(
+        "pythonpath",
+        ("--pythonpath",),
+        directories,
+        None,
+        "comma-separated directories put first on sys.path before the app is imported",
+        metavar="DIRS",
+    ),
+    S(
+        "proc_name",
+        ("-n", "--name"),
+        optional_text,
+        None,
+        "process title 'gshutdown: master [NAME]', '... worker [NAME]' or '... [NAME]' (needs setproctitle)",
+        metavar="NAME",
+    ),
+    S(
+        "reload",
+        ("--reload",),
+        yes_no,
+        False,
+        "development: restart when a .py file under the app's directory changes (needs gshutdown[reload])",
+        kind=Kind.FLAG,
+    ),
+    S(
+        "reload_extra_files",
+        ("--reload-extra-file",),
+        text,
+        [],
+        "with --reload: a file (of any kind) whose change restarts too; repeatable",
+        kind=Kind.LIST,
+        metavar="FILE",
+    ),
     # -- workers
     # -- proxies and TLS
     S(
@@ -281,6 +324,25 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "ignore X-Forwarded-* and Forwarded even from trusted peers (uvicorn --no-proxy-headers)",
         kind=Kind.FLAG,
+    ),
+    S(
+        "secure_scheme_headers",
+        ("--secure-scheme-header",),
+        scheme_header,
+        None,
+        "HEADER=VALUE: from a trusted peer, HEADER set to VALUE means https, to anything else http (gunicorn's; "
+        "repeatable; default: X-Forwarded-Proto and Forwarded's proto)",
+        kind=Kind.LIST,
+        metavar="HEADER=VALUE",
+    ),
+    S(
+        "forwarder_headers",
+        ("--forwarder-headers",),
+        header_names,
+        "SCRIPT_NAME,PATH_INFO",
+        "header names with '_' a trusted peer may send into the environ (SCRIPT_NAME mounts the app), "
+        "comma-separated, '*' for any (gunicorn's); other '_' names are dropped",
+        metavar="NAMES",
     ),
     S(
         "proxy_protocol",
@@ -322,7 +384,6 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "with --workers: import the app in the master before forking",
         kind=Kind.FLAG,
-        gunicorn=("preload_app",),
     ),
     S(
         "ready_timeout",
