@@ -256,7 +256,7 @@ class Master:
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self._wake_w)
         for signum in _MASTER_SIGNALS:
-            signal.signal(signum, self._record)
+            _unpatched("signal", "signal")(signum, self._record)
 
     # -- main loop -------------------------------------------------------------
 
@@ -331,9 +331,15 @@ class Master:
 
     def _spawn_worker(self) -> None:
         read_fd, write_fd = os.pipe()
-        pid = os.fork()
+        # The plain fork, wait and signal functions, even when the config
+        # file or a preloaded app monkey-patched this process: gevent's would
+        # route SIGCHLD to a hub this loop never runs, and no worker would be reaped.
+        pid = _unpatched("os", "fork")()
         if pid == 0:  # pragma: no cover - runs in the child
             os.close(read_fd)
+            import gevent
+
+            gevent.reinit()  # what gevent's fork does in the child: a hub the master made is fit to run here
             self._become_worker(write_fd)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
@@ -448,7 +454,7 @@ class Master:
     def _reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = _unpatched("os", "waitpid")(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -711,6 +717,13 @@ def _unpatched_select() -> Any:
     from gevent import monkey
 
     return monkey.get_original("select", "select")
+
+
+def _unpatched(module: str, name: str) -> Any:
+    """``module.name`` as it was before any ``gevent.monkey`` patching."""
+    from gevent import monkey
+
+    return monkey.get_original(module, name)
 
 
 def _kill(pid: int, signum: int) -> None:
