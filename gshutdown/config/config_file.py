@@ -85,7 +85,7 @@ def read_config_file(path: str) -> ConfigFile:
             if value and value not in row.accepted:
                 raise SettingError(f"config file {path}: {key} = {value!r} is not supported: {row.note}")
         elif row is not None and row.handling in (Handling.IGNORED, Handling.MAPPED):
-            if value:  # False, None, 0, "" ask for nothing: nothing to say
+            if value and value not in row.accepted:  # False, None, 0, "" ask for nothing: nothing to say
                 warnings.append(f"config file: gunicorn's {key} is ignored: {row.note}")
         else:
             own.append(key)

@@ -12,8 +12,9 @@ Handling:
   different default or limit).
 - ``MAPPED``: read as our setting ``target`` (a different name or form).
 - ``IGNORED``: means nothing here; setting it logs one warning with ``note``,
-  the reason (a value that asks for nothing, such as False, None or 0, is
-  accepted silently).
+  the reason (a value that asks for nothing, such as False, None or 0, or
+  one of ``accepted``, which ask for what happens here anyway, is taken
+  silently).
 - ``REFUSED``: a value other than ``accepted`` (or one asking for nothing) is
   an error: running on would do something other than the file asks.
 - ``HOOK``: a gunicorn server hook; the file's function is handed on
@@ -44,7 +45,7 @@ class GunicornName:
     target: Optional[str] = None
     #: MAPPED: how; IGNORED/REFUSED: why; HONOURED: what differs, if anything.
     note: str = ""
-    #: REFUSED: values that are fine all the same (gunicorn's default).
+    #: IGNORED and REFUSED: values that ask for what happens here anyway (no warning, no error).
     accepted: tuple[Any, ...] = ()
 
 
@@ -56,8 +57,8 @@ def _mapped(target: Optional[str], note: str = "") -> GunicornName:
     return GunicornName(Handling.MAPPED, target, note)
 
 
-def _ignored(why: str) -> GunicornName:
-    return GunicornName(Handling.IGNORED, None, why)
+def _ignored(why: str, accepted: tuple[Any, ...] = ()) -> GunicornName:
+    return GunicornName(Handling.IGNORED, None, why, accepted)
 
 
 def _refused(why: str, accepted: tuple[Any, ...] = ()) -> GunicornName:
@@ -88,9 +89,10 @@ GUNICORN_NAMES: Mapping[str, GunicornName] = {
     # -- worker processes
     "workers": _same("gunicorn's default is a master and 1 worker; here 0 (the default) serves in one process"),
     "worker_class": _ignored(
-        "always gevent: gshutdown is a gevent server (gunicorn -k gshutdown.gunicorn.Worker keeps gunicorn's arbiter)"
+        "always gevent: gshutdown is a gevent server (gunicorn -k gshutdown.gunicorn.Worker keeps gunicorn's arbiter)",
+        accepted=("gevent", "gunicorn.workers.ggevent.GeventWorker"),
     ),
-    "threads": _ignored("one greenlet per connection, no thread pool"),
+    "threads": _ignored("one greenlet per connection, no thread pool", accepted=(1,)),
     "worker_connections": _mapped("max_connections"),
     "max_requests": _same("needs workers"),
     "max_requests_jitter": _same("needs workers"),
@@ -103,7 +105,7 @@ GUNICORN_NAMES: Mapping[str, GunicornName] = {
     "limit_request_field_size": _same("none here (the 64 KiB head limit), 8190 in gunicorn"),
     # -- debugging
     "reload": _same("watchfiles (pip install 'gshutdown[reload]'); with workers a reload (SIGHUP), else a re-exec"),
-    "reload_engine": _ignored("watchfiles picks inotify or polling itself"),
+    "reload_engine": _ignored("watchfiles picks inotify or polling itself", accepted=("auto",)),
     "reload_extra_files": _same("files; gunicorn's glob patterns are not expanded"),
     "spew": _ignored("no line tracing: use a debugger or py-spy"),
     "check_config": _ignored("a command-line action: a bad file is a one-line error at start anyway"),
@@ -125,7 +127,9 @@ GUNICORN_NAMES: Mapping[str, GunicornName] = {
     "secure_scheme_headers": _same("header names compared case-insensitively"),
     "forwarded_allow_ips": _same("also trusts X-Forwarded-For/Forwarded (REMOTE_ADDR) and PROXY addresses"),
     "forwarder_headers": _same(),
-    "header_map": _ignored("headers with '_' are dropped (gunicorn's 'drop'), except forwarder_headers"),
+    "header_map": _ignored(
+        "headers with '_' are dropped (gunicorn's 'drop'), except forwarder_headers", accepted=("drop",)
+    ),
     "pythonpath": _same(),
     "paste": _ignored(_NO_PASTE),
     "raw_paste_global_conf": _ignored(_NO_PASTE),
@@ -155,7 +159,7 @@ GUNICORN_NAMES: Mapping[str, GunicornName] = {
     "syslog_addr": _ignored(_NO_SYSLOG),
     "syslog_prefix": _ignored(_NO_SYSLOG),
     "syslog_facility": _ignored(_NO_SYSLOG),
-    "enable_stdio_inheritance": _ignored("stdio is always inherited"),
+    "enable_stdio_inheritance": _ignored("stdio is always inherited", accepted=(True,)),
     "statsd_host": _ignored(_NO_STATSD),
     "statsd_prefix": _ignored(_NO_STATSD),
     "dogstatsd_tags": _ignored(_NO_STATSD),
@@ -173,7 +177,7 @@ GUNICORN_NAMES: Mapping[str, GunicornName] = {
     "do_handshake_on_connect": _ignored("the handshake runs in each connection's greenlet"),
     "ciphers": _same(),
     # -- HTTP/2
-    "http_protocols": _ignored(_HTTP_ONLY),
+    "http_protocols": _ignored(_HTTP_ONLY, accepted=("h1",)),
     "http2_cleartext": _ignored(_HTTP_ONLY),
     "http2_max_concurrent_streams": _ignored(_HTTP_ONLY),
     "http2_initial_window_size": _ignored(_HTTP_ONLY),
@@ -197,7 +201,7 @@ GUNICORN_NAMES: Mapping[str, GunicornName] = {
     # -- control socket
     "control_socket": _ignored(_NO_CONTROL),
     "control_socket_mode": _ignored(_NO_CONTROL),
-    "control_socket_disable": _ignored(_NO_CONTROL),
+    "control_socket_disable": _ignored(_NO_CONTROL, accepted=(True,)),
     # -- server hooks
     "on_starting": _hook("master, before it binds"),
     "on_reload": _hook("master, on SIGHUP"),
