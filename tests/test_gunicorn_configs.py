@@ -226,3 +226,19 @@ def test_the_corpus_has_every_kind_of_file_the_issue_names() -> None:
         "def pre_request(worker, req)",
     ):
         assert needle in every, needle
+
+
+def test_proc_name_without_setproctitle_changes_nothing_else(tmp_path: Path) -> None:
+    # setproctitle as when it is not installed: importing it fails.
+    (tmp_path / "stubs").mkdir()
+    (tmp_path / "stubs" / "setproctitle.py").write_text("raise ImportError('No module named setproctitle')\n")
+    port = free_port()
+    argv = ["-c", str(CORPUS / "named_process.conf.py"), "-b", f"127.0.0.1:{port}", CORPUS_APP]
+    env = {"LOG_DIR": str(tmp_path), "PYTHONPATH": str(tmp_path / "stubs")}
+    with GProcess(gshutdown_argv(*argv), tmp_path / "out.log", env=env) as proc:
+        wait_until(lambda: _serving(proc, port), timeout=30, interval=0.05)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[1:3] == [b"-m", b"gshutdown"]  # the title left alone
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == ExitStatus.OK
+    assert "Traceback" not in (tmp_path / "error.log").read_text()

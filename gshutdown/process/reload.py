@@ -31,6 +31,8 @@ log = logging.getLogger("gshutdown")
 QUIET_MS = 50
 #: Milliseconds the watching thread waits in Rust before looking at its stop flag.
 STOP_CHECK_MS = 500
+#: Seconds ``start()`` waits for the watches to be in place.
+WATCH_SETUP_WAIT = 5.0
 
 #: The directory the command was started in (``remember_launch_dir``): a re-exec
 #: starts there, so relative paths on its command line mean what they meant.
@@ -84,8 +86,12 @@ class CodeWatcher:
         self.extra_files = frozenset(os.path.abspath(path) for path in extra_files)
         self.on_change = on_change
         self._stopped = False
+        self._watching: Any = None  # a lock held until the watches are in place
 
-    def is_set(self) -> bool:  # watchfiles' stop_event protocol
+    def is_set(self) -> bool:
+        """watchfiles' ``stop_event``: asked first once its watches are in place, then every step."""
+        if self._watching is not None and self._watching.locked():
+            self._watching.release()
         return self._stopped
 
     def stop(self) -> None:
@@ -95,8 +101,13 @@ class CodeWatcher:
         """Start watching, in a real thread (``gevent.monkey`` may have patched ``threading``)."""
         from gevent import monkey
 
-        start_new_thread = monkey.get_original("_thread", "start_new_thread")
+        start_new_thread, allocate_lock = monkey.get_original("_thread", ["start_new_thread", "allocate_lock"])
+        self._watching = allocate_lock()
+        self._watching.acquire()
         start_new_thread(self._watch, ())
+        # Until then an edit would go unseen: a change saved just after a restart included.
+        if not self._watching.acquire(timeout=WATCH_SETUP_WAIT):
+            log.warning("--reload: the file watcher is not watching yet after %g s", WATCH_SETUP_WAIT)
         extra = f" and {len(self.extra_files)} more file(s)" if self.extra_files else ""
         log.info("--reload: watching .py files under %s%s", self.directory, extra)
 
@@ -127,6 +138,8 @@ class CodeWatcher:
                 self.on_change(sorted({path for _, path in changes}))
         except Exception:
             log.exception("--reload: the file watcher failed; no more reloads")
+        finally:
+            self.is_set()  # start() waits no longer
 
 
 def watch_for_master(settings: Settings) -> CodeWatcher:
