@@ -161,6 +161,16 @@ def test_print_config_output_is_a_config_file_that_gives_the_same_settings(tmp_p
             "--workers",
             "2",
             "--reuse-port",
+            "--secure-scheme-header",
+            "X-Forwarded-Ssl=on",
+            "--forwarder-headers",
+            "script_name,remote_user",
+            "--pythonpath",
+            "lib,vendor",
+            "--reload-extra-file",
+            "a.toml",
+            "-n",
+            "shop",
             APP,
         ]
     )
@@ -168,6 +178,8 @@ def test_print_config_output_is_a_config_file_that_gives_the_same_settings(tmp_p
     for setting in settings.SETTINGS:
         assert getattr(again, setting.name) == getattr(first, setting.name), setting.name
     assert again.max_blocking_time == 0.25
+    assert again.secure_scheme_headers == [("X-FORWARDED-SSL", "on")]
+    assert again.forwarder_headers == "SCRIPT_NAME,REMOTE_USER"
 
 
 def test_env_lists_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:

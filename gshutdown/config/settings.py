@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
 
-from gshutdown.config.parsers import SettingError, milliseconds, octal, yes_no
+from gshutdown.config.parsers import SettingError, milliseconds, octal, scheme_header, yes_no
 from gshutdown.config.table import BY_NAME, SETTINGS, Kind, Setting
 
 __all__ = ["BY_NAME", "SETTINGS", "Kind", "Setting", "SettingError", "Settings", "resolve"]
@@ -286,6 +286,8 @@ def render(settings: Settings) -> str:
             shown = oct(value)
         elif setting.parse is milliseconds:
             shown = repr(value * 1000)
+        elif setting.parse is scheme_header and value is not None:
+            shown = repr(dict(value))  # gunicorn's form, which a file reads back
         else:
             shown = repr(value)
         lines.append(f"{setting.name} = {shown}  # {settings.sources[setting.name]}")

@@ -83,7 +83,8 @@ class CodeWatcher:
 
     def __init__(self, directory: str, extra_files: Iterable[str], on_change: Callable[[list[str]], Any]) -> None:
         self.directory = os.path.abspath(directory)
-        self.extra_files = frozenset(os.path.abspath(path) for path in extra_files)
+        # Relative to where the command was started, as gunicorn's are (not to --chdir).
+        self.extra_files = frozenset(os.path.abspath(os.path.join(_launch_dir or "", path)) for path in extra_files)
         self.on_change = on_change
         self._stopped = False
         self._watching: Any = None  # a lock held until the watches are in place
@@ -158,7 +159,7 @@ def watch_for_master(settings: Settings) -> CodeWatcher:
 
 
 class SingleProcessReload:
-    """For the one process: a change drains the runner gracefully; then ``exec_again()``."""
+    """For the one process: a change drains the runner gracefully (``deliver``); then ``exec_again()``."""
 
     def __init__(self, settings: Settings, deliver: Callable[[], Any]) -> None:
         import gevent

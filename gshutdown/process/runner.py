@@ -215,6 +215,8 @@ class Runner:
         self.results: list[ShutdownResult] = []
         #: A stop was asked for: readiness answers 503 (if there is a probe).
         self.unready = False
+        #: What stopped it: a signal number or a ``Trigger`` (None while serving).
+        self.stopped_by: Optional[StopRequest] = None
         #: Seconds the graceful shutdown took, hooks included (None: none ran).
         self.drain_duration: Optional[float] = None
         #: Connections closed by force: at the deadline, or by a second signal or SIGQUIT.
@@ -308,6 +310,7 @@ class Runner:
     def _serve_until_stopped(self) -> ExitStatus:
         first = self._next_request(draining=False, timeout=None)
         assert first is not None
+        self.stopped_by = first
         action = action_for(self.role, first, draining=False)
         if action is SignalAction.AWAIT_MASTER:
             self._turn_unready()
@@ -759,6 +762,6 @@ def serve(
 
     reload = SingleProcessReload(settings, lambda: runner.deliver(Trigger.CODE_CHANGED))
     status = runner.run()
-    if reload.changed:
+    if runner.stopped_by is Trigger.CODE_CHANGED:  # not when a signal came first
         reload.exec_again()
     return status
