@@ -131,6 +131,14 @@ def _check_named(served: Served) -> None:
     wait_until(lambda: error_log.exists() and "stderr: captured-42" in error_log.read_text())
     assert "stdout: captured-42" in error_log.read_text()
     assert "captured-42" not in served.proc.log()  # not on the process's own stdout or stderr
+    # logrotate's rename and SIGUSR1: what the app prints follows the error log to its new file.
+    error_log.rename(served.tmp / "error.log.1")
+    served.proc.send_signal(signal.SIGUSR1)
+    wait_until(error_log.exists)
+    assert served.ask("/?print=rotated-43")[0] == 200
+    wait_until(lambda: "stderr: rotated-43" in error_log.read_text())
+    assert "stdout: rotated-43" in error_log.read_text()
+    assert "rotated-43" not in (served.tmp / "error.log.1").read_text()
 
 
 def _check_hooks(served: Served) -> None:
