@@ -8,13 +8,14 @@ would otherwise share a ``.pyc``.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from pathlib import Path
 from typing import Optional
 
 from gshutdown.process.exit_status import ExitStatus
-from tests.process_helpers import MASTER_READY, GProcess, free_port, get, gshutdown_argv, wait_until
+from tests.process_helpers import MASTER_READY, GProcess, free_port, get, gone, gshutdown_argv, wait_until
 
 APP = """\
 import os
@@ -95,3 +96,26 @@ def test_a_master_reloads_its_workers_and_keeps_the_old_ones_when_the_new_code_f
         assert re.search(r"--reload: hello\.py changed: SIGHUP", proc.log())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait() == ExitStatus.OK
+
+
+def test_with_preload_a_new_master_takes_over_and_the_patched_old_one_exits(tmp_path: Path) -> None:
+    # --preload: the master imported (and monkey-patched for) the old code, so a reload is an upgrade.
+    _write_app(tmp_path, "one")
+    (tmp_path / "settings.toml").write_text("a=1\n")
+    port = free_port()
+    argv = ["-b", f"127.0.0.1:{port}", "-w", "1", "--preload", "--ready-timeout", "15", "--reload", "hello:app"]
+    new_master = None
+    try:
+        with GProcess(gshutdown_argv(*argv), tmp_path / "log", env=ENV, cwd=tmp_path) as proc:
+            proc.wait_for_log(MASTER_READY, timeout=20)
+            _serves(port, "one")
+            _write_app(tmp_path, "two")
+            new_master = int(proc.wait_for_log(r"upgrading: new master (\d+) started", timeout=RELOADED_WITHIN)[1])
+            _serves(port, "two")
+            # The old master hands over, drains its worker, reaps it and exits.
+            assert proc.wait() == ExitStatus.OK
+            assert re.search(rf"\[{proc.pid}\] \[INFO\] worker \d+ exited with status 0", proc.log())
+    finally:
+        if new_master is not None:
+            os.kill(new_master, signal.SIGTERM)  # started by the test's own child, on its behalf
+            wait_until(lambda: gone(new_master), timeout=20)

@@ -654,7 +654,7 @@ class Master:
         env[LISTEN_FDS_ENV] = ",".join(map(str, fds))
         env[READY_FD_ENV] = str(write_fd)
         argv = [sys.executable, "-m", "gshutdown", *sys.argv[1:]]
-        pid = os.fork()
+        pid = _unpatched("os", "fork")()  # as for workers: gevent's would take SIGCHLD from this loop
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 os.close(read_fd)
