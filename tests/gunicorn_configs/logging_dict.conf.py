@@ -1,4 +1,9 @@
-import os
+# gevent workers; patched here so that everything the app imports is cooperative from the start.
+import gevent.monkey
+
+gevent.monkey.patch_all()
+
+import os  # noqa: E402
 
 LOG_DIR = os.environ.get("LOG_DIR", "/var/log/app")
 
