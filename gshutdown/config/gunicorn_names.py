@@ -170,7 +170,7 @@ GUNICORN_NAMES: Mapping[str, GunicornName] = {
     # -- SSL
     "keyfile": _same(),
     "certfile": _same(),
-    "ssl_version": _ignored("TLS 1.2 and up, Python's default context"),
+    "ssl_version": _ignored("TLS 1.2 and up, whatever the client and OpenSSL agree on"),
     "cert_reqs": _same("also none/optional/required"),
     "ca_certs": _same(),
     "suppress_ragged_eofs": _ignored("no switch here"),
