@@ -10,6 +10,7 @@ file). Without ``--workers`` the runner serves in this process
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -62,10 +63,13 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
     given = parser.parse_args(argv)
     config_path = given.config or os.environ.get("GSHUTDOWN_CONFIG")
     try:
-        file_values, warnings = config_file.read_config_file(config_path) if config_path else ({}, [])
-        resolved = settings.resolve(given, file_values)
+        config = config_file.read_config_file(config_path) if config_path else config_file.ConfigFile("")
+        resolved = settings.resolve(given, config.values)
     except settings.SettingError as exc:
         parser.error(str(exc))
+    warnings = list(config.warnings)
+    for name in config_file.hook_names(config.hooks):
+        warnings.append(f"config file: gunicorn's {name} hook is not called (see gshutdown.on_shutdown)")
     if resolved.access_log_format:
         try:
             access_format.check(resolved.access_log_format)
@@ -73,6 +77,8 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
             parser.error(f"--access-log-format: {exc}")
     if not resolved.app and not given.print_config:
         parser.error("the following arguments are required: APP (or wsgi_app in the config file)")
+    if resolved.reload and not given.print_config and importlib.util.find_spec("watchfiles") is None:
+        parser.error("--reload needs watchfiles: pip install 'gshutdown[reload]'")
     if not resolved.workers:
         for name in _NEED_WORKERS:
             if getattr(resolved, name):
@@ -91,6 +97,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stdout.write(settings.render(resolved))
         sys.stdout.writelines(f"# {warning}\n" for warning in resolved.warnings)
         return ExitStatus.OK
+    if resolved.reload:
+        from gshutdown.process import reload
+
+        reload.remember_launch_dir()
     if resolved.workers:
         from gshutdown.process import master
 

@@ -160,3 +160,26 @@ def bind_address(value: str) -> Any:
     if not 0 <= number <= 65535:
         raise SettingError(f"port out of range in {value!r}")
     return (host or "0.0.0.0", number)
+
+
+def scheme_header(value: str) -> tuple[str, str]:
+    """``NAME=VALUE``: a header a trusted proxy sets, and the value that means HTTPS (gunicorn's form)."""
+    name, sep, wanted = value.partition("=")
+    name = name.strip()
+    if not sep or not name or not all(char.isalnum() or char in "-_" for char in name):
+        raise SettingError(f"want HEADER=VALUE (e.g. X-FORWARDED-PROTO=https), not {value!r}")
+    return name.upper(), wanted
+
+
+def header_names(value: str) -> str:
+    """Comma-separated header names, upper-cased as gunicorn compares them (``*``: any)."""
+    names = [name.strip().upper() for name in value.split(",") if name.strip()]
+    for name in names:
+        if name != "*" and not all(char.isalnum() or char in "-_" for char in name):
+            raise SettingError(f"not a header name: {name!r}")
+    return ",".join(names)
+
+
+def directories(value: str) -> Optional[str]:
+    """Comma-separated directories (kept as text; made absolute where they are used)."""
+    return ",".join(part.strip() for part in value.split(",") if part.strip()) or None

@@ -108,6 +108,16 @@ class Config:
     #: gets 400 and is closed. Read within ``read_header_timeout`` of the
     #: accept (gunicorn ``proxy_protocol=False``).
     proxy_protocol: bool = False
+    #: gunicorn's ``secure_scheme_headers``: ``(HEADER, VALUE)`` pairs; from a
+    #: trusted peer, a listed header at VALUE makes ``wsgi.url_scheme`` https,
+    #: at any other value http, and listed headers that disagree get 400.
+    #: None: the scheme comes from ``X-Forwarded-Proto`` or ``Forwarded``.
+    secure_scheme_headers: Optional[tuple[tuple[str, str], ...]] = None
+    #: gunicorn's ``forwarder_headers``: upper-cased names of headers with
+    #: ``_`` that a trusted peer may send into the environ (``SCRIPT_NAME``
+    #: mounts the app under its value; the others become ``HTTP_<NAME>``);
+    #: ``"*"``: any. Other names with ``_`` are dropped, from every peer.
+    forwarder_headers: tuple[str, ...] = ("SCRIPT_NAME", "PATH_INFO")
 
     # -- TLS (see ``gshutdown.server.tls``) --
     #: PEM certificate chain; setting it serves HTTPS (gunicorn ``certfile``).

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Union
 
-from gshutdown.config.parsers import SettingError, milliseconds, octal, yes_no
+from gshutdown.config.parsers import SettingError, milliseconds, octal, scheme_header, yes_no
 from gshutdown.config.table import BY_NAME, SETTINGS, Kind, Setting
 
 __all__ = ["BY_NAME", "SETTINGS", "Kind", "Setting", "SettingError", "Settings", "resolve"]
@@ -92,6 +92,8 @@ class Settings:
     log_level: str
     #: A JSON file of a ``logging.config.dictConfig()`` dictionary, or the dictionary.
     log_config: Union[str, dict[str, Any], None]
+    #: Send the app's stdout and stderr to the error log.
+    capture_output: bool
     #: Seconds a greenlet may block the event loop before it is logged (0: off).
     max_blocking_time: float
     #: Do not monkey-patch before importing the app.
@@ -110,10 +112,23 @@ class Settings:
     unix_socket_mode: Optional[int]
     #: ``NAME=VALUE`` pairs set in the environment before the app loads.
     raw_env: list[str]
+    #: Comma-separated directories put first on ``sys.path`` before the app is imported.
+    pythonpath: Optional[str]
+    #: The process title's name (needs ``setproctitle``; None: the title is left alone).
+    proc_name: Optional[str]
+    #: Restart when the app's code changes (development).
+    reload: bool
+    #: More files whose change restarts, with ``reload``.
+    reload_extra_files: list[str]
     #: Peers whose forwarding headers and PROXY addresses are believed.
     forwarded_allow_ips: str
     #: Ignore ``X-Forwarded-*`` and ``Forwarded`` from every peer.
     no_proxy_headers: bool
+    #: ``(HEADER, VALUE)``: from a trusted peer, HEADER at VALUE means https, at anything else
+    #: http (None: ``X-Forwarded-Proto`` and ``Forwarded``'s ``proto``, as ``forwarded`` reads them).
+    secure_scheme_headers: Optional[list[tuple[str, str]]]
+    #: Upper-cased names of ``_`` headers a trusted peer may send into the environ, comma-separated.
+    forwarder_headers: str
     #: Every connection begins with a PROXY protocol header.
     proxy_protocol: bool
     #: PEM certificate chain (serves HTTPS).
@@ -281,6 +296,8 @@ def render(settings: Settings) -> str:
             shown = oct(value)
         elif setting.parse is milliseconds:
             shown = repr(value * 1000)
+        elif setting.parse is scheme_header and value is not None:
+            shown = repr(dict(value))  # gunicorn's form, which a file reads back
         else:
             shown = repr(value)
         lines.append(f"{setting.name} = {shown}  # {settings.sources[setting.name]}")

@@ -2,8 +2,8 @@
 
 Each ``Setting`` is a command-line option, a ``GSHUTDOWN_<NAME>`` environment
 variable and a name in a configuration file (``-c FILE``; gunicorn's names are
-understood too). ``settings.Settings`` has one typed field per row, in the
-same order; ``settings.resolve`` fills it, and ``--print-config``, ``--help``
+understood too: ``gunicorn_names`` says what each becomes). ``settings.Settings``
+has one typed field per row, in the same order; ``settings.resolve`` fills it, and ``--print-config``, ``--help``
 and the README's table are all made from these rows.
 """
 
@@ -18,6 +18,8 @@ from gshutdown.config.parsers import (
     client_certificates,
     count,
     count_or_zero,
+    directories,
+    header_names,
     limit_seconds,
     log_level,
     milliseconds,
@@ -25,6 +27,7 @@ from gshutdown.config.parsers import (
     octal,
     optional_count,
     optional_text,
+    scheme_header,
     seconds,
     socket_mode,
     text,
@@ -50,8 +53,6 @@ class Setting:
     help: str
     kind: Kind = Kind.VALUE
     metavar: Optional[str] = None
-    #: Its names in a gunicorn configuration file, when they differ.
-    gunicorn: tuple[str, ...] = ()
     #: The README's "meaning" column, when it says more than ``help``.
     doc: str = ""
     #: The README's "default" column, when the default itself does not read well there.
@@ -65,7 +66,7 @@ class Setting:
 S = Setting
 #: Every setting, in the order ``--help`` and ``--print-config`` show them.
 SETTINGS: tuple[Setting, ...] = (
-    S("app", (), text, None, "MODULE:NAME, MODULE (finds app/application), or FILE.py[:NAME]", gunicorn=("wsgi_app",)),
+    S("app", (), text, None, "MODULE:NAME, MODULE (finds app/application), or FILE.py[:NAME]"),
     S(
         "bind",
         ("-b", "--bind"),
@@ -139,7 +140,6 @@ SETTINGS: tuple[Setting, ...] = (
         limit_seconds,
         5.0,
         "keep-alive idle seconds, or 'none' (uvicorn: 5)",
-        gunicorn=("keepalive",),
         doc="keep-alive idle seconds (gunicorn `--keep-alive`, 2 there)",
     ),
     S(
@@ -172,7 +172,6 @@ SETTINGS: tuple[Setting, ...] = (
         optional_count,
         1000,
         "connections served at once, the rest wait in the backlog (gunicorn worker_connections: 1000); 'none'",
-        gunicorn=("worker_connections",),
         doc="connections served at once, the rest wait in the backlog (gunicorn `--worker-connections`, also 1000)",
     ),
     S(
@@ -265,7 +264,6 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "access log file, '-' for stderr",
         metavar="FILE",
-        gunicorn=("accesslog",),
         doc="one line per request; `-` for stderr (gunicorn `--access-logfile`)",
         shown_default="off",
     ),
@@ -289,7 +287,6 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "server log file (default '-': stderr)",
         metavar="FILE",
-        gunicorn=("errorlog",),
         doc="the server's own log (gunicorn `--error-logfile`)",
         shown_default="`-` (stderr)",
     ),
@@ -299,7 +296,6 @@ SETTINGS: tuple[Setting, ...] = (
         log_level,
         "info",
         "debug, info, warning, error or critical",
-        gunicorn=("loglevel",),
         shown_default="info",
     ),
     S(
@@ -307,10 +303,21 @@ SETTINGS: tuple[Setting, ...] = (
         ("--log-config",),
         optional_text,
         None,
-        "a JSON file holding a logging.config.dictConfig() dictionary",
+        "a JSON file holding a logging.config.dictConfig() dictionary, or a logging.config.fileConfig() file",
         metavar="FILE",
-        gunicorn=("logconfig_dict",),
-        doc="a JSON file with a `logging.config.dictConfig()` dictionary, applied last",
+        doc=(
+            "a JSON file with a `logging.config.dictConfig()` dictionary, applied last (or a `fileConfig()` INI "
+            "file, gunicorn's `logconfig`)"
+        ),
+    ),
+    S(
+        "capture_output",
+        ("--capture-output",),
+        yes_no,
+        False,
+        "send what the app prints (stdout and stderr) to the error log",
+        kind=Kind.FLAG,
+        doc="what the app prints (stdout, stderr) goes to the error log (gunicorn's)",
     ),
     S(
         "max_blocking_time",
@@ -341,7 +348,6 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         "write the process id to FILE",
         metavar="FILE",
-        gunicorn=("pidfile",),
         doc="written atomically, removed at exit",
     ),
     S(
@@ -398,6 +404,52 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="NAME=VALUE",
         doc="set in the environment before the app loads; repeatable",
     ),
+    S(
+        "pythonpath",
+        ("--pythonpath",),
+        directories,
+        None,
+        "comma-separated directories put first on sys.path before the app is imported",
+        metavar="DIRS",
+        doc="comma-separated directories put first on `sys.path` before the app is imported (gunicorn's)",
+    ),
+    S(
+        "proc_name",
+        ("-n", "--name"),
+        optional_text,
+        None,
+        "process title 'gshutdown: master [NAME]', '... worker [NAME]' or '... [NAME]' (needs setproctitle)",
+        metavar="NAME",
+        doc=(
+            "process title `gshutdown: master [NAME]`, `... worker [NAME]`, or `gshutdown: [NAME]` for the one "
+            "process, with `setproctitle` installed (`pip install 'gshutdown[proctitle]'`; without it the title "
+            "is left alone)"
+        ),
+    ),
+    S(
+        "reload",
+        ("--reload",),
+        yes_no,
+        False,
+        "development: restart when a .py file under the app's directory changes (needs gshutdown[reload])",
+        kind=Kind.FLAG,
+        doc=(
+            "development: restart when a `.py` file under the app's directory changes (`pip install "
+            "'gshutdown[reload]'`, watchfiles): with `--workers` a reload (SIGHUP; with `--preload` an upgrade, "
+            "SIGUSR2), so code that fails to import leaves the old workers serving; without, a graceful drain, "
+            "then the process re-executes itself (same pid)"
+        ),
+    ),
+    S(
+        "reload_extra_files",
+        ("--reload-extra-file",),
+        text,
+        [],
+        "with --reload: a file (of any kind) whose change restarts too; repeatable",
+        kind=Kind.LIST,
+        metavar="FILE",
+        doc="with `--reload`: a file of any kind whose change restarts too; repeatable",
+    ),
     # -- workers
     # -- proxies and TLS
     S(
@@ -417,6 +469,30 @@ SETTINGS: tuple[Setting, ...] = (
         "ignore X-Forwarded-* and Forwarded even from trusted peers (uvicorn --no-proxy-headers)",
         kind=Kind.FLAG,
         doc="ignore `X-Forwarded-*` and `Forwarded` from every peer",
+    ),
+    S(
+        "secure_scheme_headers",
+        ("--secure-scheme-header",),
+        scheme_header,
+        None,
+        "HEADER=VALUE: from a trusted peer, HEADER set to VALUE means https, to anything else http (gunicorn's; "
+        "repeatable; default: X-Forwarded-Proto and Forwarded's proto)",
+        kind=Kind.LIST,
+        metavar="HEADER=VALUE",
+        doc=(
+            "gunicorn's `secure_scheme_headers`: from a trusted peer, HEADER at VALUE means https, at any other "
+            "value http; repeatable (see Behind a proxy)"
+        ),
+    ),
+    S(
+        "forwarder_headers",
+        ("--forwarder-headers",),
+        header_names,
+        "SCRIPT_NAME,PATH_INFO",
+        "header names with '_' a trusted peer may send into the environ (SCRIPT_NAME mounts the app), "
+        "comma-separated, '*' for any (gunicorn's); other '_' names are dropped",
+        metavar="NAMES",
+        doc="header names with `_` a trusted peer may send into the environ (gunicorn's)",
     ),
     S(
         "proxy_protocol",
@@ -480,7 +556,6 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "with --workers: import the app in the master before forking",
         kind=Kind.FLAG,
-        gunicorn=("preload_app",),
         doc="with `--workers`: import the app in the master",
     ),
     S(

@@ -15,6 +15,7 @@ import faulthandler
 import json
 import logging
 import logging.config
+import os
 import sys
 from typing import Any, Optional, TextIO, Union
 
@@ -24,6 +25,8 @@ _FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
 #: Handlers writing to files, by logger: the ones ``reopen()`` replaces.
 _file_handlers: list[tuple[logging.Logger, logging.FileHandler]] = []
 _stack_dump_signal: Optional[int] = None
+#: ``capture_output``: file descriptors 1 and 2 follow the error log.
+_capturing = False
 
 
 def configure(
@@ -32,6 +35,7 @@ def configure(
     access_log_path: Optional[str] = None,
     error_log_path: Optional[str] = None,
     dict_config: Union[str, dict[str, Any], None] = None,
+    capture_output: bool = False,
 ) -> None:
     """Send gshutdown's log (and the root logger's) to ``error_log_path``.
 
@@ -42,6 +46,11 @@ def configure(
         dict_config: a ``logging.config.dictConfig()`` dictionary, or the path
             of a JSON file holding one, applied after the rest (so it may
             replace any of it; files it opens are not reopened by SIGUSR1).
+            A file that does not hold JSON is read by ``logging.config.fileConfig()``
+            (gunicorn's ``logconfig``).
+        capture_output: point file descriptors 1 and 2 at the error log, so
+            what the app (or a C library) prints goes there (gunicorn's
+            ``capture_output``); with the error log on stderr, stdout joins it.
 
     Raises:
         ValueError: ``dict_config`` cannot be read or applied (one line).
@@ -55,18 +64,42 @@ def configure(
         access_log.setLevel(logging.INFO)
     if dict_config is not None:
         _apply_dict_config(dict_config)
+    if capture_output:
+        global _capturing
+        _capturing = True
+        _capture(error_stream())
+
+
+def _capture(stream: TextIO) -> None:
+    """Point fds 1 and 2 at ``stream``'s file (gunicorn's ``capture_output``)."""
+    for std in (sys.stdout, sys.stderr):
+        std.flush()
+    target = stream.fileno()
+    for fd in (1, 2):
+        if fd != target:
+            os.dup2(target, fd)
+    # A print() to a file is block-buffered: line by line, it reaches the log as it happens.
+    for std in (sys.stdout, sys.stderr):
+        reconfigure = getattr(std, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(line_buffering=True)
 
 
 def _apply_dict_config(config: Union[str, dict[str, Any]]) -> None:
     try:
         if isinstance(config, str):
             with open(config, encoding="utf-8") as fh:
-                config = json.load(fh)
+                text = fh.read()
+            if not text.lstrip().startswith("{"):
+                # gunicorn's logconfig: an INI file for fileConfig().
+                logging.config.fileConfig(config, disable_existing_loggers=False)
+                return
+            config = json.loads(text)
         assert isinstance(config, dict)
         config.setdefault("version", 1)
         config.setdefault("disable_existing_loggers", False)
         logging.config.dictConfig(config)
-    except (OSError, ValueError, TypeError, AttributeError, ImportError, AssertionError) as exc:
+    except (OSError, ValueError, TypeError, AttributeError, ImportError, AssertionError, KeyError) as exc:
         raise ValueError(f"--log-config: {exc}") from None
 
 
@@ -95,6 +128,8 @@ def reopen() -> int:
         _file_handlers[index] = (logger, new)
     if _stack_dump_signal is not None:
         install_stack_dump(_stack_dump_signal)
+    if _capturing:
+        _capture(error_stream())
     return len(_file_handlers)
 
 

@@ -57,7 +57,7 @@ from gevent import monkey
 
 from gshutdown.config.addresses import bind_unix, cannot_listen, describe_address
 from gshutdown.config.settings import Settings
-from gshutdown.process import admin, logs, pidfile, runner, systemd, worker_link
+from gshutdown.process import admin, logs, pidfile, proctitle, runner, systemd, worker_link
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
 from gshutdown.process.metrics import MasterMetrics, MetricsUnavailable
@@ -315,7 +315,12 @@ class Master:
                 load_app(self.settings.app)
             except AppNotLoadable as exc:
                 return fail(str(exc), ExitStatus.USAGE)
+        proctitle.set_title(self.settings.proc_name, "master")
         self._install_signals()
+        if self.settings.reload:
+            from gshutdown.process.reload import watch_for_master
+
+            watch_for_master(self.settings)
         for sock in self.listeners:
             address = describe_address(sock.getsockname(), tls=bool(self.settings.certfile))
             log.info("master %d listening on %s", os.getpid(), address)

@@ -36,6 +36,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -44,7 +45,7 @@ from gevent.queue import Empty, Queue
 
 from gshutdown.config.addresses import cannot_listen, describe_address
 from gshutdown.config.settings import Settings
-from gshutdown.process import admin, logs, pidfile, systemd
+from gshutdown.process import admin, logs, pidfile, proctitle, systemd
 from gshutdown.process.admin import StopFlag
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
@@ -94,6 +95,8 @@ class Trigger(enum.Enum):
     REQUESTED = "shutdown trigger"
     MASTER_GONE = "master gone"
     MAX_REQUESTS = "max requests reached"
+    #: ``--reload`` saw the code change (the one process re-executes after its drain).
+    CODE_CHANGED = "code changed (--reload)"
 
 
 _MASTER_ONLY = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
@@ -219,6 +222,8 @@ class Runner:
         self.results: list[ShutdownResult] = []
         #: A stop was asked for: readiness answers 503 (if there is a probe).
         self.unready = False
+        #: What stopped it: a signal number or a ``Trigger`` (None while serving).
+        self.stopped_by: Optional[StopRequest] = None
         #: Seconds the graceful shutdown took, hooks included (None: none ran).
         self.drain_duration: Optional[float] = None
         #: Connections closed by force: at the deadline, or by a second signal or SIGQUIT.
@@ -319,6 +324,7 @@ class Runner:
     def _serve_until_stopped(self) -> ExitStatus:
         first = self._next_request(draining=False, timeout=None)
         assert first is not None
+        self.stopped_by = first
         action = action_for(self.role, first, draining=False)
         if action is SignalAction.AWAIT_MASTER:
             self._turn_unready()
@@ -590,7 +596,7 @@ def watch_blocking(max_blocking_time: Optional[float]) -> None:
 
 
 def prepare_process(settings: Settings) -> Optional[ExitStatus]:
-    """``--umask``, ``--chdir`` and ``--env``: before anything is bound or imported.
+    """``--umask``, ``--chdir``, ``--env`` and ``--pythonpath``: before anything is bound or imported.
 
     Returns a usage error status (after reporting it), or None.
     """
@@ -604,6 +610,10 @@ def prepare_process(settings: Settings) -> Optional[ExitStatus]:
     for item in settings.raw_env:
         name, _, value = item.partition("=")
         os.environ[name] = value
+    if settings.pythonpath:
+        # First listed, first searched; after --chdir, so relative ones are the app's.
+        paths = [os.path.abspath(path) for path in settings.pythonpath.split(",")]
+        sys.path[:0] = [path for path in paths if path not in sys.path]
     return None
 
 
@@ -644,6 +654,7 @@ def configure_logging(settings: Settings) -> Optional[ExitStatus]:
             access_log_path=settings.access_log,
             error_log_path=settings.error_log,
             dict_config=settings.log_config,
+            capture_output=settings.capture_output,
         )
     except ValueError as exc:
         return fail(str(exc), ExitStatus.USAGE)
@@ -676,6 +687,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
         forwarded_allow_ips=settings.forwarded_allow_ips,
         proxy_headers=not settings.no_proxy_headers,
         proxy_protocol=settings.proxy_protocol,
+        secure_scheme_headers=None if settings.secure_scheme_headers is None else tuple(settings.secure_scheme_headers),
+        forwarder_headers=tuple(filter(None, settings.forwarder_headers.split(","))),
         certfile=settings.certfile,
         keyfile=settings.keyfile,
         ca_certs=settings.ca_certs,
@@ -718,6 +731,7 @@ def serve(
             return failed
     else:
         monkey_patch(settings)
+    proctitle.set_title(settings.proc_name, "worker" if link is not None else None)
     watch_blocking(settings.max_blocking_time)
     readiness_path = settings.readiness_path or None
     unusable = admin.usage_error(settings)
@@ -790,7 +804,7 @@ def serve(
         max_requests: Optional[int] = settings.max_requests + random.randint(0, settings.max_requests_jitter)
     else:
         max_requests = None
-    return runner_for(
+    runner = runner_for(
         servers,
         graceful_timeout=settings.graceful_timeout,
         drain_delay=settings.drain_delay,
@@ -800,7 +814,16 @@ def serve(
         max_requests=max_requests,
         metrics=metrics,
         admin=admin_server,
-    ).run()
+    )
+    if not (settings.reload and link is None):
+        return runner.run()
+    from gshutdown.process.reload import SingleProcessReload
+
+    reload = SingleProcessReload(settings, lambda: runner.deliver(Trigger.CODE_CHANGED))
+    status = runner.run()
+    if runner.stopped_by is Trigger.CODE_CHANGED:  # not when a signal came first
+        reload.exec_again()
+    return status
 
 
 def _switch_user_and_load(

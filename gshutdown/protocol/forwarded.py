@@ -40,7 +40,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, NamedTuple, Optional
+from typing import Any, Iterable, Mapping, NamedTuple, Optional
 
 #: ``forwarded_allow_ips`` value that trusts every peer.
 ANY = "*"
@@ -132,13 +132,14 @@ class ForwardedClient(NamedTuple):
 _NOBODY = ForwardedClient(None, None, None)
 
 
-def apply_forwarded(environ: dict[str, Any], trusted: TrustedProxies) -> None:
+def apply_forwarded(environ: dict[str, Any], trusted: TrustedProxies, *, scheme: bool = True) -> None:
     """Set ``REMOTE_ADDR``/``REMOTE_PORT`` and ``wsgi.url_scheme`` from the request's forwarding headers.
 
     The caller has checked that the peer (``environ['REMOTE_ADDR']``) is
     trusted. ``REMOTE_PORT`` is removed when the client's hop gave no port
     (it would be the proxy's); an environ without it is what a unix-socket
-    peer has anyway.
+    peer has anyway. ``scheme=False`` leaves ``wsgi.url_scheme`` alone (it is
+    ``secure_scheme``'s to set).
     """
     x_for = environ.get("HTTP_X_FORWARDED_FOR")
     x_proto = environ.get("HTTP_X_FORWARDED_PROTO")
@@ -155,8 +156,39 @@ def apply_forwarded(environ: dict[str, Any], trusted: TrustedProxies) -> None:
             environ.pop("REMOTE_PORT", None)
         else:
             environ["REMOTE_PORT"] = str(client.port)
-    if client.scheme is not None:
+    if scheme and client.scheme is not None:
         environ["wsgi.url_scheme"] = client.scheme
+
+
+class ContradictoryScheme(ValueError):
+    """Two of the ``secure_scheme_headers`` disagree on whether the request came over HTTPS."""
+
+
+def secure_scheme(environ: Mapping[str, Any], headers: Iterable[tuple[str, str]]) -> Optional[str]:
+    """The scheme gunicorn's ``secure_scheme_headers`` give, or None when none of them is present.
+
+    ``headers`` are ``(environ key, value meaning https)`` pairs
+    (``("HTTP_X_FORWARDED_SSL", "on")``): a header present at its value says
+    https, at any other value http. The caller has checked the peer is trusted.
+
+    Raises:
+        ContradictoryScheme: one says https and another http (gunicorn answers 400).
+    """
+    found = None
+    for key, wanted in headers:
+        value = environ.get(key)
+        if value is None:
+            continue
+        said = "https" if value == wanted else "http"
+        if found is not None and said != found:
+            raise ContradictoryScheme(f"scheme headers disagree at {key[5:].replace('_', '-')}")
+        found = said
+    return found
+
+
+def secure_scheme_keys(headers: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """``(HEADER, VALUE)`` pairs as ``secure_scheme`` takes them: header names as environ keys."""
+    return tuple(("HTTP_" + name.upper().replace("-", "_"), value) for name, value in headers)
 
 
 def from_x_forwarded(

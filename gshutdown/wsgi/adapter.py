@@ -17,6 +17,7 @@ Integrity rules (the server keeps serving in every case):
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
@@ -25,7 +26,7 @@ from urllib.parse import unquote_to_bytes
 from gevent import GreenletExit
 
 from gshutdown.protocol.events import Request
-from gshutdown.protocol.forwarded import apply_forwarded
+from gshutdown.protocol.forwarded import ContradictoryScheme, apply_forwarded, secure_scheme, secure_scheme_keys
 from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
 from gshutdown.server.errors import BadRequestBody, ClientDisconnected
 from gshutdown.server.state import HIJACKED
@@ -326,8 +327,25 @@ class Response:
         return head.keep_alive
 
 
+def mount_prefix(script_name: str) -> str:
+    """``SCRIPT_NAME`` as a mount point: ``/app`` from ``/app/`` or ``app``; ``""`` for the root."""
+    script_name = script_name.strip().rstrip("/")
+    if script_name and not script_name.startswith("/"):
+        script_name = "/" + script_name
+    return script_name
+
+
 class WSGIAdapter:
     """The ``Handler`` that runs a WSGI application for each request a connection reads.
+
+    Mounting under a prefix is gunicorn's: ``SCRIPT_NAME`` in the process
+    environment when the server starts (``-e SCRIPT_NAME=/app``, or
+    ``raw_env``), or a ``SCRIPT_NAME`` header from a trusted peer when it is
+    one of ``Config.forwarder_headers``. A request under the prefix gets it
+    as ``SCRIPT_NAME`` and the rest as ``PATH_INFO``; any other request
+    reaches the app unchanged, so the server's own paths (``/-/ready``) still
+    answer (gunicorn answers 500). A client's ``Script-Name`` header is an
+    ``HTTP_SCRIPT_NAME`` entry like any other header, never the mount.
 
     Args:
         app: any PEP 3333 application.
@@ -349,6 +367,12 @@ class WSGIAdapter:
         self.server = server
         #: WebSocket upgrade requests: admission, environ entries, their end.
         self.websockets = WebSockets(server)
+        config = server.config
+        self.script_name = mount_prefix(os.environ.get("SCRIPT_NAME", ""))
+        self.forwarder_headers = frozenset(config.forwarder_headers)
+        self.secure_scheme = (
+            None if config.secure_scheme_headers is None else secure_scheme_keys(config.secure_scheme_headers)
+        )
         host, port = server.server_host_port()
         self.base_environ = {
             "SERVER_NAME": host,
@@ -391,12 +415,21 @@ class WSGIAdapter:
         env["RAW_URI"] = target
         env["SERVER_PROTOCOL"] = "HTTP/1.1" if request.http_version == "1.1" else "HTTP/1.0"
         keys = _ENVIRON_KEYS
+        script_name = self.script_name
         for name, value in request.headers:
             key = keys.get(name)
             if key is None and name not in keys:
                 key = _environ_key(name)
             if key is None:
-                continue
+                # A name with "_": dropped, unless a trusted proxy may send it.
+                if not (conn.forwarded_trusted and self.forwarder_headers):
+                    continue
+                key = self._forwarder_key(name)
+                if key is None:
+                    continue
+                if key == "SCRIPT_NAME":
+                    script_name = mount_prefix(value)
+                    continue
             if key in env:
                 env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
             else:
@@ -404,14 +437,30 @@ class WSGIAdapter:
         if authority is not None:
             # RFC 9112 3.2.2: the target's authority replaces the Host field.
             env["HTTP_HOST"] = authority
-        if conn.forwarded_trusted and (
-            "HTTP_X_FORWARDED_FOR" in env or "HTTP_X_FORWARDED_PROTO" in env or "HTTP_FORWARDED" in env
-        ):
-            apply_forwarded(env, self.server.trusted_proxies)
+        if conn.forwarded_trusted:
+            secure = self.secure_scheme
+            if "HTTP_X_FORWARDED_FOR" in env or "HTTP_X_FORWARDED_PROTO" in env or "HTTP_FORWARDED" in env:
+                apply_forwarded(env, self.server.trusted_proxies, scheme=secure is None)
+            if secure is not None:
+                scheme = secure_scheme(env, secure)
+                if scheme is not None:
+                    env["wsgi.url_scheme"] = scheme
+        if script_name and path.startswith(script_name):
+            rest = path[len(script_name) :]
+            if not rest or rest[0] == "/":
+                env["SCRIPT_NAME"] = script_name
+                env["PATH_INFO"] = rest
         env["wsgi.input"] = Input(conn)
         env["gshutdown.hijack"] = conn.hijack
         env["gshutdown.connection"] = conn
         return env
+
+    def _forwarder_key(self, name: str) -> Optional[str]:
+        """The environ key of a ``_`` header a trusted peer sent, if ``forwarder_headers`` lets it in."""
+        upper = name.upper()
+        if upper not in self.forwarder_headers and "*" not in self.forwarder_headers:
+            return None
+        return upper if upper == "SCRIPT_NAME" else "HTTP_" + upper.replace("-", "_")
 
     def _connection_environ(self, conn: Connection) -> dict[str, Any]:
         """The part of the environ that is the same for every request of ``conn``."""
@@ -471,6 +520,10 @@ class WSGIAdapter:
         except BadRequestBody as exc:
             if not conn.response_started:
                 conn.send_error(exc.status, str(exc))
+            return False
+        except ContradictoryScheme as exc:
+            # gunicorn's answer too: which one to believe is not ours to guess.
+            conn.send_error(400, f"Bad Request ({exc})")
             return False
         except _ResponseTooLong:
             log.error("%s: application sent more than its Content-Length; cut off", conn.request_line)

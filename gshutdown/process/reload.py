@@ -1,0 +1,195 @@
+"""``--reload``: restart when the app's code changes (for development).
+
+The watching is ``watchfiles``' (inotify, or polling where there is none;
+``pip install 'gshutdown[reload]'``), in a real OS thread, whatever gevent
+patched: it blocks in Rust without holding the GIL. It watches the directory
+the app's top-level module or package is in, for ``.py`` files (its
+``DefaultFilter`` skips ``.git``, ``.venv``, ``__pycache__`` ...), and the
+``reload_extra_files``. On a change:
+
+- a master (``--workers``) sends itself SIGHUP: new workers import the new
+  code, and the old ones drain only once those are ready; if the new code
+  fails, the old workers keep serving. With ``--preload`` the master holds
+  the old code, so it sends SIGUSR2 instead: a new master with the new code.
+- the one process drains gracefully (as on SIGTERM), then re-executes its
+  own command line in the same process (same pid).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from typing import Any, Callable, Iterable, Optional
+
+from gshutdown.config.settings import Settings
+
+log = logging.getLogger("gshutdown")
+
+#: Milliseconds without a further change before a batch of changes counts.
+QUIET_MS = 50
+#: Milliseconds the watching thread waits in Rust before looking at its stop flag.
+STOP_CHECK_MS = 500
+#: Seconds ``start()`` waits for the watches to be in place.
+WATCH_SETUP_WAIT = 5.0
+
+#: The directory the command was started in (``remember_launch_dir``): a re-exec
+#: starts there, so relative paths on its command line mean what they meant.
+_launch_dir: Optional[str] = None
+
+
+def remember_launch_dir() -> None:
+    """Record the working directory before ``--chdir`` changes it."""
+    global _launch_dir
+    _launch_dir = os.getcwd()
+
+
+def app_directory(spec: Optional[str]) -> str:
+    """The directory holding the app's top-level module or package (without importing it).
+
+    ``FILE.py[:NAME]``: the file's directory. ``pkg.module:app``: where ``pkg``
+    is found on ``sys.path`` (the current directory first, as the app loader
+    looks). Anything not found: the current directory.
+    """
+    target = (spec or "").partition(":")[0]
+    if target.endswith(".py"):
+        return os.path.dirname(os.path.abspath(target))
+    top = target.split(".")[0]
+    if top:
+        if "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        try:
+            found = importlib.util.find_spec(top)
+        except (ImportError, ValueError):
+            found = None
+        if found is not None:
+            if found.submodule_search_locations:
+                return os.path.dirname(os.path.abspath(next(iter(found.submodule_search_locations))))
+            if found.origin and os.path.isfile(found.origin):
+                return os.path.dirname(os.path.abspath(found.origin))
+    return os.getcwd()
+
+
+class CodeWatcher:
+    """Calls ``on_change(paths)`` from its own thread for each batch of changed files.
+
+    Args:
+        directory: watched recursively for ``.py`` files.
+        extra_files: files of any kind watched too.
+        on_change: called with the changed paths; it must be safe to call
+            from another thread (``os.kill``, ``loop.run_callback_threadsafe``).
+    """
+
+    def __init__(self, directory: str, extra_files: Iterable[str], on_change: Callable[[list[str]], Any]) -> None:
+        self.directory = os.path.abspath(directory)
+        # Relative to where the command was started, as gunicorn's are (not to --chdir).
+        self.extra_files = frozenset(os.path.abspath(os.path.join(_launch_dir or "", path)) for path in extra_files)
+        self.on_change = on_change
+        self._stopped = False
+        self._watching: Any = None  # a lock held until the watches are in place
+
+    def is_set(self) -> bool:
+        """watchfiles' ``stop_event``: asked first once its watches are in place, then every step."""
+        if self._watching is not None and self._watching.locked():
+            self._watching.release()
+        return self._stopped
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def start(self) -> None:
+        """Start watching, in a real thread (``gevent.monkey`` may have patched ``threading``)."""
+        from gevent import monkey
+
+        start_new_thread, allocate_lock = monkey.get_original("_thread", ["start_new_thread", "allocate_lock"])
+        self._watching = allocate_lock()
+        self._watching.acquire()
+        start_new_thread(self._watch, ())
+        # Until then an edit would go unseen: a change saved just after a restart included.
+        if not self._watching.acquire(timeout=WATCH_SETUP_WAIT):
+            log.warning("--reload: the file watcher is not watching yet after %g s", WATCH_SETUP_WAIT)
+        extra = f" and {len(self.extra_files)} more file(s)" if self.extra_files else ""
+        log.info("--reload: watching .py files under %s%s", self.directory, extra)
+
+    def _watch(self) -> None:
+        import watchfiles
+
+        # Its "N changes detected" lines: the reload's own line says which file.
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
+
+        default = watchfiles.DefaultFilter()
+        extra = self.extra_files
+
+        def wanted(change: Any, path: str) -> bool:
+            return path in extra or (path.endswith(".py") and default(change, path))
+
+        roots = {self.directory, *(os.path.dirname(path) for path in extra)}
+        try:
+            for changes in watchfiles.watch(
+                *sorted(roots),
+                watch_filter=wanted,
+                step=QUIET_MS,
+                stop_event=self,
+                rust_timeout=STOP_CHECK_MS,
+                raise_interrupt=False,
+            ):
+                if self._stopped:
+                    return
+                self.on_change(sorted({path for _, path in changes}))
+        except Exception:
+            log.exception("--reload: the file watcher failed; no more reloads")
+        finally:
+            self.is_set()  # start() waits no longer
+
+
+def watch_for_master(settings: Settings) -> CodeWatcher:
+    """Watch the app's code; on a change, signal this master to reload (SIGHUP, or SIGUSR2 with preload)."""
+    import signal
+
+    signum = signal.SIGUSR2 if settings.preload else signal.SIGHUP
+
+    def changed(paths: list[str]) -> None:
+        log.info("--reload: %s changed: %s", _describe(paths), signal.Signals(signum).name)
+        os.kill(os.getpid(), signum)
+
+    watcher = CodeWatcher(app_directory(settings.app), settings.reload_extra_files, changed)
+    watcher.start()
+    return watcher
+
+
+class SingleProcessReload:
+    """For the one process: a change drains the runner gracefully (``deliver``); then ``exec_again()``."""
+
+    def __init__(self, settings: Settings, deliver: Callable[[], Any]) -> None:
+        import gevent
+
+        self.changed = False
+        loop = gevent.get_hub().loop
+
+        def changed(paths: list[str]) -> None:
+            if self.changed:
+                return
+            self.changed = True
+            self.watcher.stop()
+            log.info("--reload: %s changed: draining, then restarting", _describe(paths))
+            loop.run_callback_threadsafe(deliver)
+
+        self.watcher = CodeWatcher(app_directory(settings.app), settings.reload_extra_files, changed)
+        self.watcher.start()
+
+    def exec_again(self) -> None:
+        """Replace this process with a fresh run of the same command line (same pid); never returns."""
+        argv = [sys.executable, "-m", "gshutdown", *sys.argv[1:]]
+        log.info("--reload: restarting: %s", " ".join(argv))
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        if _launch_dir is not None:
+            os.chdir(_launch_dir)
+        os.execv(argv[0], argv)
+
+
+def _describe(paths: list[str]) -> str:
+    shown = ", ".join(os.path.basename(path) for path in paths[:3])
+    return shown + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")

@@ -1,0 +1,121 @@
+"""``--reload``: a real edit of the app's file restarts it, in one process and under a master.
+
+The app is a file in the test's directory, imported from there; the tests
+rewrite it and poll (bounded) until the answer changes. Bytecode caching is
+off in the children: two versions written within one second, of one size,
+would otherwise share a ``.pyc``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Optional
+
+from gshutdown.process.exit_status import ExitStatus
+from tests.process_helpers import MASTER_READY, GProcess, free_port, get, gone, gshutdown_argv, wait_until
+
+APP = """\
+import os
+
+with open(os.path.join(os.path.dirname(__file__), "settings.toml")) as fh:
+    SETTING = fh.read().strip()
+
+
+def app(environ, start_response):
+    body = f"{VERSION} {SETTING} {os.getpid()}".encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+VERSION = "%s"
+"""
+ENV = {"PYTHONDONTWRITEBYTECODE": "1"}
+#: Bounded wait for a restart to serve the new code: a debounce, a drain and an import.
+RELOADED_WITHIN = 20.0
+
+
+def _write_app(directory: Path, version: str) -> None:
+    (directory / "hello.py").write_text(APP % version)
+
+
+def _answer(port: int) -> Optional[tuple[str, str, int]]:
+    try:
+        status, _, body = get(port, "/")
+    except OSError:
+        return None  # between the drain and the re-exec's listener
+    if status != 200:
+        return None
+    version, setting, pid = body.decode().split()
+    return version, setting, int(pid)
+
+
+def _serves(port: int, version: str, setting: str = "a=1") -> int:
+    """The pid that answered, once the app answers with ``version`` and ``setting``."""
+    found = wait_until(
+        lambda: (answer := _answer(port)) is not None and answer[:2] == (version, setting) and answer,
+        timeout=RELOADED_WITHIN,
+        interval=0.05,
+    )
+    return int(found[2])
+
+
+def test_one_process_drains_and_re_executes_itself_on_a_code_change(tmp_path: Path) -> None:
+    _write_app(tmp_path, "one")
+    (tmp_path / "settings.toml").write_text("a=1\n")
+    port = free_port()
+    argv = ["-b", f"127.0.0.1:{port}", "--reload", "--reload-extra-file", "settings.toml", "hello:app"]
+    with GProcess(gshutdown_argv(*argv), tmp_path / "log", env=ENV, cwd=tmp_path).listening() as proc:
+        assert _serves(port, "one") == proc.pid
+        _write_app(tmp_path, "two")
+        assert _serves(port, "two") == proc.pid  # the same process, re-executed
+        assert re.search(r"--reload: hello\.py changed: draining, then restarting", proc.log())
+        assert "exit: clean" in proc.log()  # the drain before the re-exec
+        (tmp_path / "settings.toml").write_text("a=2\n")  # an extra file, not Python: restarts too
+        assert _serves(port, "two", "a=2") == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == ExitStatus.OK
+
+
+def test_a_master_reloads_its_workers_and_keeps_the_old_ones_when_the_new_code_fails(tmp_path: Path) -> None:
+    _write_app(tmp_path, "one")
+    (tmp_path / "settings.toml").write_text("a=1\n")
+    port = free_port()
+    argv = ["-b", f"127.0.0.1:{port}", "-w", "1", "--ready-timeout", "10", "--reload", "hello:app"]
+    with GProcess(gshutdown_argv(*argv), tmp_path / "log", env=ENV, cwd=tmp_path) as proc:
+        proc.wait_for_log(MASTER_READY, timeout=20)
+        first = _serves(port, "one")
+        (tmp_path / "hello.py").write_text("def app(:\n")  # a half-saved edit
+        proc.wait_for_log(r"reload failed: new worker \d+ exited", timeout=RELOADED_WITHIN)
+        assert _serves(port, "one") == first  # the old worker still serves
+        _write_app(tmp_path, "two")
+        second = _serves(port, "two")
+        assert second not in (first, proc.pid)
+        assert re.search(r"--reload: hello\.py changed: SIGHUP", proc.log())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == ExitStatus.OK
+
+
+def test_with_preload_a_new_master_takes_over_and_the_patched_old_one_exits(tmp_path: Path) -> None:
+    # --preload: the master imported (and monkey-patched for) the old code, so a reload is an upgrade.
+    _write_app(tmp_path, "one")
+    (tmp_path / "settings.toml").write_text("a=1\n")
+    port = free_port()
+    argv = ["-b", f"127.0.0.1:{port}", "-w", "1", "--preload", "--ready-timeout", "15", "--reload", "hello:app"]
+    new_master = None
+    try:
+        with GProcess(gshutdown_argv(*argv), tmp_path / "log", env=ENV, cwd=tmp_path) as proc:
+            proc.wait_for_log(MASTER_READY, timeout=20)
+            _serves(port, "one")
+            _write_app(tmp_path, "two")
+            new_master = int(proc.wait_for_log(r"upgrading: new master (\d+) started", timeout=RELOADED_WITHIN)[1])
+            _serves(port, "two")
+            # The old master hands over, drains its worker, reaps it and exits.
+            assert proc.wait() == ExitStatus.OK
+            assert re.search(rf"\[{proc.pid}\] \[INFO\] worker \d+ exited with status 0", proc.log())
+    finally:
+        if new_master is not None:
+            os.kill(new_master, signal.SIGTERM)  # started by the test's own child, on its behalf
+            wait_until(lambda: gone(new_master), timeout=20)
