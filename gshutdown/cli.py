@@ -62,7 +62,7 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
     given = parser.parse_args(argv)
     config_path = given.config or os.environ.get("GSHUTDOWN_CONFIG")
     try:
-        file_values, warnings = config_file.read_config_file(config_path) if config_path else ({}, [])
+        file_values, warnings, hooks = config_file.read_config_file(config_path) if config_path else ({}, [], {})
         resolved = settings.resolve(given, file_values)
     except settings.SettingError as exc:
         parser.error(str(exc))
@@ -81,7 +81,7 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
                 # A gunicorn file sets it for its workers: without any, say so.
                 warnings.append(f"config file: {name} ignored without workers")
                 resolved = resolved.replace(**{name: settings.BY_NAME[name].default})
-    return resolved.replace(warnings=tuple(warnings)), given.print_config
+    return resolved.replace(warnings=tuple(warnings), hooks=hooks), given.print_config
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

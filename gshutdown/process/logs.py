@@ -24,6 +24,7 @@ _FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
 #: Handlers writing to files, by logger: the ones ``reopen()`` replaces.
 _file_handlers: list[tuple[logging.Logger, logging.FileHandler]] = []
 _stack_dump_signal: Optional[int] = None
+_stack_dump_chain = False
 
 
 def configure(
@@ -94,7 +95,7 @@ def reopen() -> int:
         old.close()
         _file_handlers[index] = (logger, new)
     if _stack_dump_signal is not None:
-        install_stack_dump(_stack_dump_signal)
+        install_stack_dump(_stack_dump_signal, chain=_stack_dump_chain)
     return len(_file_handlers)
 
 
@@ -106,13 +107,15 @@ def error_stream() -> TextIO:
     return sys.stderr
 
 
-def install_stack_dump(signum: int) -> None:
+def install_stack_dump(signum: int, *, chain: bool = False) -> None:
     """On ``signum``, write every thread's stack to the error log, from C.
 
     From C, because the stack is wanted exactly when Python cannot run a
     handler: the hub is blocked by a CPU loop or an unpatched C call, and the
-    running frame is the blocking greenlet's.
+    running frame is the blocking greenlet's. With ``chain``, the Python
+    handler installed before this runs next (gunicorn's ``worker_abort``).
     """
-    global _stack_dump_signal
+    global _stack_dump_signal, _stack_dump_chain
     _stack_dump_signal = signum
-    faulthandler.register(signum, file=error_stream(), all_threads=True, chain=False)
+    _stack_dump_chain = chain
+    faulthandler.register(signum, file=error_stream(), all_threads=True, chain=chain)

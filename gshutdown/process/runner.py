@@ -47,6 +47,7 @@ from gshutdown.config.settings import Settings
 from gshutdown.process import logs, pidfile, systemd
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
+from gshutdown.process.gunicorn_hooks import ServerHooks
 from gshutdown.process.metrics import MetricsUnavailable, ProcessMetrics, check_path
 from gshutdown.process.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
 from gshutdown.server.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
@@ -176,6 +177,8 @@ class Runner:
         metrics: observes the servers and records the shutdown (``--metrics-path``).
         role: what signals mean (``SIGNAL_ACTIONS``); by default a worker
             with ``link``, the single process without.
+        on_signal: called with each signal of ``SIGNAL_ACTIONS`` as it
+            arrives, before it is acted on (gunicorn's ``worker_int`` hook).
     """
 
     def __init__(
@@ -194,6 +197,7 @@ class Runner:
         max_requests: Optional[int] = None,
         metrics: Optional[ProcessMetrics] = None,
         role: Optional[Role] = None,
+        on_signal: Optional[Callable[[int], Any]] = None,
     ) -> None:
         self.servers = list(servers)
         self.graceful_timeout = graceful_timeout
@@ -208,6 +212,7 @@ class Runner:
         self.role = role or (Role.WORKER if link is not None else Role.SINGLE)
         self.max_requests = max_requests
         self.metrics = metrics
+        self.on_signal = on_signal
         self.hook_outcomes: list[HookOutcome] = []
         self.results: list[ShutdownResult] = []
         #: A stop was asked for: readiness answers 503 (if there is a probe).
@@ -234,7 +239,7 @@ class Runner:
         if self.install_signals:
             for signum in SIGNAL_ACTIONS[self.role]:
                 # Only record: the runner's greenlet decides what it means now.
-                handlers.append(gevent.signal_handler(signum, self.deliver, signum))
+                handlers.append(gevent.signal_handler(signum, self._signalled, signum))
         helpers = []
         if self.shutdown_trigger is not None:
             helpers.append(gevent.spawn(self._wait_trigger))
@@ -266,6 +271,11 @@ class Runner:
                 self.metrics.detach()
             if self.role is Role.SINGLE:
                 pidfile.remove(self.pidfile)
+
+    def _signalled(self, signum: int) -> None:
+        if self.on_signal is not None:
+            self.on_signal(signum)
+        self.deliver(signum)
 
     def _wait_trigger(self) -> None:
         assert self.shutdown_trigger is not None
@@ -660,6 +670,7 @@ def serve(
     listeners: Optional[Sequence[Any]] = None,
     *,
     link: Optional[WorkerLink] = None,
+    hooks: Optional[ServerHooks] = None,
 ) -> ExitStatus:
     """Serve ``settings.app`` in this process until told to stop; return the exit status.
 
@@ -668,18 +679,32 @@ def serve(
         listeners: sockets to serve on instead of binding ``settings.bind``
             (a worker gets its master's).
         link: a worker's pipes to its master (None: the single process).
+        hooks: a worker's gunicorn hooks, ``post_fork`` called (None: the
+            single process's own, master's and worker's moments in one).
     """
-    if link is None:
-        # A worker's master did all this already, and a worker inherits its
-        # master's log handlers: adding them again would write every line twice.
-        failed = prepare_process(settings)
-        if failed is None:
-            monkey_patch(settings)
-            failed = configure_logging(settings)
-        if failed is not None:
-            return failed
-    else:
+    if link is not None:
         monkey_patch(settings)
+        return _serve(settings, listeners, link, hooks or ServerHooks(settings))
+    # A worker's master did all this already, and a worker inherits its
+    # master's log handlers: adding them again would write every line twice.
+    failed = prepare_process(settings)
+    if failed is None:
+        monkey_patch(settings)
+        failed = configure_logging(settings)
+    hooks = ServerHooks(settings)
+    if failed is None:
+        failed = hooks.single_process_starting()
+    if failed is not None:
+        return failed
+    try:
+        return _serve(settings, listeners, None, hooks)
+    finally:
+        hooks.single_process_exited()
+
+
+def _serve(
+    settings: Settings, listeners: Optional[Sequence[Any]], link: Optional[WorkerLink], hooks: ServerHooks
+) -> ExitStatus:
     watch_blocking(settings.max_blocking_time)
     readiness_path = settings.readiness_path or None
     try:
@@ -692,7 +717,7 @@ def serve(
     except AppNotLoadable as exc:
         return fail(str(exc), ExitStatus.USAGE)
     wrapped, readiness = build_app(
-        app,
+        hooks.wrap_app(app),
         readiness_path=readiness_path,
         access_log=bool(settings.access_log),
         access_log_format=settings.access_log_format,
@@ -717,8 +742,9 @@ def serve(
         if isinstance(exc, ValueError):  # a setting (a TLS file, forwarded_allow_ips)
             return fail(str(exc), ExitStatus.USAGE)
         return fail(cannot_listen(listener, exc), ExitStatus.START_FAILED)
+    hooks.use_tls_context(servers)
     if link is None:
-        failed = drop_privileges(settings.user, settings.group)
+        failed = drop_privileges(settings.user, settings.group) or hooks.ready()
         if failed is not None:
             return failed
     # Only now: a usage or bind error must stay the one line on stderr.
@@ -732,6 +758,7 @@ def serve(
         max_requests: Optional[int] = settings.max_requests + random.randint(0, settings.max_requests_jitter)
     else:
         max_requests = None
+    hooks.app_loaded(app, servers)
     return runner_for(
         servers,
         graceful_timeout=settings.graceful_timeout,
@@ -741,4 +768,5 @@ def serve(
         link=link,
         max_requests=max_requests,
         metrics=metrics,
+        on_signal=hooks.signalled,
     ).run()
