@@ -24,6 +24,10 @@ one shared shutdown, run by a ``Runner``), and maps gunicorn's settings:
 ``limit_request_line``,    ``max_request_line``, ``max_header_count`` (when
 ``limit_request_fields``   not 0)
 ``accesslog``              gunicorn's access log, in ``access_log_format``
+``pre_request``,           called around each request as gunicorn's workers
+``post_request``           call them (the app is wrapped only when set)
+``SCRIPT_NAME`` (``-e``,   the mount prefix: ``SCRIPT_NAME`` set, stripped
+``raw_env``)               from ``PATH_INFO``; other paths get 404
 =========================  ==================================================
 
 Signals, with gunicorn's meaning for a worker: SIGTERM drains (again, or
@@ -51,6 +55,7 @@ from gevent import hub, monkey
 from gevent import socket as gsocket
 from gunicorn.workers import base
 
+from gshutdown.process.gunicorn_hooks import RequestHooks
 from gshutdown.process.runner import Role, Runner, StopRequest, Trigger, runner_for
 from gshutdown.wsgi.adapter import WSGIApp
 from gshutdown.wsgi.middleware import AccessLog
@@ -151,6 +156,13 @@ class Worker(base.Worker):
 
     def run(self) -> None:
         app: WSGIApp = self.wsgi
+        pre_request, post_request = _defined_hook(self.cfg, "pre_request"), _defined_hook(self.cfg, "post_request")
+        if pre_request is not None or post_request is not None:
+            # As gunicorn's workers call them: self.cfg.pre_request(self, req), ...
+            app = RequestHooks(app, self, pre_request, post_request, self.log)
+        script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
+        if script_name:
+            app = _Mounted(app, script_name)
         if self.max_requests < sys.maxsize:
             app = self._count_requests(app)
         if getattr(self.log, "access_log_enabled", bool(self.cfg.accesslog)):
@@ -237,6 +249,35 @@ class Worker(base.Worker):
             environ,
             datetime.timedelta(seconds=seconds),
         )
+
+
+def _defined_hook(cfg: Any, name: str) -> Optional[Callable[..., Any]]:
+    """gunicorn's hook ``name`` if the configuration set one (not gunicorn's default), else None."""
+    setting = cfg.settings[name]
+    return None if setting.value is setting.default else setting.value
+
+
+class _Mounted:
+    """The application mounted under ``script_name`` (gunicorn's ``SCRIPT_NAME`` environment variable).
+
+    ``SCRIPT_NAME`` is the prefix and ``PATH_INFO`` the rest; a path outside
+    the prefix is not the application's: 404.
+    """
+
+    def __init__(self, app: WSGIApp, script_name: str) -> None:
+        self.app = app
+        self.script_name = script_name
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ["PATH_INFO"]
+        prefix = self.script_name
+        if path != prefix and not path.startswith(prefix + "/"):
+            body = f"Not Found: {path} is outside {prefix}\n".encode()
+            start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+            return [body]
+        environ["SCRIPT_NAME"] = prefix
+        environ["PATH_INFO"] = path[len(prefix) :]
+        return self.app(environ, start_response)
 
 
 class _ForwardTo(logging.Handler):
