@@ -104,7 +104,8 @@ def test_gunicorn_names_in_a_config_file_map_to_ours(tmp_path: Path) -> None:
     assert (args.access_log, args.error_log, args.log_level, args.pid) == ("-", "-", "warning", "/tmp/app.pid")
     assert (args.preload, args.umask, args.raw_env) == (True, 0o027, ["A=1", "B=two"])
     assert args.cert_reqs == "required"  # gunicorn's ssl.CERT_REQUIRED
-    assert any("post_fork" in warning for warning in args.warnings)
+    assert [hook.__name__ for hook in args.hooks.values()] == ["post_fork"]  # taken, not warned about
+    assert not any("post_fork" in warning for warning in args.warnings)
     assert any("worker_class" in warning for warning in args.warnings)
 
 
