@@ -156,13 +156,13 @@ class Worker(base.Worker):
 
     def run(self) -> None:
         app: WSGIApp = self.wsgi
-        pre_request, post_request = _defined_hook(self.cfg, "pre_request"), _defined_hook(self.cfg, "post_request")
-        if pre_request is not None or post_request is not None:
-            # As gunicorn's workers call them: self.cfg.pre_request(self, req), ...
-            app = RequestHooks(app, self, pre_request, post_request, self.log)
         script_name = os.environ.get("SCRIPT_NAME", "").rstrip("/")
         if script_name:
             app = _Mounted(app, script_name)
+        pre_request, post_request = _defined_hook(self.cfg, "pre_request"), _defined_hook(self.cfg, "post_request")
+        if pre_request is not None or post_request is not None:
+            # As gunicorn's workers call them, for every request: self.cfg.pre_request(self, req), ...
+            app = RequestHooks(app, self, pre_request, post_request, self.log)
         if self.max_requests < sys.maxsize:
             app = self._count_requests(app)
         if getattr(self.log, "access_log_enabled", bool(self.cfg.accesslog)):
