@@ -183,11 +183,16 @@ class HookRequest:
 
     def __init__(self, environ: dict[str, Any]) -> None:
         self.method: str = environ["REQUEST_METHOD"]
-        self.uri: str = environ.get("RAW_URI") or environ["PATH_INFO"]
-        target = urlsplit(self.uri)
-        self.path = target.path if self.uri != "*" else "*"
-        self.query = target.query
-        self.fragment = target.fragment
+        uri: str = environ.get("RAW_URI") or environ["PATH_INFO"]
+        self.uri = uri
+        if uri[:1] == "/":  # origin-form, nearly every request: no need for urlsplit
+            before_fragment, _, self.fragment = uri.partition("#")
+            self.path, _, self.query = before_fragment.partition("?")
+        elif uri == "*":
+            self.path, self.query, self.fragment = "*", "", ""
+        else:
+            target = urlsplit(uri)
+            self.path, self.query, self.fragment = target.path, target.query, target.fragment
         self.version = (1, 1) if environ.get("SERVER_PROTOCOL") == "HTTP/1.1" else (1, 0)
         conn = environ.get("gshutdown.connection")
         request = conn.request if conn is not None else None
