@@ -252,8 +252,9 @@ def test_pre_exec_runs_in_the_new_master_before_it_execs(tmp_path: Path) -> None
     port, hook_log = free_port(), tmp_path / "hooks.jsonl"
     with start_workers(tmp_path, port, workers=1) as old:
         old.send_signal(signal.SIGUSR2)
-        new_pid = int(old.wait_for_log(r"upgrade: new master (\d+) is serving", timeout=20).group(1))
+        new_pid = int(old.wait_for_log(r"SIGUSR2: upgrading: new master (\d+) started", timeout=20).group(1))
         try:
+            old.wait_for_log(rf"upgrade: new master {new_pid} is serving", timeout=20)
             assert old.wait() == ExitStatus.OK
             assert get_text(port, "/env")[0] == 200  # the new master serves
             (pre_exec,) = calls(hook_log, "pre_exec")
