@@ -354,7 +354,6 @@ class Master:
     def _become_worker(self, status_fd: int, hook_worker: HookWorker) -> None:
         code = 1
         try:
-            self.hooks.became(hook_worker)  # post_fork: before the app is imported
             signal.set_wakeup_fd(-1)
             for signum in _MASTER_SIGNALS:
                 # Until the runner handles them: what the master acts on is
@@ -366,6 +365,7 @@ class Master:
                 os.close(worker.status_fd)
             if self._upgrade is not None:
                 os.close(self._upgrade.ready_fd)
+            self.hooks.became(hook_worker)  # post_fork: the app is not imported yet
             self.hooks.install_stack_dump(STACK_DUMP_SIGNAL)  # then worker_abort
             heartbeat = min(self.settings.timeout / 4, 1.0) if self.settings.timeout else None
             link = WorkerLink(status_fd, self._liveness_r, heartbeat=heartbeat)
