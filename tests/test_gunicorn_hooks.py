@@ -141,7 +141,9 @@ def test_the_single_process_calls_the_master_and_worker_hooks_in_gunicorns_order
         "old": None,
         "num_workers": 1,
     }
-    assert (by_name["on_starting"]["workers"], by_name["on_starting"]["bind"]) == (1, [f"127.0.0.1:{port}"])
+    on_starting = by_name["on_starting"]
+    # gunicorn's meanings: one worker, "HOST:PORT" strings; a setting that means nothing here reads None.
+    assert (on_starting["workers"], on_starting["bind"], on_starting["proc_name"]) == (1, [f"127.0.0.1:{port}"], None)
     assert by_name["pre_fork"]["worker_pid"] == "[booting]"
     post_fork = by_name["post_fork"]
     assert (post_fork["worker_pid"], post_fork["age"], post_fork["app_imported"]) == (proc.pid, 1, False)

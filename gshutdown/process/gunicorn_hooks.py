@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Op
 from urllib.parse import urlsplit
 
 from gshutdown.config.addresses import describe_listener
-from gshutdown.config.config_file import BY_FILE_NAME, positional_parameters
+from gshutdown.config.config_file import BY_FILE_NAME, GUNICORN_IGNORED, positional_parameters
 from gshutdown.config.settings import Settings
 from gshutdown.process import logs
 from gshutdown.process.exit_status import ExitStatus, fail
@@ -76,6 +76,7 @@ class HookConfig:
     Where a gunicorn name means something else than ours, gunicorn's meaning
     wins: ``workers`` is 1 for the single process (gunicorn's default of one
     worker), ``bind`` is a list of ``"HOST:PORT"`` strings, ``env`` a dict.
+    gunicorn settings that mean nothing here (``proc_name``, ...) read None.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -108,9 +109,11 @@ class HookConfig:
         if name in Settings.__dataclass_fields__:
             return getattr(self._settings, name)
         setting = BY_FILE_NAME.get(name)
-        if setting is None:
-            raise AttributeError(f"gshutdown has no setting {name!r}")
-        return getattr(self._settings, setting.name)
+        if setting is not None:
+            return getattr(self._settings, setting.name)
+        if name in GUNICORN_IGNORED:
+            return None  # a gunicorn setting that means nothing here: a hook reading it goes on
+        raise AttributeError(f"gshutdown has no setting {name!r}")
 
 
 class HookWorker:

@@ -31,7 +31,8 @@ def nworkers_changed(server, new_value, old_value):
 
 
 def on_starting(server):
-    _record("on_starting", server_pid=server.pid, workers=server.cfg.workers, bind=server.cfg.bind)
+    cfg = server.cfg
+    _record("on_starting", server_pid=server.pid, workers=cfg.workers, bind=cfg.bind, proc_name=cfg.proc_name)
 
 
 def when_ready(server):
