@@ -68,8 +68,6 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
     except settings.SettingError as exc:
         parser.error(str(exc))
     warnings = list(config.warnings)
-    for name in config_file.hook_names(config.hooks):
-        warnings.append(f"config file: gunicorn's {name} hook is not called (see gshutdown.on_shutdown)")
     if resolved.access_log_format:
         try:
             access_format.check(resolved.access_log_format)
@@ -87,7 +85,7 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
                 # A gunicorn file sets it for its workers: without any, say so.
                 warnings.append(f"config file: {name} ignored without workers")
                 resolved = resolved.replace(**{name: settings.BY_NAME[name].default})
-    return resolved.replace(warnings=tuple(warnings)), given.print_config
+    return resolved.replace(warnings=tuple(warnings), hooks=config.hooks), given.print_config
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

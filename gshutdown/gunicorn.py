@@ -24,6 +24,11 @@ one shared shutdown, run by a ``Runner``), and maps gunicorn's settings:
 ``limit_request_line``,    ``max_request_line``, ``max_header_count`` (when
 ``limit_request_fields``   not 0)
 ``accesslog``              gunicorn's access log, in ``access_log_format``
+``pre_request``,           called around each request as gunicorn's workers
+``post_request``           call them (the app is wrapped only when set)
+``SCRIPT_NAME`` (``-e``,   the mount prefix, as for the CLI (the WSGI
+``raw_env``)               adapter): ``SCRIPT_NAME`` set, stripped from
+                           ``PATH_INFO``; other paths reach the app unmounted
 =========================  ==================================================
 
 Signals, with gunicorn's meaning for a worker: SIGTERM drains (again, or
@@ -51,6 +56,7 @@ from gevent import hub, monkey
 from gevent import socket as gsocket
 from gunicorn.workers import base
 
+from gshutdown.process.gunicorn_hooks import RequestHooks
 from gshutdown.process.runner import Role, Runner, StopRequest, Trigger, runner_for
 from gshutdown.wsgi.adapter import WSGIApp
 from gshutdown.wsgi.middleware import AccessLog
@@ -151,6 +157,10 @@ class Worker(base.Worker):
 
     def run(self) -> None:
         app: WSGIApp = self.wsgi
+        pre_request, post_request = _defined_hook(self.cfg, "pre_request"), _defined_hook(self.cfg, "post_request")
+        if pre_request is not None or post_request is not None:
+            # As gunicorn's workers call them, for every request: self.cfg.pre_request(self, req), ...
+            app = RequestHooks(app, self, pre_request, post_request, self.log)
         if self.max_requests < sys.maxsize:
             app = self._count_requests(app)
         if getattr(self.log, "access_log_enabled", bool(self.cfg.accesslog)):
@@ -237,6 +247,12 @@ class Worker(base.Worker):
             environ,
             datetime.timedelta(seconds=seconds),
         )
+
+
+def _defined_hook(cfg: Any, name: str) -> Optional[Callable[..., Any]]:
+    """gunicorn's hook ``name`` if the configuration set one (not gunicorn's default), else None."""
+    setting = cfg.settings[name]
+    return None if setting.value is setting.default else setting.value
 
 
 class _ForwardTo(logging.Handler):

@@ -79,7 +79,9 @@ def test_a_gunicorn_config_file_with_the_common_settings_runs_unchanged(tmp_path
         r'127\.0\.0\.1 - - \[[^]]+\] "GET /pid\?rid=1 HTTP/1\.1" 200 \d+ "http://r/" "probe-ua"\n', access.read_text()
     )
     log = server.log()
-    assert "gunicorn's post_fork hook is not called" in log
+    # The file's post_fork hook ran in each worker, as gunicorn calls it.
+    spawned = re.findall(r"\[(\d+)\] \[INFO\] Worker spawned \(pid: (\d+)\)", log)
+    assert len(spawned) == 2 and all(logged_by == pid for logged_by, pid in spawned)
     assert "worker_class" not in log  # "gevent": what happens here anyway
     assert not pid.exists()
 

@@ -133,13 +133,15 @@ def test_hooks_are_handed_on_not_warned_about_by_the_reader(tmp_path: Path) -> N
     assert config.hooks["when_ready"](None) == "ready"
     assert config.hooks["post_fork"].__globals__["calls"] == ["w1"]
     assert config.warnings == [] and config.values == {}
-    # The command line still says the hooks are not called, until something calls them.
-    assert any("post_fork hook is not called" in warning for warning in parse_args(["-c", path, APP]).warnings)
+    # The command line hands them on to be called (gshutdown.process.gunicorn_hooks), with no warning.
+    resolved = parse_args(["-c", path, APP])
+    assert sorted(resolved.hooks) == ["post_fork", "when_ready"]
+    assert not any("post_fork" in warning for warning in resolved.warnings)
 
 
 def test_a_hook_that_is_not_a_function_is_a_one_line_error(tmp_path: Path) -> None:
-    with pytest.raises(SettingError, match=r"post_fork is a server hook: want a function, not 'yes'"):
-        read_config_file(_file(tmp_path, "post_fork = 'yes'\n"))
+    with pytest.raises(SettingError, match=r"post_fork must be a function of \(server, worker\)"):
+        read_config_file(_file(tmp_path, "post_fork = 3\n"))
 
 
 def test_gunicorn_forms_of_values(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ Workers are counted and told apart by their log lines.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import select
@@ -39,7 +40,7 @@ from tests.tls_helpers import make_server_cert
 
 WORKER = "gshutdown.gunicorn.Worker"
 BOOTED = r"Booting worker with pid: (\d+)"
-LISTENING = r"\[(\d+)\] \[INFO\] listening on http://127\.0\.0\.1:"
+LISTENING = r"\[(\d+)\] \[INFO\] listening on https?://127\.0\.0\.1:"
 
 
 def start_gunicorn(
@@ -49,6 +50,7 @@ def start_gunicorn(
     workers: int = 1,
     env: Optional[dict[str, str]] = None,
     app: str = PROBE,
+    config: str = "python:tests.apps.gunicorn_conf",
 ) -> GProcess:
     """The arbiter, once ``workers`` workers serve; the log is ``tmp_path/gunicorn.log``."""
     argv = [
@@ -58,7 +60,7 @@ def start_gunicorn(
         "-k",
         WORKER,
         "-c",
-        "python:tests.apps.gunicorn_conf",
+        config,
         "-b",
         f"127.0.0.1:{port}",
         "-w",
@@ -410,3 +412,60 @@ def test_tls_and_proxy_settings_reach_the_worker(tmp_path: Path) -> None:
         assert arbiter.wait() == 0
     client = spoofed.json()
     assert (client["REMOTE_ADDR"], client["wsgi.url_scheme"]) == ("203.0.113.9", "https")
+
+
+#: A gunicorn configuration file: the tests' usual settings, the request hooks
+#: of ``tests/apps/hooks_conf.py``, and the app mounted under /mnt.
+HOOKS_CONF = """\
+from tests.apps.gunicorn_conf import *
+from tests.apps.hooks_conf import post_request, pre_request
+
+raw_env = ["SCRIPT_NAME=/mnt"]
+"""
+
+
+def test_pre_and_post_request_hooks_and_script_name_work_as_in_gunicorns_own_workers(tmp_path: Path) -> None:
+    port, hook_log = free_port(), tmp_path / "hooks.jsonl"
+    conf = tmp_path / "hooks.conf.py"
+    conf.write_text(HOOKS_CONF)
+    env = {"HOOK_LOG": str(hook_log)}
+    with start_gunicorn(tmp_path, port, config=str(conf), env=env, app="tests.apps.hooks_app:app") as arbiter:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/mnt/env?x=1", headers={"Script-Name": "/evil"})  # a client cannot mount
+            response = conn.getresponse()
+            seen = json.loads(response.read())
+            assert response.status == 200
+            assert (seen["SCRIPT_NAME"], seen["PATH_INFO"]) == ("/mnt", "/env")
+            assert seen["HTTP_X_HOOKED_BY"] == f"pre_request {seen['pid']}"  # appended by pre_request
+            conn.request("GET", "/env")  # outside the prefix: unmounted, as the CLI serves it
+            response = conn.getresponse()
+            outside = json.loads(response.read())
+            assert (outside["SCRIPT_NAME"], outside["PATH_INFO"]) == ("", "/env")
+        finally:
+            conn.close()
+        with connect(port) as sock:
+            sock.sendall(b"GET /mnt/boom HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response(sock)[0] == 500  # pre_request raised
+            assert recv_eof(sock) == b""
+        assert requests.get(f"http://127.0.0.1:{port}/mnt/late", timeout=10).status_code == 200
+        wait_until(lambda: hook_log.read_text().count('"post_request"') == 4)
+        arbiter.send_signal(signal.SIGTERM)
+        assert arbiter.wait() == 0
+    recorded = [json.loads(line) for line in hook_log.read_text().splitlines()]
+    pre = [call for call in recorded if call["hook"] == "pre_request"]
+    post = [call for call in recorded if call["hook"] == "post_request"]
+    assert [call["path"] for call in pre] == ["/mnt/env", "/env", "/mnt/boom", "/mnt/late"]
+    assert (pre[0]["query"], pre[0]["uri"], pre[0]["version"]) == ("x=1", "/mnt/env?x=1", [1, 1])
+    assert ["SCRIPT-NAME", "/evil"] in pre[0]["headers"]
+    assert all(call["worker_pid"] == call["pid"] == seen["pid"] for call in pre + post)  # gunicorn's worker
+    assert [(call["path"], call["status_code"]) for call in post] == [
+        ("/mnt/env", 200),
+        ("/env", 200),
+        ("/mnt/boom", None),  # gunicorn calls post_request even when pre_request raised
+        ("/mnt/late", 200),
+    ]
+    assert post[0]["environ_path"] == "/env" and post[0]["sent"] == len(json.dumps(seen))
+    log = arbiter.log()
+    assert "RuntimeError: pre_request refused /boom" in log
+    assert "Exception in post_request hook" in log and "RuntimeError: post_request failed for /late" in log

@@ -107,7 +107,8 @@ def test_gunicorn_names_in_a_config_file_map_to_ours(tmp_path: Path) -> None:
     assert (args.access_log, args.error_log, args.log_level, args.pid) == ("-", "-", "warning", "/tmp/app.pid")
     assert (args.preload, args.umask, args.raw_env) == (True, 0o027, ["A=1", "B=two"])
     assert args.cert_reqs == "required"  # gunicorn's ssl.CERT_REQUIRED
-    assert any("post_fork" in warning for warning in args.warnings)
+    assert [hook.__name__ for hook in args.hooks.values()] == ["post_fork"]  # taken, not warned about
+    assert not any("post_fork" in warning for warning in args.warnings)
     assert not any("worker_class" in warning for warning in args.warnings)  # gevent: what happens anyway
 
 
@@ -265,7 +266,7 @@ def test_the_readme_option_table_is_made_from_the_settings_table() -> None:
 
 def test_settings_has_one_typed_field_per_row_of_the_table_in_its_order() -> None:
     fields = [field.name for field in dataclasses.fields(settings.Settings)]
-    assert fields == [setting.name for setting in settings.SETTINGS] + ["sources", "warnings"]
+    assert fields == [setting.name for setting in settings.SETTINGS] + ["sources", "warnings", "hooks"]
     hints = typing.get_type_hints(settings.Settings)
     assert all(hints[name] is not typing.Any for name in fields)
 

@@ -41,6 +41,29 @@ NEAR_MISS_CUTOFF = 0.85
 _RANK = {"logconfig_dict": 1, "logconfig_json": 2, "logconfig": 3}
 
 
+#: gunicorn's server hooks, each with the arguments gunicorn calls it with
+#: (``gshutdown.process.gunicorn_hooks`` calls them at gunicorn's moments).
+HOOK_PARAMETERS: Mapping[str, tuple[str, ...]] = {
+    "on_starting": ("server",),
+    "on_reload": ("server",),
+    "when_ready": ("server",),
+    "pre_fork": ("server", "worker"),
+    "post_fork": ("server", "worker"),
+    "post_worker_init": ("worker",),
+    "worker_int": ("worker",),
+    "worker_abort": ("worker",),
+    "pre_exec": ("server",),
+    "pre_request": ("worker", "req"),
+    # gunicorn also takes one of two or three parameters: the first ones.
+    "post_request": ("worker", "req", "environ", "resp"),
+    "child_exit": ("server", "worker"),
+    "worker_exit": ("server", "worker"),
+    "nworkers_changed": ("server", "new_value", "old_value"),
+    "on_exit": ("server",),
+    "ssl_context": ("config", "default_ssl_context_factory"),
+}
+
+
 @dataclass(frozen=True)
 class ConfigFile:
     """What a configuration file says."""
@@ -78,9 +101,7 @@ def read_config_file(path: str) -> ConfigFile:
             if setting_name not in found or rank < found[setting_name][0]:
                 found[setting_name] = (rank, key, value)
         elif row is not None and row.handling is Handling.HOOK:
-            if not callable(value):
-                raise SettingError(f"config file {path}: {key} is a server hook: want a function, not {value!r}")
-            hooks[key] = value
+            hooks[key] = _hook(key, value, path)
         elif row is not None and row.handling is Handling.REFUSED:
             if value and value not in row.accepted:
                 raise SettingError(f"config file {path}: {key} = {value!r} is not supported: {row.note}")
@@ -126,6 +147,38 @@ def _run(path: str) -> dict[str, Any]:
     except Exception as exc:
         raise SettingError(f"config file {path} failed: {type(exc).__name__}: {exc}") from None
     return vars(module)
+
+
+def _hook(name: str, value: Any, path: str) -> Callable[..., Any]:
+    """The hook function ``name = value`` gives (gunicorn also takes ``"module.function"``)."""
+    if isinstance(value, str):
+        module, _, attr = value.rpartition(".")
+        try:
+            value = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise SettingError(f"config file {path}: {name} = {value!r}: {exc}") from None
+    wanted = HOOK_PARAMETERS[name]
+    if not callable(value):
+        raise SettingError(f"config file {path}: {name} must be a function of ({', '.join(wanted)})")
+    given = positional_parameters(value)
+    fits = 2 <= given <= 4 if name == "post_request" else given == len(wanted)
+    if given >= 0 and not fits:
+        raise SettingError(
+            f"config file {path}: {name} takes {given} parameter(s); gunicorn calls it with ({', '.join(wanted)})"
+        )
+    return value
+
+
+def positional_parameters(function: Callable[..., Any]) -> int:
+    """How many positional parameters ``function`` has (-1: it takes ``*args`` or cannot tell)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return -1
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        return -1
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional for p in parameters)
 
 
 def _from_file(setting: Setting, key: str, value: Any, path: str) -> Any:

@@ -232,4 +232,4 @@ SETTING_FOR: Mapping[str, str] = {
 }
 
 #: What happens to a hook function a file defines (the README's hook table says it).
-HOOK_HANDLING = "read from the file and handed on; not called yet (a warning says so)"
+HOOK_HANDLING = "each called at gunicorn's moment with gunicorn's arguments (`gshutdown.process.gunicorn_hooks`)"

@@ -161,6 +161,8 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     #: Warnings about the configuration, logged once logging is set up.
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    #: gunicorn's server hooks a configuration file defines, by name (``on_starting``, ``post_fork``, ...).
+    hooks: Mapping[str, Callable[..., Any]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def defaults(cls, **changes: Any) -> Settings:

@@ -27,6 +27,7 @@ _file_handlers: list[tuple[logging.Logger, logging.FileHandler]] = []
 _stack_dump_signal: Optional[int] = None
 #: ``capture_output``: file descriptors 1 and 2 follow the error log.
 _capturing = False
+_stack_dump_chain = False
 
 
 def configure(
@@ -127,7 +128,7 @@ def reopen() -> int:
         old.close()
         _file_handlers[index] = (logger, new)
     if _stack_dump_signal is not None:
-        install_stack_dump(_stack_dump_signal)
+        install_stack_dump(_stack_dump_signal, chain=_stack_dump_chain)
     if _capturing:
         _capture(error_stream())
     return len(_file_handlers)
@@ -141,13 +142,15 @@ def error_stream() -> TextIO:
     return sys.stderr
 
 
-def install_stack_dump(signum: int) -> None:
+def install_stack_dump(signum: int, *, chain: bool = False) -> None:
     """On ``signum``, write every thread's stack to the error log, from C.
 
     From C, because the stack is wanted exactly when Python cannot run a
     handler: the hub is blocked by a CPU loop or an unpatched C call, and the
-    running frame is the blocking greenlet's.
+    running frame is the blocking greenlet's. With ``chain``, the Python
+    handler installed before this runs next (gunicorn's ``worker_abort``).
     """
-    global _stack_dump_signal
+    global _stack_dump_signal, _stack_dump_chain
     _stack_dump_signal = signum
-    faulthandler.register(signum, file=error_stream(), all_threads=True, chain=False)
+    _stack_dump_chain = chain
+    faulthandler.register(signum, file=error_stream(), all_threads=True, chain=chain)

@@ -60,6 +60,7 @@ from gshutdown.config.settings import Settings
 from gshutdown.process import admin, logs, pidfile, proctitle, runner, systemd, worker_link
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
+from gshutdown.process.gunicorn_hooks import HookWorker, ServerHooks
 from gshutdown.process.metrics import MasterMetrics, MetricsUnavailable
 from gshutdown.process.worker_link import DRAIN_SIGNAL, STACK_DUMP_SIGNAL, MessageKind, WorkerLink
 
@@ -108,6 +109,8 @@ _select = monkey.get_original("select", "select")
 def main(settings: Settings) -> ExitStatus:
     """Bind the listeners and supervise ``settings.workers`` workers; the exit status."""
     failed = runner.prepare_process(settings) or runner.configure_logging(settings)
+    hooks = ServerHooks(settings)
+    failed = failed or hooks.starting()
     if failed is not None:
         return failed
     unusable = admin.usage_error(settings)
@@ -132,7 +135,7 @@ def main(settings: Settings) -> ExitStatus:
     try:
         # After dropping privileges: the workers must be able to write there.
         with MasterMetrics.started(settings.metrics_path, settings.readiness_path or None) as metrics:
-            return Master(settings, listeners, metrics, admin_listener).run()
+            return Master(settings, listeners, metrics, admin_listener, hooks).run()
     except MetricsUnavailable as exc:
         return fail(str(exc), ExitStatus.USAGE)
 
@@ -266,8 +269,11 @@ class Master:
         listeners: list[socket.socket],
         metrics: Optional[MasterMetrics] = None,
         admin_listener: Optional[socket.socket] = None,
+        hooks: Optional[ServerHooks] = None,
     ) -> None:
         self.settings = settings
+        #: gunicorn's server hooks (``gunicorn_hooks``).
+        self.hooks = hooks or ServerHooks(settings)
         self.listeners = listeners
         #: ``--admin-bind``'s socket: every worker serves it (``process.admin``).
         self.admin_listener = admin_listener
@@ -327,6 +333,10 @@ class Master:
         if self.admin_listener is not None:
             address = describe_address(self.admin_listener.getsockname())
             log.info("master %d: readiness and metrics on %s (--admin-bind)", os.getpid(), address)
+        failed = self.hooks.ready()
+        if failed is not None:
+            self._close_listeners()
+            return failed
         self._spawn_generation()
         try:
             while True:
@@ -340,6 +350,7 @@ class Master:
                     break
         finally:
             self._cleanup()
+            self.hooks.exiting()
         if self._exit_status is not None:
             return self._exit_status
         return ExitStatus.FORCED if self._forced else ExitStatus.OK
@@ -382,16 +393,18 @@ class Master:
 
     def _spawn_worker(self) -> None:
         read_fd, write_fd = os.pipe()
+        hook_worker = self.hooks.before_fork()
         pid = _fork()
         if pid == 0:  # pragma: no cover - runs in the child
             _close(read_fd)
-            self._become_worker(write_fd)
+            self._become_worker(write_fd, hook_worker)
+        self.hooks.forked(pid, hook_worker)
         _close(write_fd)
         os.set_blocking(read_fd, False)
         self.workers[pid] = Worker(pid, self.generation, read_fd)
         log.info("worker %d started (generation %d)", pid, self.generation)
 
-    def _become_worker(self, status_fd: int) -> None:
+    def _become_worker(self, status_fd: int, hook_worker: HookWorker) -> None:
         code = 1
         try:
             # A hub the app made while the master imported it (--preload) is
@@ -412,20 +425,27 @@ class Master:
                 _close(worker.status_fd)
             if self._upgrade is not None:
                 _close(self._upgrade.ready_fd)
-            logs.install_stack_dump(STACK_DUMP_SIGNAL)
+            self.hooks.became(hook_worker)  # post_fork: the app is not imported yet
+            self.hooks.install_stack_dump(STACK_DUMP_SIGNAL)  # then worker_abort
             heartbeat = min(self.settings.timeout / 4, 1.0) if self.settings.timeout else None
             link = WorkerLink(status_fd, self._liveness_r, heartbeat=heartbeat)
             listeners = self.listeners
             if self.settings.reuse_port:
                 listeners = [own_listener(sock, self.settings.backlog) for sock in listeners]
             code = runner.serve(
-                self.settings, listeners, link=link, admin_listener=self.admin_listener, master_stop=self.stop_flag
+                self.settings,
+                listeners,
+                link=link,
+                admin_listener=self.admin_listener,
+                master_stop=self.stop_flag,
+                hooks=self.hooks,
             )
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
             log.exception("worker %d failed", os.getpid())
         finally:
+            self.hooks.worker_exited()
             logging.shutdown()
             os._exit(code)
 
@@ -522,6 +542,7 @@ class Master:
             worker = self.workers.pop(pid, None)
             if worker is None:
                 continue
+            self.hooks.reaped(pid)  # child_exit
             _close(worker.status_fd)
             self.metrics.worker_exited(pid)
             if code == ExitStatus.FORCED or code < 0:
@@ -629,6 +650,7 @@ class Master:
             elif signum == signal.SIGTTIN:
                 self.count += 1
                 log.info("SIGTTIN: %d worker(s) now", self.count)
+                self.hooks.workers_changed(self.count, self.count - 1)
                 self._spawn_worker()
             elif signum == signal.SIGTTOU:
                 self._remove_worker()
@@ -639,6 +661,7 @@ class Master:
             return
         self.count -= 1
         log.info("SIGTTOU: %d worker(s) now", self.count)
+        self.hooks.workers_changed(self.count, self.count + 1)
         serving = self._serving()
         if len(serving) > self.count:
             # The oldest goes: it has had its share of requests (and leaks).
@@ -674,6 +697,7 @@ class Master:
             return
         old = len(self.workers)
         log.info("SIGHUP: reloading: starting %d new worker(s) beside %d", self.count, old)
+        self.hooks.reloading()
         self._reload_deadline = time.monotonic() + self.settings.ready_timeout
         self._spawn_generation()
 
@@ -720,6 +744,7 @@ class Master:
                 for fd in (*fds, write_fd):
                     os.set_inheritable(fd, True)
                 _set_wakeup_fd(-1)
+                self.hooks.before_exec()
                 os.execvpe(argv[0], argv, env)
             finally:
                 os._exit(1)

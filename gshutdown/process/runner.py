@@ -49,6 +49,7 @@ from gshutdown.process import admin, logs, pidfile, proctitle, systemd
 from gshutdown.process.admin import StopFlag
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
+from gshutdown.process.gunicorn_hooks import ServerHooks
 from gshutdown.process.metrics import MetricsUnavailable, ProcessMetrics, check_path
 from gshutdown.process.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
 from gshutdown.server.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
@@ -184,6 +185,8 @@ class Runner:
         admin: the admin listener's server (``--admin-bind``, ``process.admin``):
             started with ``servers``, closed only as ``run()`` returns; it is
             not drained, and its connections are not in ``results``.
+        on_signal: called with each signal of ``SIGNAL_ACTIONS`` as it
+            arrives, before it is acted on (gunicorn's ``worker_int`` hook).
     """
 
     def __init__(
@@ -203,6 +206,7 @@ class Runner:
         metrics: Optional[ProcessMetrics] = None,
         role: Optional[Role] = None,
         admin: Optional[Server] = None,
+        on_signal: Optional[Callable[[int], Any]] = None,
     ) -> None:
         self.servers = list(servers)
         self.admin = admin
@@ -218,6 +222,7 @@ class Runner:
         self.role = role or (Role.WORKER if link is not None else Role.SINGLE)
         self.max_requests = max_requests
         self.metrics = metrics
+        self.on_signal = on_signal
         self.hook_outcomes: list[HookOutcome] = []
         self.results: list[ShutdownResult] = []
         #: A stop was asked for: readiness answers 503 (if there is a probe).
@@ -246,7 +251,7 @@ class Runner:
         if self.install_signals:
             for signum in SIGNAL_ACTIONS[self.role]:
                 # Only record: the runner's greenlet decides what it means now.
-                handlers.append(gevent.signal_handler(signum, self.deliver, signum))
+                handlers.append(gevent.signal_handler(signum, self._signalled, signum))
         helpers = []
         if self.shutdown_trigger is not None:
             helpers.append(gevent.spawn(self._wait_trigger))
@@ -285,6 +290,11 @@ class Runner:
             if self.admin is not None:
                 # Last: readiness answers (503) for as long as the process serves anything.
                 self.admin.close()
+
+    def _signalled(self, signum: int) -> None:
+        if self.on_signal is not None:
+            self.on_signal(signum)
+        self.deliver(signum)
 
     def _wait_trigger(self) -> None:
         assert self.shutdown_trigger is not None
@@ -704,6 +714,7 @@ def serve(
     link: Optional[WorkerLink] = None,
     admin_listener: Optional[Any] = None,
     master_stop: Optional[StopFlag] = None,
+    hooks: Optional[ServerHooks] = None,
 ) -> ExitStatus:
     """Serve ``settings.app`` in this process until told to stop; return the exit status.
 
@@ -719,18 +730,37 @@ def serve(
         admin_listener: a worker's admin listener, bound by its master
             (``--admin-bind``; the single process binds its own).
         master_stop: a worker's master's ``StopFlag``: its admin readiness follows it.
+        hooks: a worker's gunicorn hooks, ``post_fork`` called (None: the
+            single process's own, master's and worker's moments in one).
     """
-    if link is None:
-        # A worker's master did all this already, and a worker inherits its
-        # master's log handlers: adding them again would write every line twice.
-        failed = prepare_process(settings)
-        if failed is None:
-            monkey_patch(settings)
-            failed = configure_logging(settings)
-        if failed is not None:
-            return failed
-    else:
+    if link is not None:
         monkey_patch(settings)
+        return _serve(settings, listeners, link, hooks or ServerHooks(settings), admin_listener, master_stop)
+    # A worker's master did all this already, and a worker inherits its
+    # master's log handlers: adding them again would write every line twice.
+    failed = prepare_process(settings)
+    if failed is None:
+        monkey_patch(settings)
+        failed = configure_logging(settings)
+    hooks = ServerHooks(settings)
+    if failed is None:
+        failed = hooks.single_process_starting()
+    if failed is not None:
+        return failed
+    try:
+        return _serve(settings, listeners, None, hooks, settings.admin_bind, None)
+    finally:
+        hooks.single_process_exited()
+
+
+def _serve(
+    settings: Settings,
+    listeners: Optional[Sequence[Any]],
+    link: Optional[WorkerLink],
+    hooks: ServerHooks,
+    admin_listener: Optional[Any],
+    master_stop: Optional[StopFlag],
+) -> ExitStatus:
     proctitle.set_title(settings.proc_name, "worker" if link is not None else None)
     watch_blocking(settings.max_blocking_time)
     readiness_path = settings.readiness_path or None
@@ -739,8 +769,6 @@ def serve(
         return fail(unusable, ExitStatus.USAGE)
     if listeners is None:
         listeners = systemd.listen_fds() or settings.bind
-    if link is None:
-        admin_listener = settings.admin_bind
     options = server_options(settings)
     servers: list[Server] = []
     admin_server: Optional[Server] = None
@@ -766,9 +794,13 @@ def serve(
         if isinstance(exc, ValueError):  # a setting (a TLS file, forwarded_allow_ips)
             return fail(str(exc), ExitStatus.USAGE)
         return fail(cannot_listen(listener, exc), ExitStatus.START_FAILED)
-    loaded = _switch_user_and_load(settings, link)
+    bound = [*servers, *([admin_server] if admin_server is not None else [])]
+    hooks.use_tls_context(servers)
+    # when_ready: bound, before the switch to --user and the app's import (gunicorn's master moment).
+    failed = hooks.ready() if link is None else None
+    loaded = _switch_user_and_load(settings, link) if failed is None else failed
     if isinstance(loaded, ExitStatus):
-        for server in (*servers, *([admin_server] if admin_server is not None else [])):
+        for server in bound:
             server.close()
         return loaded
     app, metrics = loaded
@@ -777,6 +809,7 @@ def serve(
         "gevent monkey-patching %s",
         "disabled (--no-monkey-patch)" if settings.no_monkey_patch else "applied before importing the app",
     )
+    app = hooks.wrap_app(app)
     access_log, access_log_format = bool(settings.access_log), settings.access_log_format
     if admin_server is None:
         wrapped, readiness = build_app(
@@ -804,6 +837,7 @@ def serve(
         max_requests: Optional[int] = settings.max_requests + random.randint(0, settings.max_requests_jitter)
     else:
         max_requests = None
+    hooks.app_loaded(app, servers)
     runner = runner_for(
         servers,
         graceful_timeout=settings.graceful_timeout,
@@ -814,6 +848,7 @@ def serve(
         max_requests=max_requests,
         metrics=metrics,
         admin=admin_server,
+        on_signal=hooks.signalled,
     )
     if not (settings.reload and link is None):
         return runner.run()
