@@ -37,6 +37,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -366,6 +367,12 @@ class Runner:
                 log.info("%s ignored: already stopping", describe(request))
 
     def _drain(self) -> ExitStatus:
+        if self.link is not None and self.link.last_to_drain():
+            # Every other holder of the listeners has begun its drain: seal them
+            # before the last accepts, so that nothing is queued at the last close.
+            log.debug("the last worker to drain: sealing the listeners")
+            for server in self.servers:
+                server.seal_listener = True
         started = time.monotonic()
         deadline = None if self.graceful_timeout is None else started + self.graceful_timeout
         drain_hooks = gevent.spawn(self.hooks.run, HookPhase.DRAIN, deadline)
@@ -708,6 +715,12 @@ def serve(
                 # Workers sharing one accept queue: one connection per wake-up,
                 # so the first worker awake does not take a whole burst.
                 server.max_accept = 1
+            elif link is not None and listener.family != socket.AF_UNIX:
+                # --reuse-port: a listener of its own (master.own_listener), so
+                # its close resets what is queued on it, however the worker
+                # ends; and sealing it affects no sibling, which gets the SYNs
+                # the seal drops when the client sends them again.
+                server.seal_listener = True
             server.init_socket()  # bind now, to report a busy port before anything else
             servers.append(server)
     except (OSError, ValueError) as exc:

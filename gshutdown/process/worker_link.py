@@ -8,6 +8,16 @@
   end and never writes. When the master dies, however it dies (``kill -9``,
   the OOM killer), the kernel closes that end and every worker reads EOF at
   once: no polling of ``getppid()``, and no orphan keeps serving unsupervised.
+- The stop pipe (one for all workers): when the master stops for good, with
+  listeners that nobody else holds (it bound them itself, and hands them to no
+  new master), it writes one token per worker before its drain order. Each
+  worker takes one as its drain begins, and the one that takes the last knows
+  that every other holder of the listeners has begun its drain: it seals them
+  before its last accepts (``Server.seal_listener``), so that the last close of
+  a listener finds no connection the kernel completed after the last accept.
+  Sealing acts on the socket, which every worker shares: done by the first
+  worker to drain, it would turn away connections a sibling still accepts, and
+  done on a retirement, it would turn them away for good.
 
 The master orders a worker with signals of its own, which nobody else sends:
 ``DRAIN_SIGNAL`` (drain gracefully now), ``SIGQUIT`` (close everything now)
@@ -24,8 +34,11 @@ either served or refused, never accepted by the kernel and then reset.
 from __future__ import annotations
 
 import enum
+import fcntl
 import os
 import signal
+import struct
+import termios
 from dataclasses import dataclass
 from typing import Optional
 
@@ -63,14 +76,20 @@ class WorkerLink:
         status_fd: write end of this worker's status pipe.
         liveness_fd: read end of the master's liveness pipe.
         heartbeat: seconds between heartbeats (None: send none).
+        stop_fd: read end of the master's stop pipe (None: no tokens, never the last to drain).
     """
 
-    def __init__(self, status_fd: int, liveness_fd: int, heartbeat: Optional[float] = None) -> None:
+    def __init__(
+        self, status_fd: int, liveness_fd: int, heartbeat: Optional[float] = None, stop_fd: Optional[int] = None
+    ) -> None:
         self.status_fd = status_fd
         self.liveness_fd = liveness_fd
         self.heartbeat = heartbeat
+        self.stop_fd = stop_fd
         os.set_blocking(status_fd, False)
         os.set_blocking(liveness_fd, False)
+        if stop_fd is not None:
+            os.set_blocking(stop_fd, False)
 
     def _send(self, line: bytes) -> bool:
         try:
@@ -87,6 +106,22 @@ class WorkerLink:
 
     def ask_recycle(self) -> None:
         self._send(RECYCLE)
+
+    def last_to_drain(self) -> bool:
+        """Take this worker's stop token; True if it was the last one (see the module docstring).
+
+        False when there is none: the master is not stopping for good (this
+        worker retires while others go on serving), or it is gone.
+        """
+        if self.stop_fd is None:
+            return False
+        try:
+            if not os.read(self.stop_fd, 1):
+                return False  # EOF: the master is gone
+        except BlockingIOError:
+            return False
+        left = fcntl.ioctl(self.stop_fd, termios.FIONREAD, bytes(4))
+        return struct.unpack("i", left)[0] == 0
 
     def wait_master_gone(self) -> None:
         """Block (cooperatively) until the master has exited."""
