@@ -9,13 +9,18 @@ selector, this process) send requests, each on a connection it keeps for 1 to
 and then replaces with a new one, immediately. After a random 0.3 to
 ``--load-seconds`` seconds of load the whole process group gets SIGTERM (as
 systemd, ``tini -g`` or Ctrl-C send it) and the clients go on until the master
-has exited, retrying a refused connect every ``REFUSED_RETRY`` seconds.
+has exited, retrying a refused connect every ``REFUSED_RETRY`` seconds; then
+they open no more connections, and the run ends when every one open has ended
+(at most ``SETTLE_SECONDS`` later: a SYN that a sealed listener dropped is
+sent again about 1 s later, and refused then).
 
 Every connection ends in one of these, counted per run and in total:
 
 =================  ==============================================================
 served             requests with a complete 200 response (a count of requests)
-refused            connect refused (ECONNREFUSED): the clean "no"
+refused            connect refused (ECONNREFUSED): the clean "no"; of them, "late"
+                   ones were refused only after ``LATE_REFUSAL`` seconds or more
+                   (their first SYN dropped: the listener was sealed)
 reset              a NEW connection, connected, then reset before any response
                    byte: the bug this script looks for
 closed unread      a new connection closed with FIN before any response byte
@@ -59,6 +64,10 @@ REFUSED_RETRY = 0.005
 HANG_SECONDS = 10.0
 #: Seconds a run may take from the signal to the master's exit.
 EXIT_TIMEOUT = 40.0
+#: Seconds, after the master's exit, for the connections still open to end.
+SETTLE_SECONDS = 5.0
+#: A refusal that took this many seconds or more came after a SYN was sent again.
+LATE_REFUSAL = 0.5
 #: The log line that says the server serves: the master's once every worker is ready, or the single process's.
 READY_WORKERS = re.compile(r"master \d+: \d+ worker\(s\) ready")
 READY_SINGLE = re.compile(r"\[INFO\] listening on")
@@ -83,6 +92,8 @@ class Run:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     #: Fresh connections made (connect attempts: refused ones included).
     connections: int = 0
+    #: Refusals that came ``LATE_REFUSAL`` seconds or more after the connect.
+    refused_late: int = 0
     #: ``(connected, reset)`` for each reset: when its connect was made and when the reset came (monotonic seconds).
     reset_times: list[tuple[float, float]] = field(default_factory=list)
     signalled_at: float = 0.0
@@ -121,6 +132,8 @@ class Clients:
         self.rng = rng
         self.selector = selectors.DefaultSelector()
         self.run = Run()
+        #: Open no more connections: the run is ending.
+        self.closing = False
         #: Clients waiting to reconnect after a refusal: monotonic time to retry at.
         self.retry_at: list[float] = []
         for _ in range(count):
@@ -148,7 +161,7 @@ class Clients:
         except (KeyError, ValueError):
             pass
         conn.sock.close()
-        if not replace:
+        if not replace or self.closing:
             return
         if outcome == "refused":
             self.retry_at.append(time.monotonic() + REFUSED_RETRY)
@@ -165,6 +178,7 @@ class Clients:
     def _on_writable(self, conn: Conn) -> None:
         code = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code == errno.ECONNREFUSED:
+            self.run.refused_late += time.monotonic() - conn.opened_at >= LATE_REFUSAL
             self._end(conn, "refused")
         elif code:
             self._end(conn, "reset")  # e.g. ECONNRESET: connected, then reset
@@ -208,7 +222,7 @@ class Clients:
     def step(self, timeout: float) -> None:
         now = time.monotonic()
         due = [t for t in self.retry_at if t <= now]
-        if due:
+        if due and not self.closing:
             self.retry_at = [t for t in self.retry_at if t > now]
             for _ in due:
                 self._open()
@@ -222,6 +236,11 @@ class Clients:
             conn = key.data
             if now - conn.last_progress > HANG_SECONDS:
                 self._end(conn, "hung")
+
+    @property
+    def open(self) -> int:
+        """Connections not ended yet."""
+        return len(self.selector.get_map())
 
     def close(self) -> None:
         for key in list(self.selector.get_map().values()):
@@ -265,6 +284,11 @@ def one_run(opts: argparse.Namespace, rng: random.Random, log_path: Path) -> Run
         settle = time.monotonic() + 0.1  # refusals once everything has exited
         while time.monotonic() < settle:
             clients.step(0.005)
+        clients.closing = True
+        settle = time.monotonic() + SETTLE_SECONDS
+        while clients.open and time.monotonic() < settle:
+            clients.step(0.05)
+        clients.run.counts["hung"] += clients.open
     finally:
         clients.close()
         if proc.poll() is None:
@@ -298,6 +322,7 @@ def main() -> int:
         for outcome in OUTCOMES:
             totals.counts[outcome] += run.counts[outcome]
         totals.connections += run.connections
+        totals.refused_late += run.refused_late
         bad = run.counts["reset"] or run.counts["cut"] or run.counts["hung"] or run.exit_status != 0
         bad_runs += bool(bad)
         when = ", ".join(
@@ -305,7 +330,8 @@ def main() -> int:
             for opened, reset in run.reset_times
         )
         print(
-            f"run {n:3d}: {run.counts['reset']} reset, {run.counts['refused']:5d} refused, "
+            f"run {n:3d}: {run.counts['reset']} reset, {run.counts['refused']:5d} refused "
+            f"({run.refused_late} late), "
             f"{run.counts['served']:6d} served, {run.connections:5d} connections; "
             + ", ".join(f"{run.counts[o]} {o}" for o in OUTCOMES[3:] if run.counts[o])
             + f"{'; ' if any(run.counts[o] for o in OUTCOMES[3:]) else ''}exit {run.exit_status}"
@@ -316,7 +342,8 @@ def main() -> int:
             log_path.unlink()
     print(
         f"total: {opts.runs} runs in {time.monotonic() - started:.0f} s, {totals.connections:,} connections: "
-        f"{totals.counts['reset']} reset, {totals.counts['refused']:,} refused, {totals.counts['served']:,} served, "
+        f"{totals.counts['reset']} reset, {totals.counts['refused']:,} refused ({totals.refused_late} late), "
+        f"{totals.counts['served']:,} served, "
         + ", ".join(f"{totals.counts[o]:,} {o}" for o in OUTCOMES[3:])
         + f"; {bad_runs} bad run(s)"
     )

@@ -175,8 +175,8 @@ def own_listener(shared: socket.socket) -> socket.socket:
     a port by a hash of the peer's address, instead of letting the workers
     race for one accept queue. Unix sockets cannot: they stay shared.
 
-    It is bound, and listens only once the worker's server is set up (its
-    ``init_socket``): from ``listen()`` on, the kernel queues connections on
+    It is bound, and listens only once the worker's server starts accepting
+    (``Server.start``): from ``listen()`` on, the kernel queues connections on
     it, which a worker still importing the app would keep waiting, and which
     its close would reset if it were stopped before it serves.
     """

@@ -2,10 +2,10 @@
 
 Shutdown timeline (``Server.shutdown(timeout)``), each step a private method:
 
-1. Mark the server shutting down and start the "drain" hooks; seal the
-   listener if nobody else serves it (``seal_listener``), accept what is
-   already complete in the kernel's backlog, then close the listener, so new
-   connects are refused rather than reset halfway.
+1. Mark the server shutting down and start the "drain" hooks; accept what is
+   already complete in the kernel's backlog, seal the listener if nobody else
+   serves it (``seal_listener``) and accept what came meanwhile, then close
+   the listener, so new connects are refused rather than reset halfway.
 2. Disable keep-alive: a response whose head is not yet written carries
    ``Connection: close``, and no connection reads another request.
 3. Give every idle connection (and every NEW one with no byte received) a
@@ -157,7 +157,8 @@ class Server(StreamServer):
 
     Args:
         listener: ``(host, port)`` (IPv4 or IPv6; port 0 picks one),
-            ``"unix:/path"``, or an already-bound listening socket.
+            ``"unix:/path"``, or an already-bound socket (one not listening yet
+            listens from ``start()``, with ``config.backlog``).
         application: any PEP 3333 application.
         conn_state: called as ``conn_state(connection, new_state)`` on every
             connection state change, synchronously; must not block. An
@@ -256,6 +257,13 @@ class Server(StreamServer):
         """Bind (if needed), start accepting, and start the periodic jobs."""
         if self.config.tune_malloc:
             allocator.fix_thresholds()
+        self.init_socket()
+        if not self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            # Handed over bound but not listening (a --reuse-port worker's own
+            # socket): the kernel queues connections on it only from now on,
+            # when they are accepted at once (and, in a worker, once its
+            # signal handlers make a stop graceful).
+            self.socket.listen(self.config.backlog)
         super().start()
         self.jobs.start()
 
@@ -267,10 +275,6 @@ class Server(StreamServer):
         super().init_socket()
         self.wsgi = WSGIAdapter(self.application, self)
         listener = self.socket
-        if not listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            # Handed over bound but not listening (a --reuse-port worker's own
-            # socket): the kernel queues connections on it only from now on.
-            listener.listen(self.config.backlog)
         self._accepted_kind = (int(listener.family), int(listener.type), listener.proto)
 
     def _accept(self) -> Any:
@@ -560,9 +564,12 @@ class Server(StreamServer):
         self.shutdown_started = True
         self.shutting_down.set()
         self.keep_alives_enabled = False
-        if self.seal_listener:
-            self._seal_listener()
         self._accept_backlog()
+        if self.seal_listener:
+            # Sealed only now: a SYN that comes while it is sealed is refused
+            # about 1 s late (at its retry), so the sealed time is kept short.
+            self._seal_listener()
+            self._accept_backlog()  # what the kernel completed meanwhile
         self._close_listener()
 
     def _seal_listener(self) -> None:
