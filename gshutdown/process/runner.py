@@ -367,12 +367,11 @@ class Runner:
                 log.info("%s ignored: already stopping", describe(request))
 
     def _drain(self) -> ExitStatus:
-        if self.link is not None and self.link.last_to_drain():
-            # Every other holder of the listeners has begun its drain: seal them
-            # before the last accepts, so that nothing is queued at the last close.
-            log.debug("the last worker to drain: sealing the listeners")
+        if self.link is not None:
             for server in self.servers:
-                server.seal_listener = True
+                # The last worker to get to its last accepts seals the shared
+                # listeners, so that nothing is queued at their last close.
+                server.last_holder = self.link.last_to_drain
         started = time.monotonic()
         deadline = None if self.graceful_timeout is None else started + self.graceful_timeout
         drain_hooks = gevent.spawn(self.hooks.run, HookPhase.DRAIN, deadline)

@@ -10,11 +10,12 @@
   once: no polling of ``getppid()``, and no orphan keeps serving unsupervised.
 - The stop pipe (one for all workers): when the master stops for good, with
   listeners that nobody else holds (it bound them itself, and hands them to no
-  new master), it writes one token per worker before its drain order. Each
-  worker takes one as its drain begins, and the one that takes the last knows
-  that every other holder of the listeners has begun its drain: it seals them
-  before its last accepts (``Server.seal_listener``), so that the last close of
-  a listener finds no connection the kernel completed after the last accept.
+  new master), it writes one token per serving worker before its drain order.
+  Each worker takes one as it gets to its last accepts, and the one that takes
+  the last knows that every other holder of the listeners is there or past it:
+  it seals them before its last accepts (``Server.last_holder``), so that the
+  last close of a listener finds no connection the kernel completed after the
+  last accept.
   Sealing acts on the socket, which every worker shares: done by the first
   worker to drain, it would turn away connections a sibling still accepts, and
   done on a retirement, it would turn them away for good.
@@ -86,6 +87,7 @@ class WorkerLink:
         self.liveness_fd = liveness_fd
         self.heartbeat = heartbeat
         self.stop_fd = stop_fd
+        self._last_to_drain: Optional[bool] = None
         os.set_blocking(status_fd, False)
         os.set_blocking(liveness_fd, False)
         if stop_fd is not None:
@@ -108,11 +110,17 @@ class WorkerLink:
         self._send(RECYCLE)
 
     def last_to_drain(self) -> bool:
-        """Take this worker's stop token; True if it was the last one (see the module docstring).
+        """Take this worker's stop token (on the first call); True if it was the last one.
 
         False when there is none: the master is not stopping for good (this
-        worker retires while others go on serving), or it is gone.
+        worker retires while others go on serving), or it is gone. Later calls
+        give the same answer (each of the worker's servers asks).
         """
+        if self._last_to_drain is None:
+            self._last_to_drain = self._take_stop_token()
+        return self._last_to_drain
+
+    def _take_stop_token(self) -> bool:
         if self.stop_fd is None:
             return False
         try:

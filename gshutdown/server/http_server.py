@@ -68,7 +68,7 @@ from gevent.event import AsyncResult, Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from gshutdown.config.addresses import bind_unix
+from gshutdown.config.addresses import bind_unix, describe_address
 from gshutdown.config.server_config import Config
 from gshutdown.protocol.forwarded import TrustedProxies
 from gshutdown.server import allocator
@@ -206,6 +206,10 @@ class Server(StreamServer):
         #: server closes it. True for one the server binds itself; a caller
         #: that hands over a socket nobody else holds may set it.
         self.seal_listener = bound_here
+        #: Asked once, at the shutdown's last accepts, when ``seal_listener``
+        #: is False: True seals the listener all the same (a worker that is the
+        #: last of the holders of a shared listener to get there: ``worker_link``).
+        self.last_holder: Optional[Callable[[], bool]] = None
         self.registry = ConnRegistry(conn_state)
         #: Set when a shutdown starts; handlers may wait on it
         #: (``environ['gshutdown.shutting_down']``).
@@ -565,7 +569,7 @@ class Server(StreamServer):
         self.shutting_down.set()
         self.keep_alives_enabled = False
         self._accept_backlog()
-        if self.seal_listener:
+        if self.seal_listener or (self.last_holder is not None and self.last_holder()):
             # Sealed only now: a SYN that comes while it is sealed is refused
             # about 1 s late (at its retry), so the sealed time is kept short.
             self._seal_listener()
@@ -587,6 +591,8 @@ class Server(StreamServer):
                 listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
         except OSError as exc:
             log.debug("shutdown: cannot seal the listener (%s): closing it unsealed", exc)
+            return
+        log.debug("shutdown: sealed the listener on %s", describe_address(self.address))
 
     def _accept_backlog(self) -> None:
         """Serve connections the kernel already completed, instead of resetting them."""
