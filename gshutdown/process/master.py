@@ -60,7 +60,14 @@ from gshutdown.process import logs, pidfile, runner, systemd, worker_link
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
 from gshutdown.process.metrics import MasterMetrics, MetricsUnavailable
-from gshutdown.process.worker_link import DRAIN_SIGNAL, STACK_DUMP_SIGNAL, MessageKind, WorkerLink
+from gshutdown.process.worker_link import (
+    DRAIN_SIGNAL,
+    LAST_STOP_TOKEN,
+    STACK_DUMP_SIGNAL,
+    STOP_TOKEN,
+    MessageKind,
+    WorkerLink,
+)
 
 log = logging.getLogger("gshutdown")
 
@@ -621,7 +628,7 @@ class Master:
             # moment longer than those that serve, which the seal makes safe.
             serving = sum(1 for w in self.workers.values() if w.ready and not w.retiring)
             try:
-                os.write(self._stop_w, b"s" * serving)
+                os.write(self._stop_w, (STOP_TOKEN * (serving - 1) + LAST_STOP_TOKEN) if serving else b"")
             except OSError:
                 pass  # no tokens: the workers close the listeners unsealed, as before
         self._signal_workers(order)

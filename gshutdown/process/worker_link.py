@@ -10,10 +10,11 @@
   once: no polling of ``getppid()``, and no orphan keeps serving unsupervised.
 - The stop pipe (one for all workers): when the master stops for good, with
   listeners that nobody else holds (it bound them itself, and hands them to no
-  new master), it writes one token per serving worker before its drain order.
-  Each worker takes one as it gets to its last accepts, and the one that takes
-  the last knows that every other holder of the listeners is there or past it:
-  it seals them before its last accepts (``Server.last_holder``), so that the
+  new master), it writes one token per serving worker before its drain order,
+  the last one different. Each worker takes one as it gets to its last
+  accepts; the one that takes the last knows that every other holder of the
+  listeners took one before, so is at its last accepts or past them, and it
+  seals the listeners before its own (``Server.last_holder``), so that the
   last close of a listener finds no connection the kernel completed after the
   last accept.
   Sealing acts on the socket, which every worker shares: done by the first
@@ -35,11 +36,8 @@ either served or refused, never accepted by the kernel and then reset.
 from __future__ import annotations
 
 import enum
-import fcntl
 import os
 import signal
-import struct
-import termios
 from dataclasses import dataclass
 from typing import Optional
 
@@ -52,6 +50,10 @@ STACK_DUMP_SIGNAL = _RTMIN + 1 if _RTMIN is not None else signal.SIGVTALRM
 #: order before it drains on its own (the master is then gone or not told:
 #: someone signalled this worker alone).
 MASTER_ORDER_WAIT = 1.0
+
+#: The stop pipe's tokens: the master writes the last one after all the others.
+STOP_TOKEN = b"\x01"
+LAST_STOP_TOKEN = b"\x00"
 
 READY = b"ready\n"
 RECYCLE = b"recycle\n"
@@ -124,12 +126,10 @@ class WorkerLink:
         if self.stop_fd is None:
             return False
         try:
-            if not os.read(self.stop_fd, 1):
-                return False  # EOF: the master is gone
+            # One byte, read whole: no two workers can take the same token.
+            return os.read(self.stop_fd, 1) == LAST_STOP_TOKEN  # b"": EOF, the master is gone
         except BlockingIOError:
             return False
-        left = fcntl.ioctl(self.stop_fd, termios.FIONREAD, bytes(4))
-        return struct.unpack("i", left)[0] == 0
 
     def wait_master_gone(self) -> None:
         """Block (cooperatively) until the master has exited."""
