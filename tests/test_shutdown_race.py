@@ -1,4 +1,14 @@
-"""A request crossing the start of a shutdown on an idle connection, many times over.
+"""Races at the start of a shutdown.
+
+First, a connect that the kernel completes between the shutdown's last accept
+and the close of the listener: once in a blue moon under load, it is made
+happen here, on purpose, from a hook in the server's shutdown. Such a
+connection sat in the listen queue that the close throws away, and its client,
+told it was connected, got a reset; the listener is now sealed before the last
+accepts, so the connect is refused instead, and what was queued when it was
+sealed is still served.
+
+Then a request crossing the start of a shutdown on an idle connection, many times over.
 
 Each round: a fresh server with five idle keep-alive connections, a shutdown,
 and on each connection one request sent at a different small delay around the
@@ -18,12 +28,20 @@ drop), some bytes then an end (cut mid-response), or a hang.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import random
+import select
+import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
 
-from tests.helpers import ServerThread
+import pytest
+
+from gshutdown.server.http_server import HTTPServer
+from tests.helpers import ServerThread, hello_app
 from tests.shutdown_helpers import (
     EOF,
     OPEN,
@@ -34,6 +52,104 @@ from tests.shutdown_helpers import (
     read_raw,
     request_bytes,
 )
+
+# -- a connect between the last accept and the close of the listener ------------------------
+
+
+def _listener(kind: str, tmp_path: Path) -> Any:
+    return ("127.0.0.1", 0) if kind == "tcp" else f"unix:{tmp_path / 'server.sock'}"
+
+
+def _connect_nonblocking(address: Any) -> tuple[socket.socket, int]:
+    """A client socket connecting to ``address``, and what ``connect_ex`` said."""
+    unix = isinstance(address, str)
+    sock = socket.socket(socket.AF_UNIX if unix else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    return sock, sock.connect_ex(address if unix else address[:2])
+
+
+def _before_next(server: HTTPServer, step: str, action: Callable[[], Any]) -> list[Any]:
+    """Run ``action()`` once, in the hub, right before the server's next call of its method ``step``.
+
+    Returns a list that receives what ``action`` returned.
+    """
+    original = getattr(server, step)
+    results: list[Any] = []
+
+    def hooked() -> None:
+        delattr(server, step)  # once: later calls go to the method itself
+        results.append(action())
+        original()
+
+    setattr(server, step, hooked)
+    return results
+
+
+def _late_outcome(sock: socket.socket, connect_code: int) -> str:
+    """How a connect made late ended: "refused", "served", or what went wrong."""
+    with sock:
+        if connect_code not in (0, errno.EINPROGRESS):
+            return "refused" if connect_code == errno.ECONNREFUSED else errno.errorcode[connect_code]
+        # A SYN the sealed listener dropped is sent again about 1 s later, and refused then.
+        _, writable, _ = select.select([], [sock], [], 5)
+        if not writable:
+            return "connect hung"
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            return "refused" if code == errno.ECONNREFUSED else f"connected, then {errno.errorcode[code]}"
+        sock.setblocking(True)
+        try:
+            sock.sendall(request_bytes("/"))
+        except OSError as exc:
+            return f"connected, then {exc!r}"
+        response = read_raw(sock, timeout=5)
+        if response.complete and response.status == 200:
+            return "served"
+        return f"connected, then {response.ending} after {len(response.received)} bytes"
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_a_connect_between_the_last_accept_and_the_close_of_the_listener_is_refused_not_reset(
+    kind: str, tmp_path: Path
+) -> None:
+    with ServerThread(hello_app, _listener(kind, tmp_path)) as st:
+        address = st.address
+
+        def connect() -> tuple[socket.socket, int]:
+            sock, code = _connect_nonblocking(address)
+            if code == errno.EINPROGRESS:
+                # Until the kernel completes it (an unsealed listener), at most
+                # 0.2 s (a sealed one drops the SYN): the close waits meanwhile.
+                select.select([], [sock], [], 0.2)
+            return sock, code
+
+        late = _before_next(st.server, "_close_listener", connect)
+        assert st.shutdown(timeout=5).clean
+        assert late, "the shutdown did not close the listener through _close_listener"
+        assert _late_outcome(*late[0]) == "refused"
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_a_connection_queued_when_the_listener_is_sealed_is_served(kind: str, tmp_path: Path) -> None:
+    with ServerThread(hello_app, _listener(kind, tmp_path)) as st:
+        address = st.address
+
+        def connect() -> socket.socket:
+            # Complete before the seal, and not accepted yet: the hub is busy here.
+            sock = st.connect()
+            sock.sendall(request_bytes("/"))
+            return sock
+
+        queued = _before_next(st.server, "_seal_listener", connect)
+        result = st.shutdown(timeout=5)
+        assert queued, f"the shutdown did not seal the listener of {address!r}"
+        with queued[0] as sock:
+            response = read_raw(sock, timeout=5)
+        assert result.clean
+        assert (response.status, response.complete, response.closes) == (200, True, True), response
+
+
+# -- a request racing the start of a shutdown on an idle connection -------------------------
 
 ROUNDS = 40
 PER_ROUND = 5

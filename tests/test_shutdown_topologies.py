@@ -222,3 +222,58 @@ def test_keep_alive_load_through_sigterm_loses_no_request(deploy: Deployment) ->
     assert set(load.stops) <= {"refused", "closed fresh"}, load.stops
     assert "refused" in load.stops
     assert code == ExitStatus.OK, deploy.proc.log()[-2000:]
+
+
+# -- sealing the listeners: who may, and when --------------------------------------------
+
+SEALING = r"\[(\d+)\] \[DEBUG\] shutdown: sealed the listener"
+
+
+def test_the_last_worker_to_drain_seals_the_shared_listener_at_a_stop_and_none_does_at_a_reload(
+    tmp_path: Path,
+) -> None:
+    """Sealing (new SYNs dropped, so the last close of the listener finds nothing queued) acts
+    on the socket every worker shares. At a stop it is for the last worker to drain alone; at
+    a reload the old workers drain beside new ones on the same socket, which must go on
+    taking every new connection."""
+    port = free_port()
+    argv = gshutdown_argv(PROBE, "-b", f"127.0.0.1:{port}", "-w", "2", "--log-level", "debug")
+    with GProcess(argv, tmp_path / "server.log") as proc:
+        proc.wait_for_log(r"master \d+: 2 worker\(s\) ready", timeout=20)
+        proc.send_signal(signal.SIGHUP)
+        proc.wait_for_log(r"reload done", timeout=20)
+        wait_until(lambda: len(re.findall(r"worker \d+ exited with status 0", proc.log())) == 2, timeout=20)
+        for _ in range(20):
+            # A SYN dropped by a sealed socket would be sent again only after about 1 s.
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                sock.sendall(request_bytes("/", close=True))
+                assert read_response(sock)[0] == 200
+        assert not re.search(SEALING, proc.log())
+        proc.send_signal(signal.SIGTERM, group=True)
+        assert proc.wait() == ExitStatus.OK
+    assert len(re.findall(SEALING, proc.log())) == 1, proc.log()
+
+
+def test_a_reuse_port_worker_stopped_while_it_loads_the_app_had_no_connection_queued(tmp_path: Path) -> None:
+    """With --reuse-port each worker listens on a socket of its own. Listening from the fork
+    on, the kernel queued connections on it for as long as the worker imported the app, and
+    the worker's close reset them if it was stopped before it served (as a replacement can
+    be, when the stop comes during --max-requests recycling)."""
+    port = free_port()
+    argv = gshutdown_argv("tests.apps.slow_import:app", "-b", f"127.0.0.1:{port}", "-w", "1", "--reuse-port")
+    with GProcess(argv, tmp_path / "server.log") as proc:
+        proc.wait_for_log(r"slow import started", timeout=20)  # then 2 s of import
+        try:
+            early = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except ConnectionRefusedError:
+            early = None
+        proc.send_signal(signal.SIGTERM, group=True)
+        assert proc.wait() == ExitStatus.OK
+    if early is not None:
+        with early:
+            try:
+                early.sendall(request_bytes("/"))
+                ending = read_raw(early, timeout=5).ending
+            except OSError as exc:
+                ending = repr(exc)
+        pytest.fail(f"connected while no worker could serve, then: {ending}")

@@ -16,7 +16,9 @@ SIGTERM/INT    stop: close the master's copies of the listeners, then order
                every worker to drain (each accepts what is queued, closes
                its listeners and finishes its requests), so new connects
                are refused rather than accepted by a socket nobody serves;
-               SIGKILL stragglers at the deadline
+               the last worker to drain seals the listeners first
+               (``worker_link``'s stop pipe); SIGKILL stragglers at the
+               deadline
 second one     SIGQUIT to every worker: close everything now
 SIGQUIT        SIGQUIT to every worker
 SIGHUP         reload: fork a new generation; once every new worker reports
@@ -62,7 +64,14 @@ from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
 from gshutdown.process.gunicorn_hooks import HookWorker, ServerHooks
 from gshutdown.process.metrics import MasterMetrics, MetricsUnavailable
-from gshutdown.process.worker_link import DRAIN_SIGNAL, STACK_DUMP_SIGNAL, MessageKind, WorkerLink
+from gshutdown.process.worker_link import (
+    DRAIN_SIGNAL,
+    LAST_STOP_TOKEN,
+    STACK_DUMP_SIGNAL,
+    STOP_TOKEN,
+    MessageKind,
+    WorkerLink,
+)
 
 log = logging.getLogger("gshutdown")
 
@@ -116,6 +125,9 @@ def main(settings: Settings) -> ExitStatus:
     unusable = admin.usage_error(settings)
     if unusable is not None:
         return fail(unusable, ExitStatus.USAGE)
+    # Read before bind_listeners takes them from the environment: listeners an
+    # old master or systemd passed on are held by them too.
+    passed_on = bool(os.environ.get(LISTEN_FDS_ENV)) or os.environ.get("LISTEN_PID") == str(os.getpid())
     try:
         listeners = bind_listeners(
             settings.bind, settings.backlog, reuse_port=settings.reuse_port, unix_socket_mode=settings.unix_socket_mode
@@ -135,7 +147,7 @@ def main(settings: Settings) -> ExitStatus:
     try:
         # After dropping privileges: the workers must be able to write there.
         with MasterMetrics.started(settings.metrics_path, settings.readiness_path or None) as metrics:
-            return Master(settings, listeners, metrics, admin_listener, hooks).run()
+            return Master(settings, listeners, metrics, admin_listener, hooks, listeners_bound_here=not passed_on).run()
     except MetricsUnavailable as exc:
         return fail(str(exc), ExitStatus.USAGE)
 
@@ -205,16 +217,21 @@ def _tcp_listener(family: int, address: Any, backlog: Optional[int], reuse_port:
     return sock
 
 
-def own_listener(shared: socket.socket, backlog: int) -> socket.socket:
+def own_listener(shared: socket.socket) -> socket.socket:
     """A worker's own listener on ``shared``'s address (``--reuse-port``).
 
     The kernel spreads new connections over every ``SO_REUSEPORT`` listener of
     a port by a hash of the peer's address, instead of letting the workers
     race for one accept queue. Unix sockets cannot: they stay shared.
+
+    It is bound, and listens only once the worker's server starts accepting
+    (``Server.start``): from ``listen()`` on, the kernel queues connections on
+    it, which a worker still importing the app would keep waiting, and which
+    its close would reset if it were stopped before it serves.
     """
     if shared.family == socket.AF_UNIX:
         return shared
-    own = _tcp_listener(shared.family, shared.getsockname(), backlog, reuse_port=True)
+    own = _tcp_listener(shared.family, shared.getsockname(), None, reuse_port=True)
     shared.close()
     return own
 
@@ -270,6 +287,8 @@ class Master:
         metrics: Optional[MasterMetrics] = None,
         admin_listener: Optional[socket.socket] = None,
         hooks: Optional[ServerHooks] = None,
+        *,
+        listeners_bound_here: bool = False,
     ) -> None:
         self.settings = settings
         #: gunicorn's server hooks (``gunicorn_hooks``).
@@ -280,6 +299,9 @@ class Master:
         #: Set as this master stops (not as it hands over to a new one): the
         #: workers' admin readiness answers 503 from then on.
         self.stop_flag = admin.StopFlag()
+        #: Nobody but this master and its workers holds the listeners (none came
+        #: from systemd or an old master): when it stops, the workers may seal them.
+        self.listeners_bound_here = listeners_bound_here
         self.metrics = metrics or MasterMetrics()
         self.count: int = settings.workers
         self.workers: dict[int, Worker] = {}
@@ -288,6 +310,9 @@ class Master:
         self._wake_r, self._wake_w = os.pipe()
         # Only the master ever holds the write end: workers see EOF when it dies.
         self._liveness_r, self._liveness_w = os.pipe()
+        # The stop pipe (worker_link): only the master writes; the workers take the tokens.
+        self._stop_r, self._stop_w = os.pipe()
+        os.set_blocking(self._stop_w, False)
         self._reload_deadline: Optional[float] = None
         self._upgrade: Optional[_Upgrade] = None
         self._stopping = False
@@ -419,7 +444,7 @@ class Master:
                 # Until the runner handles them: what the master acts on is
                 # nothing to a worker, and SIGTTIN/SIGTTOU would suspend it.
                 signal.signal(signum, signal.SIG_DFL if signum in _WORKER_DEFAULTS else signal.SIG_IGN)
-            for fd in (self._wake_r, self._wake_w, self._liveness_w):
+            for fd in (self._wake_r, self._wake_w, self._liveness_w, self._stop_w):
                 _close(fd)
             for worker in self.workers.values():
                 _close(worker.status_fd)
@@ -428,10 +453,10 @@ class Master:
             self.hooks.became(hook_worker)  # post_fork: the app is not imported yet
             self.hooks.install_stack_dump(STACK_DUMP_SIGNAL)  # then worker_abort
             heartbeat = min(self.settings.timeout / 4, 1.0) if self.settings.timeout else None
-            link = WorkerLink(status_fd, self._liveness_r, heartbeat=heartbeat)
+            link = WorkerLink(status_fd, self._liveness_r, heartbeat=heartbeat, stop_fd=self._stop_r)
             listeners = self.listeners
             if self.settings.reuse_port:
-                listeners = [own_listener(sock, self.settings.backlog) for sock in listeners]
+                listeners = [own_listener(sock) for sock in listeners]
             code = runner.serve(
                 self.settings,
                 listeners,
@@ -682,6 +707,17 @@ class Master:
         # drains only once nobody but the workers holds a listener, so the last
         # to close one accepts what is queued on it first (see worker_link).
         self._close_listeners()
+        if order == DRAIN_SIGNAL and self.listeners_bound_here and not self._handed_over:
+            # Nobody else serves the listeners now (a new master would): the
+            # last worker to drain may seal them. A token for each worker that
+            # serves: a booting one dies of the order (or of the group's
+            # SIGTERM) without taking one, and may hold a listener for a
+            # moment longer than those that serve, which the seal makes safe.
+            serving = sum(1 for w in self.workers.values() if w.ready and not w.retiring)
+            try:
+                os.write(self._stop_w, (STOP_TOKEN * (serving - 1) + LAST_STOP_TOKEN) if serving else b"")
+            except OSError:
+                pass  # no tokens: the workers close the listeners unsealed, as before
         self._signal_workers(order)
         self._stop_deadline = (
             time.monotonic() + self.settings.graceful_timeout + self.settings.drain_delay + KILL_MARGIN
@@ -783,7 +819,8 @@ class Master:
     def _cleanup(self) -> None:
         _set_wakeup_fd(-1)
         self._close_listeners()
-        _close(self._liveness_w)
+        for fd in (self._liveness_w, self._stop_r, self._stop_w):
+            _close(fd)
         if not self._handed_over:
             pidfile.remove(self.settings.pid)
         log.info("master %d: exit%s", os.getpid(), " (forced)" if self._forced else "")

@@ -36,6 +36,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -397,6 +398,11 @@ class Runner:
                 log.info("%s ignored: already stopping", describe(request))
 
     def _drain(self) -> ExitStatus:
+        if self.link is not None:
+            for server in self.servers:
+                # The last worker to get to its last accepts seals the shared
+                # listeners, so that nothing is queued at their last close.
+                server.last_holder = self.link.last_to_drain
         started = time.monotonic()
         deadline = None if self.graceful_timeout is None else started + self.graceful_timeout
         drain_hooks = gevent.spawn(self.hooks.run, HookPhase.DRAIN, deadline)
@@ -780,6 +786,12 @@ def _serve(
                 # Workers sharing one accept queue: one connection per wake-up,
                 # so the first worker awake does not take a whole burst.
                 server.max_accept = 1
+            elif link is not None and isinstance(listener, socket.socket) and listener.family != socket.AF_UNIX:
+                # --reuse-port: a listener of its own (master.own_listener), so
+                # its close resets what is queued on it, however the worker
+                # ends; and sealing it affects no sibling, which gets the SYNs
+                # the seal drops when the client sends them again.
+                server.seal_listener = True
             server.init_socket()  # bind now, to report a busy port before anything else
             servers.append(server)
         if admin_listener is not None:

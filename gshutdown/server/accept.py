@@ -28,7 +28,7 @@ _ACCEPT_RETRY_MAX = 1.0
 # accept() errors that say "no room for another connection now".
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # accept() errors about one connection, gone before it was accepted.
-_CONNECTION_ABORTED = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+CONNECTION_ABORTED = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
 
 class PausingAccept(StreamServer):
@@ -87,7 +87,7 @@ class PausingAccept(StreamServer):
         try:
             accepted = self._accept()
         except OSError as exc:
-            if exc.errno in _CONNECTION_ABORTED:
+            if exc.errno in CONNECTION_ABORTED:
                 return None  # that client is gone; the next one may be fine
             if exc.errno not in _OUT_OF_RESOURCES:
                 raise

@@ -3,8 +3,9 @@
 Shutdown timeline (``Server.shutdown(timeout)``), each step a private method:
 
 1. Mark the server shutting down and start the "drain" hooks; accept what is
-   already complete in the kernel's backlog, then close the listener, so new
-   connects are refused rather than reset halfway.
+   already complete in the kernel's backlog, seal the listener if nobody else
+   serves it (``seal_listener``) and accept what came meanwhile, then close
+   the listener, so new connects are refused rather than reset halfway.
 2. Disable keep-alive: a response whose head is not yet written carries
    ``Connection: close``, and no connection reads another request.
 3. Give every idle connection (and every NEW one with no byte received) a
@@ -21,14 +22,33 @@ Shutdown timeline (``Server.shutdown(timeout)``), each step a private method:
 Every connection it ends is reported in the result of a shutdown it
 interrupts (or that follows it) as forced.
 
+Sealing the listener closes the window between the last accept and the close
+of the listener: a connection the kernel completed in between would sit in
+the queue the close throws away, and its client, told it was connected, would
+get a reset (1 connection in ~16,000 under reconnecting load, with two
+workers signalled as a process group: ``bench/shutdown_resets.py``). Sealed,
+a TCP listener drops new SYNs (a socket filter that keeps only segments
+carrying ACK), so no connection is completed after the last accept: handshakes
+in progress still complete and are accepted; a client whose SYN was dropped
+sends it again about a second later and is refused, the listener gone by then.
+A Unix listener is shut down for reading, after which Linux refuses connects
+at once and still hands out the queued ones. What no process can prevent: a
+handshake whose SYN the kernel answered before the seal and whose ACK arrives
+only after the close is reset (on loopback the two follow each other within
+microseconds; across a network they are one round trip apart). Linux only;
+elsewhere the listener is closed unsealed, as before.
+
 Accepting, and pausing it when out of descriptors, is ``accept.PausingAccept``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import socket
+import struct
+import sys
 import time
 from email.utils import formatdate
 from typing import Any, Callable, Optional, Union
@@ -39,11 +59,11 @@ from gevent.event import AsyncResult, Event
 from gevent.pool import Pool
 from gevent.server import StreamServer
 
-from gshutdown.config.addresses import bind_unix
+from gshutdown.config.addresses import bind_unix, describe_address
 from gshutdown.config.server_config import Config
 from gshutdown.protocol.forwarded import TrustedProxies
 from gshutdown.server import allocator
-from gshutdown.server.accept import PausingAccept
+from gshutdown.server.accept import CONNECTION_ABORTED, PausingAccept
 from gshutdown.server.connection import Connection
 from gshutdown.server.going_away import GoingAway
 from gshutdown.server.handler import Handler
@@ -60,6 +80,23 @@ Listener = Union[tuple, str, socket.socket]
 
 _NO_LIMIT = float("inf")
 
+# SO_ATTACH_FILTER (asm-generic/socket.h), and a classic BPF program that keeps
+# a TCP segment only if it carries ACK: a socket filter sees the segment from
+# its TCP header on, where byte 13 holds the flags. Dropped: SYNs, that is, new
+# connections; kept: the ACK that completes a handshake in progress, and every
+# segment of an established connection (accepted sockets inherit the filter).
+_SO_ATTACH_FILTER = 26
+_TCP_ACK = 0x10
+_KEEP_SEGMENTS_WITH_ACK = b"".join(
+    struct.pack("=HBBI", code, jump_true, jump_false, k)
+    for code, jump_true, jump_false, k in (
+        (0x30, 0, 0, 13),  # BPF_LD | BPF_B | BPF_ABS: A = byte 13 (the TCP flags)
+        (0x45, 0, 1, _TCP_ACK),  # BPF_JMP | BPF_JSET | BPF_K: A & ACK ? next : skip one
+        (0x06, 0, 0, 0xFFFFFFFF),  # BPF_RET | BPF_K: keep the whole segment
+        (0x06, 0, 0, 0),  # BPF_RET | BPF_K: drop it
+    )
+)
+
 
 class HTTPServer(PausingAccept):
     """An HTTP/1.1 server on a gevent ``StreamServer``, built to stop well.
@@ -68,7 +105,8 @@ class HTTPServer(PausingAccept):
 
     Args:
         listener: ``(host, port)`` (IPv4 or IPv6; port 0 picks one),
-            ``"unix:/path"``, or an already-bound listening socket.
+            ``"unix:/path"``, or an already-bound socket (one not listening yet
+            listens from ``start()``, with ``config.backlog``).
         handler: what serves each request (``gshutdown.server.handler``).
         conn_state: called as ``conn_state(connection, new_state)`` on every
             connection state change, synchronously; must not block. An
@@ -96,6 +134,7 @@ class HTTPServer(PausingAccept):
         self.ssl_context = server_context(self.config) if self.config.certfile else None
         self.connection_class: type[Connection] = TLSConnection if self.ssl_context else Connection
         self._owns_unix_path = False
+        bound_here = isinstance(listener, (str, tuple))
         if isinstance(listener, str) and listener.startswith("unix:"):
             listener = bind_unix(listener[5:], self.config.backlog, mode=self.config.unix_socket_mode)
             self._owns_unix_path = True
@@ -104,6 +143,17 @@ class HTTPServer(PausingAccept):
             # blocking listener would hang the hub on the second call.
             listener.setblocking(False)
         self.handler = handler
+        #: Seal the listener before the shutdown's last accepts (see the module
+        #: docstring). Sealing acts on the socket, not on this process's
+        #: descriptor, and outlives the close when another process holds the
+        #: socket too: it is only for a listener nobody else serves once this
+        #: server closes it. True for one the server binds itself; a caller
+        #: that hands over a socket nobody else holds may set it.
+        self.seal_listener = bound_here
+        #: Asked once, at the shutdown's last accepts, when ``seal_listener``
+        #: is False: True seals the listener all the same (a worker that is the
+        #: last of the holders of a shared listener to get there: ``worker_link``).
+        self.last_holder: Optional[Callable[[], bool]] = None
         self.registry = ConnRegistry(conn_state)
         #: Set when a shutdown starts; handlers may wait on it
         #: (``environ['gshutdown.shutting_down']``).
@@ -150,6 +200,13 @@ class HTTPServer(PausingAccept):
         """Bind (if needed), start accepting, and start the periodic jobs."""
         if self.config.tune_malloc:
             allocator.fix_thresholds()
+        self.init_socket()
+        if not self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            # Handed over bound but not listening (a --reuse-port worker's own
+            # socket): the kernel queues connections on it only from now on,
+            # when they are accepted at once (and, in a worker, once its
+            # signal handlers make a stop graceful).
+            self.socket.listen(self.config.backlog)
         super().start()
         self.jobs.start()
 
@@ -414,7 +471,30 @@ class HTTPServer(PausingAccept):
         self.shutting_down.set()
         self.keep_alives_enabled = False
         self._accept_backlog()
+        if self.seal_listener or (self.last_holder is not None and self.last_holder()):
+            # Sealed only now: a SYN that comes while it is sealed is refused
+            # about 1 s late (at its retry), so the sealed time is kept short.
+            self._seal_listener()
+            self._accept_backlog()  # what the kernel completed meanwhile
         self._close_listener()
+
+    def _seal_listener(self) -> None:
+        """Stop the kernel from completing new connections on the listener (Linux; elsewhere nothing)."""
+        if not hasattr(self, "socket") or not sys.platform.startswith("linux"):
+            return
+        listener = self.socket
+        try:
+            if listener.family == socket.AF_UNIX:
+                listener.shutdown(socket.SHUT_RD)
+            else:
+                program = ctypes.create_string_buffer(_KEEP_SEGMENTS_WITH_ACK, len(_KEEP_SEGMENTS_WITH_ACK))
+                # struct sock_fprog: the instruction count, then a pointer to them.
+                fprog = struct.pack("@HP", len(_KEEP_SEGMENTS_WITH_ACK) // 8, ctypes.addressof(program))
+                listener.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+        except OSError as exc:
+            log.debug("shutdown: cannot seal the listener (%s): closing it unsealed", exc)
+            return
+        log.debug("shutdown: sealed the listener on %s", describe_address(self.address))
 
     def _accept_backlog(self) -> None:
         """Serve connections the kernel already completed, instead of resetting them."""
@@ -423,9 +503,11 @@ class HTTPServer(PausingAccept):
         self.stop_accepting()
         while True:
             try:
-                accepted = self.do_read()
-            except OSError:
-                break
+                accepted = self._accept()
+            except OSError as exc:
+                if exc.errno in CONNECTION_ABORTED:
+                    continue  # that client is gone; the ones queued behind it are not
+                break  # out of descriptors: what is left is reset by the close
             if not accepted:
                 break
             if self.full():
