@@ -25,6 +25,7 @@ import requests
 
 from gshutdown import ConnState
 from gshutdown.wsgi.file_wrapper import FileWrapper
+from gshutdown.wsgi.middleware import AccessLog
 from tests.helpers import ServerThread, read_response, recv_until_closed, wait_until
 from tests.process_helpers import free_port, start_gshutdown
 from tests.tls_helpers import TLSFiles, tls_connect
@@ -325,6 +326,28 @@ def test_django_file_response_usage(serve: Serve, data_file: tuple[Path, bytes],
     assert hashlib.sha256(got.content).digest() == hashlib.sha256(data).digest()
     assert sendfile_calls.total(len(data)) == len(data)
     assert responses[0].closed_by_server.wait(5)
+
+
+@pytest.mark.parametrize("kind", ["file", "bytesio"])
+def test_the_access_log_keeps_the_file_wrapper_and_logs_the_bytes_sent(
+    serve: Serve, data_file: tuple[Path, bytes], sendfile_calls: SendfileCalls, kind: str
+) -> None:
+    path, data = data_file
+    app = FileApp(path)
+    lines: list[tuple[str, int]] = []
+
+    def emit(environ: dict[str, Any], status: str, headers: Any, sent: int, seconds: float) -> None:
+        lines.append((status, sent))
+
+    st = serve(AccessLog(app, emit))
+    response = requests.get(st.url(f"/?kind={kind}&seek=5"), timeout=10)
+    assert response.content == data[5:]
+    wait_until(lambda: lines)
+    assert lines == [("200 OK", len(data) - 5)]
+    # Wrapped for the log, the file still goes out through sendfile.
+    expected = len(data) - 5 if kind == "file" else 0
+    assert sendfile_calls.total(expected) == expected
+    assert app.all_closed()
 
 
 def test_a_client_that_stops_reading_is_dropped_after_write_timeout(serve: Serve, tmp_path: Path) -> None:

@@ -334,7 +334,7 @@ class Response:
         if extent is not None and conn.can_send_file():
             head = self._start(length)
             count = (head.content_length or 0) if head.send_body else 0
-            self._sent = conn.send_file(head.data, extent.fd, extent.offset, count, wrapper.block_size)
+            self._sent = wrapper.sent = conn.send_file(head.data, extent.fd, extent.offset, count, wrapper.block_size)
             return
         read = wrapper.filelike.read
         block_size = wrapper.block_size
@@ -344,6 +344,7 @@ class Response:
             self.write(data, length)  # the first write sends the head
             if not data or not self.head.send_body:  # type: ignore[union-attr]
                 return
+            wrapper.sent += len(data)
             if left is not None:
                 left -= len(data)
                 if left <= 0:

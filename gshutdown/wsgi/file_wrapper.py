@@ -48,11 +48,13 @@ class FileWrapper:
             must take within each ``write_timeout``).
     """
 
-    __slots__ = ("block_size", "filelike")
+    __slots__ = ("block_size", "filelike", "sent")
 
     def __init__(self, filelike: Any, block_size: int = 8192) -> None:
         self.filelike = filelike
         self.block_size = block_size if isinstance(block_size, int) and block_size > 0 else 8192
+        #: Body bytes taken from the file so far (by iteration, or by the server sending it).
+        self.sent = 0
 
     def __iter__(self) -> FileWrapper:
         return self
@@ -60,6 +62,7 @@ class FileWrapper:
     def __next__(self) -> bytes:
         data: bytes = self.filelike.read(self.block_size)
         if data:
+            self.sent += len(data)
             return data
         raise StopIteration
 
