@@ -378,6 +378,24 @@ def test_the_file_is_closed_when_the_client_goes_away_mid_transfer(serve: Serve,
     wait_until(app.all_closed, timeout=10)
 
 
+def test_shutdown_waits_for_a_file_being_sent_and_forces_it_at_the_deadline(serve: Serve, tmp_path: Path) -> None:
+    path = tmp_path / "big.bin"
+    with open(path, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    app = FileApp(path)
+    st = serve(app)
+    with st.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+        # The client reads no more: sendfile waits (write_timeout is 30 s) and
+        # the shutdown waits for it, until its own deadline.
+        result = st.shutdown(timeout=0.5)
+        assert not result.clean
+        assert [forced.request_line for forced in result.forced] == ["GET / HTTP/1.1"]
+        wait_until(app.all_closed)
+
+
 def test_sigterm_mid_sendfile_of_100_mib_completes_then_closes(tmp_path: Path) -> None:
     size = 100 * 1024 * 1024
     path = tmp_path / "100mib.bin"
