@@ -9,6 +9,7 @@ through ``sendfile`` and sends it SIGTERM mid-transfer.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import io
@@ -234,6 +235,30 @@ def test_a_file_shorter_than_its_content_length_closes_the_connection(
     head, _, body = received.partition(b"\r\n\r\n")
     assert b"Content-Length: %d" % (len(data) + 100) in head
     assert body == data  # all the file had, then the close: the client sees a short body
+
+
+def test_a_file_system_without_sendfile_falls_back_to_reads_of_the_file(
+    serve: Serve, data_file: tuple[Path, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, data = data_file
+    refused: list[int] = []
+
+    def no_sendfile(out_fd: int, in_fd: int, offset: Optional[int], count: int) -> int:
+        refused.append(count)
+        raise OSError(errno.EINVAL, "Invalid argument")  # what some FUSE and /proc files answer
+
+    monkeypatch.setattr("gshutdown.server.socket_io.os.sendfile", no_sendfile)
+    app = FileApp(path)
+    st = serve(app)
+    conn = http.client.HTTPConnection("127.0.0.1", st.port, timeout=10)
+    for target, expected in ((f"/?seek=3&length={len(data) - 3}", data[3:]), ("/?length=77", data[:77])):
+        conn.request("GET", target)
+        response = conn.getresponse()
+        assert response.read() == expected
+        assert response.getheader("Connection") is None
+    conn.close()
+    assert len(refused) == 2  # tried once per response, then pread and send
+    wait_until(app.all_closed)
 
 
 @pytest.mark.parametrize("length", [None, FILE_SIZE, 5000])
