@@ -10,13 +10,17 @@ in the middle of a request.
 
 Writes try one direct ``send`` first and fall back to gevent's
 ``wait_write`` for what the kernel did not take, within ``write_timeout`` in
-all. Closing stops the read watcher before its descriptor goes away.
+all. A file goes out with ``os.sendfile`` (``send_file``) when the socket is
+a plain one. Closing stops the read watcher before its descriptor goes away.
 """
 
 from __future__ import annotations
 
 import _socket
+import errno
 import fcntl
+import os
+import socket
 import termios
 import time
 from typing import Any, Callable, Optional
@@ -29,6 +33,12 @@ from gshutdown.server.errors import ClientDisconnected
 
 #: Bytes asked of the kernel per read of a request head.
 RECV_SIZE = 64 * 1024
+#: Most bytes one ``os.sendfile`` call is asked for (Linux takes at most ~2 GiB anyway).
+_SENDFILE_MAX = 1 << 30
+#: Bytes read per ``pread`` where the file system cannot ``sendfile``.
+_PREAD_SIZE = 256 * 1024
+#: ``os.sendfile`` errors that mean "not from this file", not "the client is gone".
+_SENDFILE_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 _INT_BUFFER = bytes(4)  # FIONREAD's answer: a C int
 _PLAIN_SOCKET = _socket.socket
 
@@ -198,6 +208,76 @@ class SocketIO:
                 data = data[raw.send(data) :]
             except BlockingIOError:
                 pass
+
+    def can_send_file(self) -> bool:
+        """True when ``send_file`` may hand a file to the kernel: a plain socket (not TLS, not hijacked)."""
+        return self.sock is self._raw and type(self._raw) is _PLAIN_SOCKET
+
+    def send_file(self, head: bytes, fd: int, offset: int, count: int, piece: int) -> int:
+        """Write ``head``, then ``count`` bytes of file ``fd`` from ``offset``, with ``os.sendfile``.
+
+        The file's own position is neither used nor moved. Only for a socket
+        where ``can_send_file()``. Each ``piece`` bytes the client takes must
+        arrive within ``write_timeout`` seconds, as if each were one write, so
+        a client that stops reading is dropped while a slow one is not.
+
+        Returns the file bytes sent: fewer than ``count`` when the file ends first.
+
+        Raises:
+            ClientDisconnected: the client is gone or stopped reading.
+        """
+        raw = self._raw
+        out = raw.fileno()
+        timeout = self._write_timeout
+        piece = max(1, piece)
+        sent = 0
+        try:
+            if count <= 0:
+                self.send(head)
+                return 0
+            # MSG_MORE: the head waits in the kernel for the file's first bytes
+            # (one segment, not a tiny one first, TCP_NODELAY notwithstanding).
+            try:
+                head_sent = raw.send(head, socket.MSG_MORE)
+            except BlockingIOError:
+                head_sent = 0
+            if head_sent < len(head):
+                self._send_rest(memoryview(head)[head_sent:])
+            deadline = None if timeout is None else time.monotonic() + timeout
+            piece_end = piece
+            while sent < count:
+                try:
+                    done = os.sendfile(out, fd, offset + sent, min(count - sent, _SENDFILE_MAX))
+                except BlockingIOError:
+                    done = -1
+                except OSError as exc:
+                    if exc.errno not in _SENDFILE_UNSUPPORTED or sent:
+                        raise
+                    return self._send_file_by_reads(fd, offset, count)
+                if done == 0:
+                    break  # the file ended before ``count``
+                if done > 0:
+                    sent += done
+                    if sent >= piece_end:
+                        piece_end = sent + piece
+                        deadline = None if timeout is None else time.monotonic() + timeout
+                    if sent >= count:
+                        break
+                wait_write(out, timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except OSError as exc:  # TimeoutError included: write_timeout passed
+            raise ClientDisconnected(f"sending the response failed: {exc}") from exc
+        return sent
+
+    def _send_file_by_reads(self, fd: int, offset: int, count: int) -> int:
+        """``send_file``'s way for a file ``sendfile`` cannot read: ``pread`` and ``send``."""
+        sent = 0
+        while sent < count:
+            data = os.pread(fd, min(_PREAD_SIZE, count - sent), offset + sent)
+            if not data:
+                break
+            self.send(data)
+            sent += len(data)
+        return sent
 
     def _close_watcher(self) -> None:
         watcher = self._read_watcher

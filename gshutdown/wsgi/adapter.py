@@ -30,6 +30,7 @@ from gshutdown.protocol.forwarded import ContradictoryScheme, apply_forwarded, s
 from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
 from gshutdown.server.errors import BadRequestBody, ClientDisconnected
 from gshutdown.server.state import HIJACKED
+from gshutdown.wsgi.file_wrapper import FileWrapper
 from gshutdown.wsgi.websocket import WebSockets
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,6 +105,14 @@ def _validate(status: Any, headers: Any) -> None:
             has_length = True
         if lname == "transfer-encoding":
             raise ValueError("Transfer-Encoding is the server's to set (hop-by-hop)")
+
+
+def _declared_length(headers: tuple[tuple[str, str], ...]) -> Optional[int]:
+    """The Content-Length among validated ``headers``, if any."""
+    for name, value in headers:
+        if name.lower() == "content-length":
+            return int(value)
+    return None
 
 
 class _ResponseTooLong(Exception):
@@ -308,6 +317,40 @@ class Response:
         if too_long:
             raise _ResponseTooLong()
 
+    def write_file(self, wrapper: FileWrapper) -> None:
+        """Send a ``wsgi.file_wrapper`` body, the head not sent yet (see ``gshutdown.wsgi.file_wrapper``).
+
+        Exactly Content-Length bytes from the file's position when the
+        application set one (a file that ends sooner closes the connection,
+        as a short body does); else the rest of a regular file, or all a
+        file-like reads. ``sendfile`` for a regular file on a plain socket.
+        """
+        if self.status is None:
+            raise AssertionError("the application returned a body before calling start_response")
+        conn = self._conn
+        extent = wrapper.extent()
+        length = _declared_length(self.headers)
+        if length is None and extent is not None:
+            length = extent.size
+        if extent is not None and conn.can_send_file():
+            head = self._start(length)
+            count = (head.content_length or 0) if head.send_body else 0
+            self._sent = wrapper.sent = conn.send_file(head.data, extent.fd, extent.offset, count, wrapper.block_size)
+            return
+        read = wrapper.filelike.read
+        block_size = wrapper.block_size
+        left = length
+        while True:
+            data = read(block_size if left is None else min(block_size, left))
+            self.write(data, length)  # the first write sends the head
+            if not data or not self.head.send_body:  # type: ignore[union-attr]
+                return
+            wrapper.sent += len(data)
+            if left is not None:
+                left -= len(data)
+                if left <= 0:
+                    return
+
     def finish(self) -> bool:
         """End the body; True if the connection may carry another request."""
         head = self.head
@@ -385,6 +428,7 @@ class WSGIAdapter:
             "wsgi.multiprocess": self.multiprocess,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,
+            "wsgi.file_wrapper": FileWrapper,
             "gshutdown.shutting_down": server.shutting_down,
         }
 
@@ -508,6 +552,9 @@ class WSGIAdapter:
                 # The whole body at once: Content-Length and a single write.
                 body = result[0]
                 response.write(body, len(body))
+            elif isinstance(result, FileWrapper) and response.head is None:
+                # Returned unchanged (PEP 3333): sendfile, or reads of its block size.
+                response.write_file(result)
             else:
                 for data in result:
                     if data:

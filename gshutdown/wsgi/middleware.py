@@ -9,6 +9,7 @@ from gshutdown.server.errors import BodyTimeout
 from gshutdown.wsgi import access_format
 from gshutdown.wsgi.access_format import AccessEmit, access_log
 from gshutdown.wsgi.adapter import WSGIApp
+from gshutdown.wsgi.file_wrapper import FileWrapper
 
 #: The methods a probe or a scraper sends; any other goes to the application.
 PROBE_METHODS = ("GET", "HEAD")
@@ -120,6 +121,9 @@ class AccessLog:
             logged_list = _LoggedList(result)
             logged_list.log = lambda: finish(sum(map(len, result)))
             return logged_list
+        if isinstance(result, FileWrapper):
+            # Stay a file wrapper, so the server can still sendfile it.
+            return _LoggedFile(result, finish)
         return _Logged(result, finish)
 
 
@@ -128,6 +132,23 @@ class _LoggedList(list):
 
     def close(self) -> None:
         self.log()
+
+
+class _LoggedFile(FileWrapper):
+    """A ``wsgi.file_wrapper`` result, logged when the server closes it."""
+
+    __slots__ = ("_finish", "_wrapped")
+
+    def __init__(self, wrapped: FileWrapper, finish: Callable[[int], None]) -> None:
+        super().__init__(wrapped.filelike, wrapped.block_size)
+        self._wrapped = wrapped
+        self._finish = finish
+
+    def close(self) -> None:
+        try:
+            self._wrapped.close()
+        finally:
+            self._finish(self.sent)
 
 
 class _Logged:
