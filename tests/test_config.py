@@ -37,6 +37,7 @@ def test_defaults_are_present_and_documented_values() -> None:
         "max_header_count": DEFAULT_MAX_HEADER_COUNT,
         "max_field_size": None,
         "max_connections": 1000,
+        "max_hijacked": 1000,
         "backlog": 2048,
         "unix_socket_mode": None,
         "keep_alive": True,

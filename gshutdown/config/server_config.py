@@ -72,6 +72,11 @@ class Config:
     #: until one closes (gunicorn ``worker_connections=1000`` for its gevent
     #: worker). None: no limit.
     max_connections: Optional[int] = 1000
+    #: Most connections hijacked at once (WebSockets and other upgrades):
+    #: they do not count against ``max_connections``, so they can never take
+    #: every slot from plain HTTP; past this limit a hijack is refused and
+    #: answered 503. None: no limit.
+    max_hijacked: Optional[int] = 1000
     #: Listen backlog for sockets the server binds (gunicorn ``backlog=2048``).
     backlog: int = 2048
     #: Permission bits of a unix socket the server binds, e.g. ``0o660``

@@ -60,6 +60,8 @@ class Settings:
     write_timeout: Optional[float]
     #: Connections served at once (None: no limit).
     max_connections: Optional[int]
+    #: Hijacked connections at once, outside max_connections (None: no limit).
+    max_hijacked: Optional[int]
     #: Largest request body in bytes (None: no limit).
     max_body_size: Optional[int]
     #: Bytes per second a request body must keep up (None: no minimum).

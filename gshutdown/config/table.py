@@ -164,6 +164,15 @@ SETTINGS: tuple[Setting, ...] = (
         doc="connections served at once, the rest wait in the backlog (gunicorn `--worker-connections`, also 1000)",
     ),
     S(
+        "max_hijacked",
+        ("--max-hijacked",),
+        optional_count,
+        1000,
+        "hijacked connections (WebSockets, upgrades) at once, outside max-connections; past it 503; 'none'",
+        doc="hijacked connections (WebSockets, upgrades) at once; they do not count against `--max-connections`, "
+        "so they never take every slot from plain HTTP; past it a hijack is answered 503",
+    ),
+    S(
         "max_body_size",
         ("--max-body-size",),
         optional_count,

@@ -636,6 +636,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         write_timeout=settings.write_timeout,
         idle_grace=settings.idle_grace,
         max_connections=settings.max_connections,
+        max_hijacked=settings.max_hijacked,
         max_body_size=settings.max_body_size,
         min_body_rate=settings.min_body_rate,
         unix_socket_mode=settings.unix_socket_mode,

@@ -27,7 +27,7 @@ from gevent import GreenletExit
 from gshutdown.protocol.events import Request
 from gshutdown.protocol.forwarded import apply_forwarded
 from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
-from gshutdown.server.errors import BadRequestBody, ClientDisconnected
+from gshutdown.server.errors import BadRequestBody, ClientDisconnected, HijackRefused
 from gshutdown.server.state import HIJACKED
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -464,6 +464,10 @@ class WSGIAdapter:
         except BadRequestBody as exc:
             if not conn.response_started:
                 conn.send_error(exc.status, str(exc))
+            return False
+        except HijackRefused:
+            if not conn.response_started:
+                conn.send_error(503, "Service Unavailable (too many hijacked connections)")
             return False
         except _ResponseTooLong:
             log.error("%s: application sent more than its Content-Length; cut off", conn.request_line)
