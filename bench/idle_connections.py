@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -76,7 +77,7 @@ http {{
 class Server:
     """One server under test: its process group, the pid holding the connections, its stop signal."""
 
-    def __init__(self, name: str, port: int, conns: int, tmp: Path) -> None:
+    def __init__(self, name: str, port: int, conns: int, tmp: Path, idle_grace: float) -> None:
         self.name = name
         self.port = port
         self.stop_signal = signal.SIGTERM
@@ -85,9 +86,7 @@ class Server:
             conf_dir = tmp / f"nginx-{port}"
             conf_dir.mkdir()
             conf = conf_dir / "nginx.conf"
-            conf.write_text(
-                NGINX_CONF.format(dir=conf_dir, port=port, connections=conns + 1000, nofile=conns + 2000)
-            )
+            conf.write_text(NGINX_CONF.format(dir=conf_dir, port=port, connections=conns + 1000, nofile=conns + 2000))
             argv = ["nginx", "-p", str(conf_dir), "-c", str(conf), "-e", "stderr", "-g", "daemon off;"]
             self.stop_signal = signal.SIGQUIT
         else:
@@ -95,7 +94,14 @@ class Server:
             launcher = name
             if name.startswith("gshutdown"):
                 launcher = "gshutdown"
-                extra = ("--idle-timeout", "none", "--max-connections", str(conns + 1000))
+                extra = (
+                    "--idle-timeout",
+                    "none",
+                    "--max-connections",
+                    str(conns + 1000),
+                    "--idle-grace",
+                    str(idle_grace),
+                )
                 if name == "gshutdown-workers":
                     extra += ("--workers", "1")
             opts = Options(port=port, idle=True, graceful_timeout=30.0, extra_args=extra)
@@ -144,6 +150,19 @@ class Server:
             pass
 
 
+def gshutdown_timeline(log_path: Path) -> dict[str, float]:
+    """gshutdown's own account of its shutdown, from its info-level log."""
+    text = log_path.read_text(errors="replace")
+    out = {}
+    match = re.search(r"shutdown: \w+ in ([\d.]+) s", text)
+    if match:
+        out["shutdown_seconds"] = float(match.group(1))
+    match = re.search(r"exit: \w+ after ([\d.]+) s", text)
+    if match:
+        out["exit_log_seconds"] = float(match.group(1))
+    return out
+
+
 def start_clients(port: int, conns: int, clients: int) -> list[subprocess.Popen[str]]:
     procs = []
     share, extra = divmod(conns, clients)
@@ -171,7 +190,7 @@ def start_clients(port: int, conns: int, clients: int) -> list[subprocess.Popen[
 
 
 def measure(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    server = Server(name, run.free_port(), args.conns, tmp)
+    server = Server(name, run.free_port(), args.conns, tmp, args.idle_grace)
     clients: list[subprocess.Popen[str]] = []
     result: dict[str, Any] = {"server": name}
     try:
@@ -230,6 +249,8 @@ def measure(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             reset_by_server=reset,
             last_close_seconds=None if last_close is None else round(last_close, 4),
         )
+        if name.startswith("gshutdown"):
+            result.update(gshutdown_timeline(server.log_path))
         shown = "no exit in 60 s" if exit_seconds is None else f"{exit_seconds:.3f} s"
         print(
             f"  {name:18s} {result['signal']} -> exit {shown}; {closed - reset} FIN, {reset} reset,"
@@ -237,6 +258,12 @@ def measure(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             f" {'-' if last_close is None else f'{last_close:.3f} s'}",
             flush=True,
         )
+        if "shutdown_seconds" in result:
+            print(
+                f"  {'':18s} its log: shutdown() took {result['shutdown_seconds']:.3f} s"
+                f" (idle_grace {args.idle_grace:g} s of it), exit line at {result.get('exit_log_seconds', '-')} s",
+                flush=True,
+            )
     except (run.BenchError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"  {name}: FAILED: {exc}", flush=True)
         result["error"] = str(exc)
@@ -257,6 +284,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--clients", type=int, default=3, help="client processes sharing them (default 3)")
     p.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated from {','.join(SERVERS)}")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--idle-grace",
+        type=float,
+        default=0.1,
+        help="gshutdown's --idle-grace (default 0.1, its default): part of its SIGTERM-to-exit time",
+    )
     args = p.parse_args(argv)
     names = [n for n in args.servers.split(",") if n]
     for name in names:

@@ -187,6 +187,8 @@ def test_unfinished_heads_are_reclaimed_after_idle_ones_oldest_first(serve: Serv
             assert served_count(st) <= 4
         closed = [cid for cid, state in st.transitions if state is CLOSED]
         assert closed == order  # idle ones first, then the unfinished heads, each oldest first
+        # Nobody waits now: the server is not about to look for more to reclaim.
+        assert st.call(lambda: st.server._cap_timer) is None
         for sock in idle:
             assert has_fin(sock, timeout=5)
         for sock in slow:

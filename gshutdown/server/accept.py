@@ -107,9 +107,11 @@ class PausingAccept(StreamServer):
             self._slot_freed()
             return
         retry = self._reclaim_slot()
-        # Reclaimed: its slot frees now or on the next turn (and _slot_freed
-        # cancels this). Not yet reclaimable: look again when something may
-        # be (the listener stays readable, so watching it now would spin).
+        if not self._paused_at_cap:
+            return  # the slot reclaimed is free already: accepting again
+        # Reclaimed: its slot frees on the next turn (and _slot_freed cancels
+        # this). Not yet reclaimable: look again when something may be (the
+        # listener stays readable, so watching it now would spin).
         self._cap_timer = self.loop.timer(RECLAIM_RECHECK if retry is None else retry)
         self._cap_timer.start(self._cap_retry)
 
