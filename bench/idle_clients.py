@@ -6,7 +6,8 @@ the whole response, and then stays open and silent. When all are open it
 prints one JSON line (``{"opened": ..., "failed": ..., "seconds": ...}``)
 and then waits, closing every socket the server closes (as a browser or a
 load balancer would), until its standard input closes or ``--max-seconds``
-pass; then it prints ``{"closed_by_server": ...}`` and exits.
+pass; then it prints ``{"closed_by_server": ..., "reset_by_server": ...}``
+(closes seen as a reset rather than a FIN are counted in both) and exits.
 
 Run as ``python bench/idle_clients.py --port PORT --count 10000``.
 """
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=10000)
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per connect and response")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="exit by itself after this long")
+    parser.add_argument("--host", default="127.0.0.1", help="the server's loopback address")
     args = parser.parse_args(argv)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         sock = None
         try:
-            sock = socket.create_connection(("127.0.0.1", args.port), timeout=args.timeout)
+            sock = socket.create_connection((args.host, args.port), timeout=args.timeout)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(REQUEST)
             if not _read_response(sock):
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     # Hold them idle; close what the server closes; stop when stdin closes.
     selector.register(sys.stdin, selectors.EVENT_READ)
     closed_by_server = 0
+    reset_by_server = 0
     all_closed_at = None
     deadline = began + args.max_seconds
     running = True
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             except BlockingIOError:
                 continue
             except OSError:
+                reset_by_server += 1
                 data = b""
             if not data:
                 selector.unregister(sock)
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 closed_by_server += 1
                 if closed_by_server == open_socks:
                     all_closed_at = time.time()
-    _emit({"closed_by_server": closed_by_server, "all_closed_at": all_closed_at})
+    _emit({"closed_by_server": closed_by_server, "reset_by_server": reset_by_server, "all_closed_at": all_closed_at})
     return 0
 
 

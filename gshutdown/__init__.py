@@ -4,7 +4,7 @@ from gshutdown.config.addresses import bind_unix
 from gshutdown.config.server_config import Config
 from gshutdown.process.runner import Runner, run
 from gshutdown.server.connection import Connection
-from gshutdown.server.errors import BadRequestBody, BodyTimeout, ClientDisconnected
+from gshutdown.server.errors import BadRequestBody, BodyTimeout, ClientDisconnected, HijackRefused
 from gshutdown.server.hooks import HookOutcome, HookPhase, on_shutdown
 from gshutdown.server.http_server import HTTPServer
 from gshutdown.server.jobs import every
@@ -24,6 +24,7 @@ __all__ = [
     "Connection",
     "ForcedConnection",
     "HTTPServer",
+    "HijackRefused",
     "HookOutcome",
     "HookPhase",
     "IllegalTransition",

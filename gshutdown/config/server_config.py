@@ -80,6 +80,11 @@ class Config:
     #: (fragments and decompression included); beyond it, Close 1009 (the
     #: ``websockets`` library's ``max_size``: 1 MiB).
     max_websocket_message: int = 1024 * 1024
+    #: Most connections hijacked at once (WebSockets and other upgrades):
+    #: they do not count against ``max_connections``, so they can never take
+    #: every slot from plain HTTP; past this limit a hijack is refused and
+    #: answered 503. None: no limit.
+    max_hijacked: Optional[int] = 1000
     #: Listen backlog for sockets the server binds (gunicorn ``backlog=2048``).
     backlog: int = 2048
     #: Permission bits of a unix socket the server binds, e.g. ``0o660``

@@ -66,6 +66,8 @@ class Settings:
     max_websockets: Optional[int]
     #: Largest WebSocket message received through ``wsgi.websocket``, in bytes.
     max_websocket_message: int
+    #: Hijacked connections at once, outside max_connections (None: no limit).
+    max_hijacked: Optional[int]
     #: Largest request body in bytes (None: no limit).
     max_body_size: Optional[int]
     #: Bytes per second a request body must keep up (None: no minimum).

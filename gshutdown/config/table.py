@@ -192,6 +192,15 @@ SETTINGS: tuple[Setting, ...] = (
         shown_default="1 MiB",
     ),
     S(
+        "max_hijacked",
+        ("--max-hijacked",),
+        optional_count,
+        1000,
+        "hijacked connections (WebSockets, upgrades) at once, outside max-connections; past it 503; 'none'",
+        doc="hijacked connections (WebSockets, upgrades) at once; they do not count against `--max-connections`, "
+        "so they never take every slot from plain HTTP; past it a hijack is answered 503",
+    ),
+    S(
         "max_body_size",
         ("--max-body-size",),
         optional_count,

@@ -689,6 +689,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         write_timeout=settings.write_timeout,
         idle_grace=settings.idle_grace,
         max_connections=settings.max_connections,
+        max_hijacked=settings.max_hijacked,
         max_body_size=settings.max_body_size,
         max_websockets=settings.max_websockets,
         max_websocket_message=settings.max_websocket_message,

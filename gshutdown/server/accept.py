@@ -6,6 +6,14 @@ delay that doubles from 5 ms to 1 s (as Go's ``Server.Serve``), while open
 connections are served as usual; clients wait in the listen backlog meanwhile.
 It is logged at most once per ``ACCEPT_ERROR_LOG_INTERVAL``, and when
 accepting resumes after a pause that was logged.
+
+At the connection cap (``max_connections``, counted by the registry, not by
+greenlets: a parked idle connection has none) accepting stops too, and the
+listener is watched instead: a connection waiting in the backlog makes the
+server reclaim a slot, as nginx does with its reusable connections (the
+subclass's ``_reclaim_slot``: idle keep-alive connections first, then those
+that have not sent a complete head, oldest first). Accepting resumes as soon
+as a slot is free, reclaimed or not.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import errno
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 from gevent.server import StreamServer
 
@@ -27,6 +35,9 @@ _ACCEPT_RETRY_FIRST = 0.005
 _ACCEPT_RETRY_MAX = 1.0
 # accept() errors that say "no room for another connection now".
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Seconds after a reclaim at the cap before looking again, should its slot
+#: not have freed (the connection reclaimed turned out to have a request).
+RECLAIM_RECHECK = 0.5
 # accept() errors about one connection, gone before it was accepted.
 CONNECTION_ABORTED = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
 
@@ -52,11 +63,78 @@ class PausingAccept(StreamServer):
         self._accept_error_logged_at = -ACCEPT_ERROR_LOG_INTERVAL
         self._accept_pause_logged = False
         self._accept_errors = 0
+        # At the cap: the watcher on the listener, or the timer of the next
+        # look for something to reclaim.
+        self._cap_watcher: Any = None
+        self._cap_timer: Any = None
+        self._paused_at_cap = False
         super().__init__(*args, **kwargs)
+        # gevent took the pool's full() as this server's: the cap is ours.
+        self.__dict__.pop("full", None)
 
     def open_connections(self) -> int:
         """How many connections are open (for the log line of a pause)."""
         raise NotImplementedError
+
+    # -- the connection cap ---------------------------------------------------------
+
+    def _at_cap(self) -> bool:
+        """True when no other connection may be accepted now."""
+        raise NotImplementedError
+
+    def _reclaim_slot(self) -> Optional[float]:
+        """Close one connection to make room for one waiting in the backlog.
+
+        Returns None when one was (its slot frees now or on the next loop
+        turn), else the seconds after which one may be reclaimable.
+        """
+        raise NotImplementedError
+
+    def full(self) -> bool:  # gevent's accept loop asks before each accept
+        if not self._at_cap():
+            return False
+        # gevent stops accepting; watch the listener for a connection waiting.
+        self._paused_at_cap = True
+        if self._cap_watcher is None and self._cap_timer is None and hasattr(self, "socket"):
+            self._cap_watcher = self.loop.io(self.socket.fileno(), 1)
+            self._cap_watcher.start(self._waiting_at_cap)
+        return True
+
+    def _waiting_at_cap(self) -> None:
+        # In the hub: the listener is readable while at the cap.
+        self._end_cap_wait()
+        if not self._at_cap():
+            self._slot_freed()
+            return
+        retry = self._reclaim_slot()
+        if not self._paused_at_cap:
+            return  # the slot reclaimed is free already: accepting again
+        # Reclaimed: its slot frees on the next turn (and _slot_freed cancels
+        # this). Not yet reclaimable: look again when something may be (the
+        # listener stays readable, so watching it now would spin).
+        self._cap_timer = self.loop.timer(RECLAIM_RECHECK if retry is None else retry)
+        self._cap_timer.start(self._cap_retry)
+
+    def _cap_retry(self) -> None:
+        self._end_cap_wait()
+        if hasattr(self, "socket") and self.started and not self.shutdown_started:
+            self._waiting_at_cap()
+
+    def _slot_freed(self) -> None:
+        """A served connection ended: accept again if the cap had stopped it."""
+        if self._paused_at_cap:
+            self._paused_at_cap = False
+            self._end_cap_wait()
+            if self._accept_retry_timer is None:
+                self._retry_accepting()
+
+    def _end_cap_wait(self) -> None:
+        watcher, self._cap_watcher = self._cap_watcher, None
+        if watcher is not None:
+            watcher.close()
+        timer, self._cap_timer = self._cap_timer, None
+        if timer is not None:
+            timer.close()
 
     def init_socket(self) -> None:
         super().init_socket()
@@ -144,3 +222,4 @@ class PausingAccept(StreamServer):
         if timer is not None:
             timer.close()
             self._accept_retry_timer = None
+        self._end_cap_wait()

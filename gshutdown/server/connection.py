@@ -45,7 +45,7 @@ from gshutdown.protocol import (
 )
 from gshutdown.protocol.proxy_protocol import V1_MAX_LENGTH, ProxyHeader, ProxyProtocolError, parse_proxy_header
 from gshutdown.protocol.writer import error_response
-from gshutdown.server.errors import BadRequestBody, BodyTimeout, ClientDisconnected
+from gshutdown.server.errors import BadRequestBody, BodyTimeout, ClientDisconnected, HijackRefused
 from gshutdown.server.socket_io import RECV_SIZE, SocketIO
 from gshutdown.server.state import ACTIVE, CLOSED, HIJACKED, IDLE, NEW, TERMINAL_STATES, ConnState, move
 
@@ -68,6 +68,12 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CLIENT_GONE = (ConnectionError, TimeoutError, BrokenPipeError)
 # Connection ids: a global counter (a class attribute is a slower lookup).
 _connection_ids = itertools.count(1)
+#: Seconds a connection waits for its next request on its greenlet, after a
+#: response, before it parks (gives the greenlet up and waits on its watcher
+#: alone). A client that sends its next request within it (load, a page's
+#: next resource) costs no greenlet spawn; an idle one holds no greenlet
+#: past it.
+PARK_AFTER = 0.05
 
 
 class _ReadTimeout(Exception):
@@ -89,6 +95,27 @@ class Connection(SocketIO):
         response_status: the status line of the current or last response whose
             head was sent, e.g. ``"200 OK"`` (``""`` while none was).
     """
+
+    # The parking and reclaiming state lives in slots, outside the instance
+    # dict: past 30 attributes CPython gives every instance a dict of its own
+    # (1.5 KiB) instead of one sharing its class's keys (issue 21's RSS per
+    # idle connection).
+    __slots__ = ("_idle_deadline", "_reclaimed", "head_started", "idle_since", "parked", "reading_head")
+    #: True while the connection waits between requests with no greenlet
+    #: (``_park``): its watcher and deadline timer call back in the hub.
+    parked: bool
+    #: ``time.monotonic()`` by which an idle connection's next request must
+    #: begin (None: no limit); kept while parked, for the greenlet that resumes it.
+    _idle_deadline: Optional[float]
+    #: Set when the server reclaims the connection's slot (``reclaim``).
+    _reclaimed: bool
+    #: ``time.monotonic()`` when the connection last became IDLE, and when the
+    #: first byte of the request whose head is being read arrived (while
+    #: ``reading_head``): what reclaiming at the connection cap orders by.
+    idle_since: float
+    head_started: float
+    #: True from the first byte of a request until its head is complete.
+    reading_head: bool
 
     # Class-level defaults: set per connection only when in use.
     proxy_header: Optional[ProxyHeader] = None
@@ -119,13 +146,12 @@ class Connection(SocketIO):
         self.requests = 0
         #: The greenlet serving this connection (set by the server at spawn).
         self.greenlet: Any = None
-        self._parser = RequestParser(
-            max_request_line=self.config.max_request_line,
-            max_header_bytes=self.config.max_header_bytes,
-            max_header_count=self.config.max_header_count,
-            max_field_size=self.config.max_field_size,
-            max_body_size=self.config.max_body_size,
-        )
+        self._parser = self._new_parser()
+        self.parked = False
+        self._idle_deadline = None
+        self._reclaimed = False
+        self.idle_since = self.head_started = 0.0
+        self.reading_head = False
         # Per-request state, reset by _begin_request().
         self.request: Optional[Request] = None
         self.body_done = True
@@ -149,6 +175,16 @@ class Connection(SocketIO):
     def __repr__(self) -> str:
         return f"<Connection #{self.id} {self.peer!r} {self.state.name}>"
 
+    def _new_parser(self) -> RequestParser:
+        config = self.config
+        return RequestParser(
+            max_request_line=config.max_request_line,
+            max_header_bytes=config.max_header_bytes,
+            max_header_count=config.max_header_count,
+            max_field_size=config.max_field_size,
+            max_body_size=config.max_body_size,
+        )
+
     @property
     def request_line(self) -> str:
         """The current or last request line, e.g. ``"GET / HTTP/1.1"`` (``""`` before any)."""
@@ -160,7 +196,7 @@ class Connection(SocketIO):
     @property
     def waiting(self) -> bool:
         """True while the connection waits, NEW or IDLE, for the first byte of a request."""
-        return self._wake is not None and (self.state is IDLE or self.state is NEW)
+        return (self._wake is not None or self.parked) and (self.state is IDLE or self.state is NEW)
 
     @property
     def age(self) -> float:
@@ -172,6 +208,11 @@ class Connection(SocketIO):
     def serve(self) -> None:
         """Serve requests until the connection closes or is hijacked."""
         try:
+            if self.requests:
+                # A parked connection resumed (serve() runs once otherwise,
+                # before any request): the prelude is long done.
+                self._serve_requests()
+                return
             raw = self._raw
             if raw.family in (socket.AF_INET, socket.AF_INET6):
                 # Without it every kept-alive response waits ~40 ms on Nagle
@@ -190,6 +231,9 @@ class Connection(SocketIO):
         except Exception:
             log.exception("internal error on %r", self)
         finally:
+            if self.parked:
+                # Waiting on its watcher, greenlet-free: nothing to close.
+                return  # noqa: B012 - every exception was handled above
             if self.state is not HIJACKED:
                 self._close_now()
             elif not self.detached:
@@ -277,9 +321,12 @@ class Connection(SocketIO):
                 after_response = self.state is ACTIVE
                 if after_response:
                     move(self, IDLE)
+                    self.idle_since = time.monotonic()
                 if not self._await_next_request(after_response):
                     return
+            self.reading_head = True
             event = self._read_head()
+            self.reading_head = False
             if event is None:
                 return
             if type(event) is ProtocolError:
@@ -304,8 +351,26 @@ class Connection(SocketIO):
         server = self.server
         parser = self._parser
         timeout = self.config.idle_grace if server.shutdown_started else self.config.idle_timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        data = self._recv(timeout, wait_first=after_response)
+        if self.state is IDLE and not after_response:
+            # Resumed after parking: the deadline set when it went idle stands.
+            deadline = self._idle_deadline
+            if deadline is not None:
+                timeout = (
+                    max(0.0, deadline - time.monotonic())
+                    if timeout is None
+                    else min(timeout, max(0.0, deadline - time.monotonic()))
+                )
+        else:
+            deadline = None if timeout is None else time.monotonic() + timeout
+        if after_response and self._may_park() and (timeout is None or timeout > PARK_AFTER):
+            data = self._recv(PARK_AFTER, wait_first=True)
+            if data is None and server.keep_alives_enabled and not self._reclaimed:
+                # Quiet: wait on the watcher alone, and let the greenlet go.
+                self._park(deadline)
+                return False
+            # A shutdown or keep-alive's end cut the wait: the loop decides.
+        else:
+            data = self._recv(timeout, wait_first=after_response)
         while True:
             if data is None and server.shutdown_started and self._bytes_waiting():
                 # The deadline and a request may have crossed: take what is
@@ -321,6 +386,7 @@ class Connection(SocketIO):
             parser.feed(data)
             if parser.in_message or parser.has_events:
                 move(self, ACTIVE)
+                self.head_started = time.monotonic()
                 return True
             # Empty lines only, which RFC 9112 2.2 says to ignore: still idle,
             # and the wait goes on to the same deadline. A shutdown that began
@@ -330,6 +396,66 @@ class Connection(SocketIO):
                 grace_end = now + self.config.idle_grace
                 deadline = grace_end if deadline is None else min(deadline, grace_end)
             data = self._recv(None if deadline is None else deadline - now, wait_first=True)
+
+    # -- parking: idle with no greenlet ------------------------------------------
+
+    def _may_park(self) -> bool:
+        """True if nothing of the next request is buffered above the socket (TLS: in OpenSSL)."""
+        return self.sock is self._raw and not self.server.shutdown_started
+
+    def _park(self, deadline: Optional[float]) -> None:
+        """Give the greenlet up; readable bytes or the deadline resume the connection (in the hub).
+
+        The connection stays IDLE in the registry, unchanged for the hook and
+        for a shutdown, which closes it from the hub (``end_wait``).
+        """
+        self.parked = True
+        self._idle_deadline = deadline
+        self.greenlet = None
+        # Nothing is buffered in them: a new parser and environ cache on
+        # resuming cost less than keeping these (2.8 KiB) per idle connection.
+        self._parser.close()
+        self._parser = None  # type: ignore[assignment]
+        self.environ_base = None
+        if self._reusable_timer is not None:
+            # Only a parked deadline runs while parked: one timer per idle
+            # connection, not two. The next wait makes its own again.
+            self._reusable_timer.close()
+            self._reusable_timer = None
+            self._reusable_seconds = -1.0
+        self._watch_parked(
+            self._parked_readable,
+            self._parked_deadline_passed,
+            None if deadline is None else deadline - time.monotonic(),
+        )
+
+    def _parked_readable(self) -> None:
+        # In the hub: the next request (or EOF) arrived.
+        self._unwatch_parked()
+        self._resume()
+
+    def _parked_deadline_passed(self) -> None:
+        # In the hub: idle_timeout passed, or the shutdown's grace ended (end_wait).
+        self._unwatch_parked()
+        if self.server.shutdown_started and not self._bytes_waiting():
+            # Nothing of ours is unread: close() sends FIN, not RST, with no greenlet.
+            self._close_parked()
+        else:
+            # Bytes crossed the deadline (served), or the idle timeout's lingering close.
+            self._resume()
+
+    def _resume(self) -> None:
+        """Serve the parked connection on a greenlet again, from where it parked."""
+        self.parked = False
+        self._parser = self._new_parser()
+        self.greenlet = self.server.spawn_connection(self)
+
+    def _close_parked(self) -> None:
+        """Close a parked connection now, from whatever greenlet or hub callback calls."""
+        self.parked = False
+        self._unwatch_parked()
+        self._close_now()
+        self._close_waits()
 
     def _read_head(self) -> Optional[Event]:
         """The next request head (or error); sends 408 itself on a timeout."""
@@ -506,11 +632,18 @@ class Connection(SocketIO):
         are cooperative), and the bytes already received after the head. The
         server closes the socket when the handler returns, unless it was
         ``detach()``ed.
+
+        Raises:
+            HijackRefused: ``Config.max_hijacked`` connections are hijacked
+                already (the WSGI adapter answers 503).
         """
         if self.response_started:
             raise RuntimeError("cannot hijack after the response has started")
         if self.state is not ConnState.ACTIVE:
             raise RuntimeError(f"cannot hijack a {self.state.name} connection")
+        limit = self.config.max_hijacked
+        if limit is not None and self.server.registry.count(HIJACKED) >= limit:
+            raise HijackRefused(f"{limit} connections are hijacked already (max_hijacked)")
         move(self, ConnState.HIJACKED)
         sock = self.sock
         if sock is self._raw:
@@ -551,7 +684,11 @@ class Connection(SocketIO):
             return False
         self._end_deadline_timer()
         timer = self._hub.loop.timer(seconds)
-        timer.start(self._wake, False)
+        if self.parked:
+            self._idle_deadline = time.monotonic() + seconds
+            timer.start(self._parked_deadline_passed)
+        else:
+            timer.start(self._wake, False)
         self._deadline_timer = timer
         return True
 
@@ -565,7 +702,35 @@ class Connection(SocketIO):
         """
         if not self.waiting:
             return False
-        self._wake(False)  # type: ignore[misc]
+        if self.parked:
+            self._idle_deadline = time.monotonic()
+            self._parked_deadline_passed()  # closed here, or served if a request crossed the deadline
+        else:
+            self._wake(False)  # type: ignore[misc]
+        return True
+
+    def reclaim(self) -> bool:
+        """Close this connection to free its slot for one waiting at the cap; False if it cannot be now.
+
+        Only a connection waiting for bytes is reclaimed: IDLE (parked or
+        not), NEW, or ACTIVE with its request head incomplete (answered 408).
+        A request whose head is complete is never touched. The close lingers
+        as an idle timeout's does, but the connection is CLOSED, and its slot
+        free, before it lingers. Called from the hub.
+        """
+        if self.parked:
+            if self._bytes_waiting():
+                return False  # its next request is here: the watcher resumes it
+            self._unwatch_parked()
+            self._reclaimed = True
+            self._idle_deadline = time.monotonic()
+            self._resume()
+            return True
+        state = self.state
+        if self._wake is None or not (state is IDLE or state is NEW or (state is ACTIVE and self.reading_head)):
+            return False
+        self._reclaimed = True
+        self._wake(False)  # as the wait's deadline would: the greenlet closes it now
         return True
 
     def force_close(self) -> None:
@@ -578,6 +743,9 @@ class Connection(SocketIO):
         if self.state is ConnState.HIJACKED:
             self.sock.close()
             self.server.registry.forget(self)
+            return
+        if self.parked:
+            self._close_parked()
             return
         glet = self.greenlet
         if glet is not None and glet is not getcurrent() and not glet.dead:

@@ -1,4 +1,4 @@
-"""Errors a request's reader sees: the client left, or its body broke HTTP framing."""
+"""Errors a request's reader sees: the client left, or its body broke HTTP framing; a hijack refused."""
 
 from __future__ import annotations
 
@@ -29,3 +29,11 @@ class BadRequestBody(ValueError):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+
+
+class HijackRefused(RuntimeError):
+    """``Config.max_hijacked`` connections are hijacked already: this one stays the server's.
+
+    Raised by ``environ['gshutdown.hijack']()``; unless the application
+    answers itself, the server answers 503 and closes the connection.
+    """

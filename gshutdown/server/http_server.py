@@ -79,6 +79,10 @@ log = logging.getLogger("gshutdown")
 Listener = Union[tuple, str, socket.socket]
 
 _NO_LIMIT = float("inf")
+#: Seconds a connection must have been quiet (idle since its response, or
+#: waiting for its head since it connected or began it) before it may be
+#: reclaimed at the connection cap.
+RECLAIM_MIN_AGE = 1.0
 
 # SO_ATTACH_FILTER (asm-generic/socket.h), and a classic BPF program that keeps
 # a TCP segment only if it carries ACK: a socket filter sees the segment from
@@ -192,7 +196,11 @@ class HTTPServer(PausingAccept):
         self.jobs = Scheduler()
         # gevent takes a backlog only for listeners it binds itself.
         backlog = self.config.backlog if isinstance(listener, (tuple, str)) else None
-        super().__init__(listener, backlog=backlog, spawn=Pool(self.config.max_connections))
+        # The pool bounds nothing: max_connections counts connections (the
+        # registry's), and a parked idle one has no greenlet; a closing one
+        # lingering after FIN has one but no longer counts.
+        super().__init__(listener, backlog=backlog, spawn=Pool())
+        self.registry.on_slot_freed = self._slot_freed
 
     # -- accept ---------------------------------------------------------------
 
@@ -226,6 +234,52 @@ class HTTPServer(PausingAccept):
 
     def open_connections(self) -> int:
         return len(self.registry)
+
+    def spawn_connection(self, conn: Connection) -> Any:
+        """Serve ``conn`` (a parked one, resumed) on a new greenlet in the pool."""
+        return self._spawn(conn.serve)
+
+    # -- the connection cap ----------------------------------------------------------
+
+    def _at_cap(self) -> bool:
+        limit = self.config.max_connections
+        return limit is not None and self.registry.served >= limit
+
+    def _reclaim_slot(self) -> Optional[float]:
+        """Reclaim as nginx does: the oldest idle keep-alive connection, else the oldest without a complete head.
+
+        Only connections quiet for ``RECLAIM_MIN_AGE`` seconds: one that
+        finished a response a moment ago is likely about to be reused (closing
+        it would race its client's next request), and one that connected or
+        began its head a moment ago is likely about to complete it.
+        """
+        now = time.monotonic()
+        ready_by = now + RECLAIM_MIN_AGE
+        registry = self.registry
+        for conn in registry.oldest_first(ConnState.IDLE):
+            if conn.idle_since + RECLAIM_MIN_AGE > now:
+                ready_by = min(ready_by, conn.idle_since + RECLAIM_MIN_AGE)
+                break  # the rest went idle later still
+            if conn.reclaim():
+                return None
+        # Then what has not sent a complete head: NEW ones, and heads in progress.
+        candidates: list[tuple[float, Connection]] = []
+        for conn in registry.oldest_first(ConnState.NEW):
+            if conn.created + RECLAIM_MIN_AGE > now:
+                ready_by = min(ready_by, conn.created + RECLAIM_MIN_AGE)
+                break
+            candidates.append((conn.created, conn))
+        for conn in registry.oldest_first(ConnState.ACTIVE):
+            if conn.reading_head:
+                if conn.head_started + RECLAIM_MIN_AGE > now:
+                    ready_by = min(ready_by, conn.head_started + RECLAIM_MIN_AGE)
+                else:
+                    candidates.append((conn.head_started, conn))
+        candidates.sort(key=lambda item: item[0])
+        for _, conn in candidates:
+            if conn.reclaim():
+                return None
+        return max(ready_by - now, 0.01)
 
     def do_handle(self, sock: socket.socket, address: Any) -> None:
         # Registered here, in the accept path, rather than when the greenlet

@@ -7,6 +7,10 @@ never disagree with the connections themselves. (Keying by local address, as a
 hand-rolled Go version does, would merge every accepted socket into one entry:
 they all share the listener's address.)
 
+Each state keeps its connections in the order they entered it (a dict, not
+a set), so the first IDLE one is the one idle longest: reclaiming at the
+connection cap takes the oldest first without sorting.
+
 ``wait_drained()`` is event-driven: the event is set by the very transition
 that leaves no ACTIVE, NEW or IDLE connection, so a waiter wakes at once.
 """
@@ -14,7 +18,7 @@ that leaves no ACTIVE, NEW or IDLE connection, so a waiter wakes at once.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from gevent.event import Event
 
@@ -35,8 +39,8 @@ class ConnRegistry:
     """Live connections by state, and an event for "none left to serve"."""
 
     def __init__(self, hook: Optional[ConnStateHook] = None) -> None:
-        self._by_state: dict[ConnState, set[Connection]] = {
-            state: set() for state in (ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE, ConnState.HIJACKED)
+        self._by_state: dict[ConnState, dict[Connection, None]] = {
+            state: {} for state in (ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE, ConnState.HIJACKED)
         }
         self._hook = hook
         self._served = 0  # connections in NEW, ACTIVE or IDLE
@@ -45,6 +49,9 @@ class ConnRegistry:
         # Connections a drain need not wait for: those whose own handler is
         # waiting for the shutdown to end (they cannot finish first).
         self._drain_floor = 0
+        #: Called with no arguments whenever a served (NEW, ACTIVE, IDLE)
+        #: connection leaves them: a slot under ``max_connections`` is free.
+        self.on_slot_freed: Optional[Callable[[], None]] = None
         #: Connections that ever reached each terminal state.
         self.closed_total = 0
         self.hijacked_total = 0
@@ -53,11 +60,11 @@ class ConnRegistry:
         """Record a transition (called by ``state.move`` only), then run the hook."""
         by_state = self._by_state
         if old is not None:
-            by_state[old].discard(conn)
+            by_state[old].pop(conn, None)  # type: ignore[call-overload]
         if new is CLOSED:
             self.closed_total += 1
         else:
-            by_state[new].add(conn)  # type: ignore[arg-type]
+            by_state[new][conn] = None  # type: ignore[index]
             if new is HIJACKED:
                 self.hijacked_total += 1
         # ACTIVE <-> IDLE, twice per request, leaves the served count alone.
@@ -65,6 +72,8 @@ class ConnRegistry:
         if served_change:
             self._served += served_change
             self._update_drained()
+            if served_change < 0 and self.on_slot_freed is not None:
+                self.on_slot_freed()
         if self._hook is not None:
             try:
                 self._hook(conn, new)
@@ -88,7 +97,7 @@ class ConnRegistry:
 
     def forget(self, conn: Connection) -> None:
         """Stop tracking a hijacked connection (its owner closed it or took it over)."""
-        self._by_state[ConnState.HIJACKED].discard(conn)
+        self._by_state[ConnState.HIJACKED].pop(conn, None)
 
     def in_state(self, *states: ConnState) -> list[Connection]:
         """A snapshot of the connections now in any of ``states``."""
@@ -100,6 +109,22 @@ class ConnRegistry:
     def all(self) -> list[Connection]:
         """A snapshot of every live connection, hijacked ones included."""
         return self.in_state(*self._by_state)
+
+    def oldest_first(self, state: ConnState) -> Iterator[Connection]:
+        """The connections in ``state``, the one that entered it first first.
+
+        A live view: stop iterating once one of them has moved.
+        """
+        return iter(self._by_state[state])
+
+    def count(self, state: ConnState) -> int:
+        """How many connections are in ``state``."""
+        return len(self._by_state[state])
+
+    @property
+    def served(self) -> int:
+        """Connections NEW, ACTIVE or IDLE: what ``max_connections`` counts."""
+        return self._served
 
     def counts(self) -> dict[str, int]:
         """Connections per live state, by state name (lower case)."""

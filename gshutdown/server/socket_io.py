@@ -142,6 +142,30 @@ class SocketIO:
             watcher.stop()
             self._end_deadline_timer()
 
+    def _watch_parked(
+        self, on_readable: Callable[[], Any], on_deadline: Callable[[], Any], timeout: Optional[float]
+    ) -> None:
+        """Wait with no greenlet: ``on_readable()`` or ``on_deadline()`` runs in the hub.
+
+        The same watcher and deadline timer as a greenlet's wait, with
+        callbacks instead of a switch; ``_unwatch_parked()`` stops both (each
+        callback must call it first).
+        """
+        watcher = self._read_watcher
+        if watcher is None:
+            watcher = self._read_watcher = self._hub.loop.io(self._raw.fileno(), 1)
+        watcher.start(on_readable)
+        if timeout is not None:
+            timer = self._hub.loop.timer(max(0.0, timeout))
+            timer.start(on_deadline)
+            self._deadline_timer = timer
+
+    def _unwatch_parked(self) -> None:
+        watcher = self._read_watcher
+        if watcher is not None:
+            watcher.stop()
+        self._end_deadline_timer()
+
     def _end_deadline_timer(self) -> None:
         timer = self._deadline_timer
         if timer is not None:

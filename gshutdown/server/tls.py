@@ -205,6 +205,23 @@ class TLSConnection(Connection):
     def send_parts(self, head: bytes, body: bytes) -> None:
         self.send(head + body)  # one TLS record stream: no sendmsg on the plain socket
 
+    def _may_park(self) -> bool:
+        # Decrypted bytes OpenSSL already holds would never make the socket readable.
+        tls = self._tls
+        return tls is not None and not tls.pending() and not self.server.shutdown_started
+
+    def _close_parked(self) -> None:
+        # From the hub, which cannot wait: close_notify is sent if the send
+        # buffer takes it at once (an idle connection's is empty), then FIN.
+        tls, self._tls = self._tls, None
+        if tls is not None:
+            self._tls_closed = True
+            try:
+                tls.shutdown()
+            except OSError:
+                pass
+        super()._close_parked()
+
     def _bytes_waiting(self) -> bool:
         # Decrypted bytes OpenSSL holds are not in the kernel's count.
         tls = self._tls

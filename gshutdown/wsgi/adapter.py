@@ -28,7 +28,7 @@ from gevent import GreenletExit
 from gshutdown.protocol.events import Request
 from gshutdown.protocol.forwarded import ContradictoryScheme, apply_forwarded, secure_scheme, secure_scheme_keys
 from gshutdown.protocol.writer import LAST_CHUNK, ResponseHead, chunk, encode_head
-from gshutdown.server.errors import BadRequestBody, ClientDisconnected
+from gshutdown.server.errors import BadRequestBody, ClientDisconnected, HijackRefused
 from gshutdown.server.state import HIJACKED
 from gshutdown.wsgi.file_wrapper import FileWrapper
 from gshutdown.wsgi.websocket import WebSockets
@@ -571,6 +571,10 @@ class WSGIAdapter:
         except ContradictoryScheme as exc:
             # gunicorn's answer too: which one to believe is not ours to guess.
             conn.send_error(400, f"Bad Request ({exc})")
+            return False
+        except HijackRefused:
+            if not conn.response_started:
+                conn.send_error(503, "Service Unavailable (too many hijacked connections)")
             return False
         except _ResponseTooLong:
             log.error("%s: application sent more than its Content-Length; cut off", conn.request_line)
