@@ -46,7 +46,10 @@ def short_reclaim_age(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class GatedApp:
-    """``/wait`` blocks until ``release`` is set (in the hub); ``/keep`` hijacks the socket and holds it until the peer closes."""
+    """``/wait`` blocks until ``release`` is set (in the hub).
+
+    ``/keep`` hijacks the socket and holds it until the peer closes.
+    """
 
     def __init__(self) -> None:
         self.release = GEvent()
