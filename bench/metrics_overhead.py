@@ -37,10 +37,10 @@ BENCH = Path(__file__).resolve().parent
 LAUNCHER = """
 import sys
 from gshutdown import cli
-from gshutdown.process import master, runner
+from gshutdown.process import master, serve
 metrics = ["--metrics-path", sys.argv[1]] if sys.argv[1] else []
 settings = cli.parse_args([*metrics, *sys.argv[2:]])
-sys.exit(master.main(settings) if settings.workers else runner.serve(settings))
+sys.exit(master.main(settings) if settings.workers else serve.serve(settings))
 """
 VARIANTS = {
     "single": (),

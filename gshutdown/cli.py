@@ -3,7 +3,7 @@
 The options are the settings of ``gshutdown.config.settings`` (each also a
 ``GSHUTDOWN_<NAME>`` environment variable and a name in a ``-c`` configuration
 file). Without ``--workers`` the runner serves in this process
-(``runner.serve``); with it, the master supervises worker processes
+(``serve.serve``); with it, the master supervises worker processes
 (``master.main``). Bad input ends with one line on stderr and exit status 2.
 """
 
@@ -103,6 +103,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from gshutdown.process import master
 
         return master.main(resolved)
-    from gshutdown.process import runner
+    from gshutdown.process import serve
 
-    return runner.serve(resolved)
+    return serve.serve(resolved)

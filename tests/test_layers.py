@@ -142,3 +142,16 @@ def test_no_import_circle() -> None:
     for name in MODULES:
         visit(name)
     assert circles == []
+
+
+#: Past this many lines a module says at its top why it is not split.
+LONG_MODULE = 500
+
+
+def test_a_long_module_says_at_its_top_why_it_is_not_split() -> None:
+    unexplained = []
+    for name in MODULES:
+        lines = module_path(name).read_text().splitlines()
+        if len(lines) > LONG_MODULE and not any("over 500 lines" in line.lower() for line in lines[:12]):
+            unexplained.append(f"{name}: {len(lines)} lines")
+    assert unexplained == []

@@ -23,7 +23,8 @@ import gshutdown
 from gshutdown import Server
 from gshutdown.process.exit_status import ExitStatus
 from gshutdown.process.metrics import PHASES, MetricsUnavailable, ProcessMetrics, RequestStats
-from gshutdown.process.runner import Runner, build_app
+from gshutdown.process.runner import Runner
+from gshutdown.process.setup import build_app
 from gshutdown.server import hooks, jobs
 from tests.metrics_helpers import METRICS_PATH, Scrape
 from tests.process_helpers import ROOT, child_env, recv_eof, request_bytes

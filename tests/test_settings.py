@@ -19,7 +19,7 @@ import pytest
 from gshutdown.cli import parse_args
 from gshutdown.config import settings, table
 from gshutdown.config.server_config import Config
-from gshutdown.process.runner import server_options
+from gshutdown.process.setup import server_options
 
 APP = "tests.apps.probe:app"
 

@@ -1,5 +1,8 @@
 """Every setting of the ``gshutdown`` command, in one table.
 
+(Over 500 lines of data: one row per setting, each with its flags, parser,
+default, help and README text.)
+
 Each ``Setting`` is a command-line option, a ``GSHUTDOWN_<NAME>`` environment
 variable and a name in a configuration file (``-c FILE``; gunicorn's names are
 understood too: ``gunicorn_names`` says what each becomes). ``settings.Settings``

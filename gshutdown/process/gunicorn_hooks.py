@@ -1,5 +1,9 @@
 """gunicorn's server hooks, called at gunicorn's moments with the arguments gunicorn gives.
 
+(Over 500 lines: the stand-ins for gunicorn's arbiter, worker, request and
+response objects that hooks touch, each small, beside the one class that
+calls the hooks.)
+
 A configuration file written for gunicorn defines hooks as functions
 (``post_fork``, ``pre_request``, ...); ``config_file`` hands them over in
 ``Settings.hooks`` and ``ServerHooks`` calls them. ``server`` stands for

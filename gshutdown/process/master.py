@@ -1,7 +1,11 @@
 """The master: worker processes, their supervision, reload and upgrade.
 
+(Over 500 lines: one ``Master`` whose every step reads the same state, the
+workers, their generations and the timers of a reload or an upgrade; binding
+the listeners is ``listeners``, a worker's side of the pipes ``worker_link``.)
+
 The master binds the listeners, forks ``--workers`` processes that each run
-the runner on the inherited sockets (``runner.serve`` in the worker role), and
+the runner on the inherited sockets (``serve.serve`` in the worker role), and
 supervises them. It never imports the application unless ``--preload`` says
 so, so a reload picks up new code. It runs no gevent hub of its own: a plain
 loop over ``select`` on a self-pipe (signal wake-ups) and the workers' status
@@ -52,17 +56,18 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import gevent
 from gevent import monkey
 
-from gshutdown.config.addresses import bind_unix, cannot_listen, describe_address
+from gshutdown.config.addresses import describe_address
 from gshutdown.config.settings import Settings
-from gshutdown.process import admin, logs, pidfile, proctitle, runner, systemd, worker_link
+from gshutdown.process import admin, logs, pidfile, proctitle, serve, setup, systemd, worker_link
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
 from gshutdown.process.gunicorn_hooks import HookWorker, ServerHooks
+from gshutdown.process.listeners import LISTEN_FDS_ENV, bind_admin, bind_listeners, own_listener
 from gshutdown.process.metrics import MasterMetrics, MetricsUnavailable
 from gshutdown.process.worker_link import (
     DRAIN_SIGNAL,
@@ -75,8 +80,6 @@ from gshutdown.process.worker_link import (
 
 log = logging.getLogger("gshutdown")
 
-#: Environment variable naming inherited listening descriptors ("3,4").
-LISTEN_FDS_ENV = "GSHUTDOWN_LISTEN_FDS"
 #: Environment variable naming the pipe a new master reports readiness on.
 READY_FD_ENV = "GSHUTDOWN_READY_FD"
 #: Extra seconds past drain delay + graceful timeout before SIGKILL.
@@ -117,7 +120,7 @@ _select = monkey.get_original("select", "select")
 
 def main(settings: Settings) -> ExitStatus:
     """Bind the listeners and supervise ``settings.workers`` workers; the exit status."""
-    failed = runner.prepare_process(settings) or runner.configure_logging(settings)
+    failed = setup.prepare_process(settings) or setup.configure_logging(settings)
     hooks = ServerHooks(settings)
     failed = failed or hooks.starting()
     if failed is not None:
@@ -141,7 +144,7 @@ def main(settings: Settings) -> ExitStatus:
         for sock in listeners:
             sock.close()
         return fail(exc.strerror or str(exc), ExitStatus.START_FAILED)
-    failed = runner.drop_privileges(settings.user, settings.group)
+    failed = setup.drop_privileges(settings.user, settings.group)
     if failed is not None:
         return failed
     try:
@@ -150,90 +153,6 @@ def main(settings: Settings) -> ExitStatus:
             return Master(settings, listeners, metrics, admin_listener, hooks, listeners_bound_here=not passed_on).run()
     except MetricsUnavailable as exc:
         return fail(str(exc), ExitStatus.USAGE)
-
-
-def bind_listeners(
-    binds: Sequence[Any], backlog: int, *, reuse_port: bool = False, unix_socket_mode: Optional[int] = None
-) -> list[socket.socket]:
-    """Listening sockets: inherited from an old master, from systemd, or bound now.
-
-    With ``reuse_port``, TCP sockets are bound with ``SO_REUSEPORT`` but not
-    listened on: each worker listens on one of its own (``own_listener``),
-    and the master's only holds the address (and tells a busy port at once).
-    """
-    inherited = os.environ.pop(LISTEN_FDS_ENV, "")
-    if inherited:
-        return [socket.socket(fileno=int(fd)) for fd in inherited.split(",")]
-    activated = systemd.listen_fds()
-    if activated:
-        return activated
-    sockets = []
-    try:
-        for bind in binds:
-            sockets.append(_bind(bind, backlog, reuse_port, unix_socket_mode))
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-def bind_admin(address: Any, backlog: int, unix_socket_mode: Optional[int]) -> Optional[socket.socket]:
-    """The admin listener (``--admin-bind``): inherited from an old master, or bound now (None: not set).
-
-    Shared by the workers as the application's listeners are; see ``process.admin``.
-    """
-    inherited = os.environ.pop(admin.ADMIN_FD_ENV, "")
-    if inherited:
-        return socket.socket(fileno=int(inherited))
-    if address is None:
-        return None
-    return _bind(address, backlog, False, unix_socket_mode)
-
-
-def _bind(bind: Any, backlog: int, reuse_port: bool, unix_socket_mode: Optional[int]) -> socket.socket:
-    try:
-        if isinstance(bind, str):
-            return bind_unix(bind[len("unix:") :], backlog, mode=unix_socket_mode)
-        host, port = bind
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        return _tcp_listener(family, (host, port), None if reuse_port else backlog, reuse_port)
-    except OSError as exc:
-        raise OSError(exc.errno, cannot_listen(bind, exc)) from None
-
-
-def _tcp_listener(family: int, address: Any, backlog: Optional[int], reuse_port: bool) -> socket.socket:
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind(address)
-        if backlog is not None:
-            sock.listen(backlog)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-def own_listener(shared: socket.socket) -> socket.socket:
-    """A worker's own listener on ``shared``'s address (``--reuse-port``).
-
-    The kernel spreads new connections over every ``SO_REUSEPORT`` listener of
-    a port by a hash of the peer's address, instead of letting the workers
-    race for one accept queue. Unix sockets cannot: they stay shared.
-
-    It is bound, and listens only once the worker's server starts accepting
-    (``Server.start``): from ``listen()`` on, the kernel queues connections on
-    it, which a worker still importing the app would keep waiting, and which
-    its close would reset if it were stopped before it serves.
-    """
-    if shared.family == socket.AF_UNIX:
-        return shared
-    own = _tcp_listener(shared.family, shared.getsockname(), None, reuse_port=True)
-    shared.close()
-    return own
 
 
 def signame(signum: int) -> str:
@@ -341,7 +260,7 @@ class Master:
     def run(self) -> ExitStatus:
         """Supervise until shut down; return the exit status."""
         if self.settings.preload:
-            runner.monkey_patch(self.settings)
+            setup.monkey_patch(self.settings)
             try:
                 load_app(self.settings.app)
             except AppNotLoadable as exc:
@@ -457,7 +376,7 @@ class Master:
             listeners = self.listeners
             if self.settings.reuse_port:
                 listeners = [own_listener(sock) for sock in listeners]
-            code = runner.serve(
+            code = serve.serve(
                 self.settings,
                 listeners,
                 link=link,

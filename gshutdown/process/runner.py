@@ -1,5 +1,8 @@
 """The process lifecycle: start, wait for a signal, drain, exit.
 
+(Just over 500 lines: the signal table and the ``Runner`` that acts on it; what
+runs before serving is ``setup``, the command's whole life ``serve``.)
+
 One code path serves both roles a process can have: the single process (no
 ``--workers``) and a worker forked by the master. They differ only in what a
 signal means, which is data (``SIGNAL_ACTIONS``), and in who they report to.
@@ -34,38 +37,28 @@ from __future__ import annotations
 import enum
 import logging
 import os
-import random
 import signal
-import socket
-import sys
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import gevent
 from gevent.queue import Empty, Queue
 
-from gshutdown.config.addresses import cannot_listen, describe_address
-from gshutdown.config.settings import Settings
-from gshutdown.process import admin, logs, pidfile, proctitle, systemd
-from gshutdown.process.admin import StopFlag
-from gshutdown.process.app_loader import AppNotLoadable, load_app
-from gshutdown.process.exit_status import ExitStatus, fail
-from gshutdown.process.gunicorn_hooks import ServerHooks
-from gshutdown.process.metrics import MetricsUnavailable, ProcessMetrics, check_path
+from gshutdown.config.addresses import describe_address
+from gshutdown.process import admin, logs, pidfile, systemd
+from gshutdown.process.exit_status import ExitStatus
+from gshutdown.process.metrics import ProcessMetrics
+from gshutdown.process.setup import KUBERNETES_GRACE, build_app, process_metrics
 from gshutdown.process.worker_link import DRAIN_SIGNAL, MASTER_ORDER_WAIT, WorkerLink
 from gshutdown.server.hooks import HookList, HookOutcome, HookPhase, app_hooks, join_drain_hooks
 from gshutdown.server.http_server import Listener
 from gshutdown.server.shutdown import ShutdownResult
 from gshutdown.server.state import ConnState
-from gshutdown.wsgi import access_format
 from gshutdown.wsgi.adapter import WSGIApp
-from gshutdown.wsgi.middleware import AccessLog, Readiness
+from gshutdown.wsgi.middleware import Readiness
 from gshutdown.wsgi.server import Server
 
 log = logging.getLogger("gshutdown")
-
-#: The default Kubernetes ``terminationGracePeriodSeconds``.
-KUBERNETES_GRACE = 30.0
 
 
 class Role(enum.Enum):
@@ -461,39 +454,6 @@ class Runner:
         return ExitStatus.FORCED if live else ExitStatus.OK
 
 
-def build_app(
-    app: WSGIApp,
-    *,
-    readiness_path: Optional[str],
-    access_log: bool,
-    access_log_format: Optional[str] = None,
-    metrics: Optional[ProcessMetrics] = None,
-) -> tuple[WSGIApp, Optional[Readiness]]:
-    """Wrap ``app`` with the access log, the readiness probe and the metrics path, as configured."""
-    if access_log:
-        app = AccessLog(app, access_format.emitter(access_log_format, logs.access_log))
-    readiness = None
-    if readiness_path:
-        readiness = Readiness(app, readiness_path)
-        app = readiness
-    if metrics is not None:
-        app = metrics.endpoint(app)
-    return app, readiness
-
-
-def process_metrics(
-    metrics_path: Optional[str], readiness_path: Optional[str], *, multiprocess: bool = False
-) -> Optional[ProcessMetrics]:
-    """The process's metrics for ``metrics_path`` (None: off).
-
-    Raises:
-        MetricsUnavailable: prometheus-client is missing, or the path is unusable.
-    """
-    if not metrics_path:
-        return None
-    return ProcessMetrics(check_path(metrics_path, readiness_path), multiprocess=multiprocess)
-
-
 def run(
     app: WSGIApp,
     bind: Sequence[Listener] | Listener = ("127.0.0.1", 8000),
@@ -557,341 +517,3 @@ def runner_for(servers: list[Server], **kwargs: Any) -> Runner:
     hooks.hooks.extend(app_hooks.hooks)
     app_hooks.hooks.clear()
     return Runner(servers, hooks=hooks, **kwargs)
-
-
-def warn_if_over_kubernetes_grace(settings: Settings) -> None:
-    """Warn when drain delay + graceful timeout exceed Kubernetes' default grace period."""
-    total = settings.drain_delay + settings.graceful_timeout
-    if total > KUBERNETES_GRACE:
-        log.warning(
-            "drain delay + graceful timeout = %g s, over Kubernetes' default %g s grace: "
-            "raise terminationGracePeriodSeconds to match",
-            total,
-            KUBERNETES_GRACE,
-        )
-
-
-def monkey_patch(settings: Settings) -> None:
-    """``gevent.monkey.patch_all()`` unless ``--no-monkey-patch``: before the app is imported.
-
-    Legacy apps rely on patched sockets, and modules that bind socket or
-    threading names at import must see the patched ones.
-    """
-    if not settings.no_monkey_patch:
-        from gevent import monkey
-
-        monkey.patch_all()
-
-
-def watch_blocking(max_blocking_time: Optional[float]) -> None:
-    """Log, with its stack, every greenlet that blocks the hub over ``max_blocking_time`` seconds.
-
-    gevent's own monitor thread does the watching (``gevent.config.monitor_thread``);
-    this only routes its reports to the log.
-    """
-    if not max_blocking_time:
-        return
-    import gevent.events
-
-    blocking_log = logging.getLogger("gshutdown.blocking")
-
-    def report(event: Any) -> None:
-        if isinstance(event, gevent.events.EventLoopBlocked):
-            blocking_log.warning(
-                "the hub was blocked for over %g ms by %r:\n%s",
-                event.blocking_time * 1000,
-                event.greenlet,
-                "\n".join(event.info),
-            )
-
-    gevent.config.max_blocking_time = max_blocking_time
-    gevent.config.monitor_thread = True
-    gevent.config.print_blocking_reports = False  # reported through the log instead
-    gevent.events.subscribers.append(report)
-    gevent.get_hub().start_periodic_monitoring_thread()
-
-
-def prepare_process(settings: Settings) -> Optional[ExitStatus]:
-    """``--umask``, ``--chdir``, ``--env`` and ``--pythonpath``: before anything is bound or imported.
-
-    Returns a usage error status (after reporting it), or None.
-    """
-    if settings.umask is not None:
-        os.umask(settings.umask)
-    if settings.chdir:
-        try:
-            os.chdir(settings.chdir)
-        except OSError as exc:
-            return fail(f"--chdir {settings.chdir}: {exc.strerror}", ExitStatus.USAGE)
-    for item in settings.raw_env:
-        name, _, value = item.partition("=")
-        os.environ[name] = value
-    if settings.pythonpath:
-        # First listed, first searched; after --chdir, so relative ones are the app's.
-        paths = [os.path.abspath(path) for path in settings.pythonpath.split(",")]
-        sys.path[:0] = [path for path in paths if path not in sys.path]
-    return None
-
-
-def drop_privileges(user: Optional[str], group: Optional[str]) -> Optional[ExitStatus]:
-    """``--user``/``--group``: switch to them once the listeners are bound.
-
-    Returns a usage error status (after reporting it), or None.
-    """
-    if not user and not group:
-        return None
-    import grp
-    import pwd
-
-    try:
-        account = pwd.getpwuid(int(user)) if user and user.isdigit() else pwd.getpwnam(user) if user else None
-    except KeyError:
-        return fail(f"--user: no such user: {user}", ExitStatus.USAGE)
-    try:
-        gid = (int(group) if group.isdigit() else grp.getgrnam(group).gr_gid) if group else account.pw_gid  # type: ignore[union-attr]
-    except KeyError:
-        return fail(f"--group: no such group: {group}", ExitStatus.USAGE)
-    try:
-        # Groups first: once the user is switched, they can no longer change.
-        os.setgroups([gid])
-        os.setgid(gid)
-        if account is not None:
-            os.setuid(account.pw_uid)
-    except OSError as exc:
-        return fail(f"cannot switch to user {user or '-'} / group {group or '-'}: {exc.strerror}", ExitStatus.USAGE)
-    return None
-
-
-def configure_logging(settings: Settings) -> Optional[ExitStatus]:
-    """Logging as the settings say; then the config file's warnings. A usage error status, or None."""
-    try:
-        logs.configure(
-            settings.log_level,
-            access_log_path=settings.access_log,
-            error_log_path=settings.error_log,
-            dict_config=settings.log_config,
-            capture_output=settings.capture_output,
-        )
-    except ValueError as exc:
-        return fail(str(exc), ExitStatus.USAGE)
-    for warning in settings.warnings:
-        log.warning("%s", warning)
-    warn_if_over_kubernetes_grace(settings)
-    return None
-
-
-def server_options(settings: Settings) -> dict[str, Any]:
-    """The ``Config`` fields the settings give."""
-    return dict(
-        idle_timeout=settings.idle_timeout,
-        read_header_timeout=settings.read_header_timeout,
-        read_body_timeout=settings.read_body_timeout,
-        write_timeout=settings.write_timeout,
-        idle_grace=settings.idle_grace,
-        max_connections=settings.max_connections,
-        max_hijacked=settings.max_hijacked,
-        max_body_size=settings.max_body_size,
-        max_websockets=settings.max_websockets,
-        max_websocket_message=settings.max_websocket_message,
-        min_body_rate=settings.min_body_rate,
-        unix_socket_mode=settings.unix_socket_mode,
-        backlog=settings.backlog,
-        max_request_line=settings.limit_request_line,
-        max_header_count=settings.limit_request_fields,
-        max_field_size=settings.limit_request_field_size,
-        keep_alive=not settings.no_keep_alive,
-        server_header=settings.server_header,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        proxy_headers=not settings.no_proxy_headers,
-        proxy_protocol=settings.proxy_protocol,
-        secure_scheme_headers=None if settings.secure_scheme_headers is None else tuple(settings.secure_scheme_headers),
-        forwarder_headers=tuple(filter(None, settings.forwarder_headers.split(","))),
-        certfile=settings.certfile,
-        keyfile=settings.keyfile,
-        ca_certs=settings.ca_certs,
-        cert_reqs=settings.cert_reqs,
-        ciphers=settings.ciphers,
-    )
-
-
-def serve(
-    settings: Settings,
-    listeners: Optional[Sequence[Any]] = None,
-    *,
-    link: Optional[WorkerLink] = None,
-    admin_listener: Optional[Any] = None,
-    master_stop: Optional[StopFlag] = None,
-    hooks: Optional[ServerHooks] = None,
-) -> ExitStatus:
-    """Serve ``settings.app`` in this process until told to stop; return the exit status.
-
-    Binding comes first (as root, if started so), then the switch to
-    ``--user``/``--group``, and only then the application's import: its
-    import-time code runs with the privileges it will serve with.
-
-    Args:
-        settings: the settings (``gshutdown.cli`` resolves them).
-        listeners: sockets to serve on instead of binding ``settings.bind``
-            (a worker gets its master's).
-        link: a worker's pipes to its master (None: the single process).
-        admin_listener: a worker's admin listener, bound by its master
-            (``--admin-bind``; the single process binds its own).
-        master_stop: a worker's master's ``StopFlag``: its admin readiness follows it.
-        hooks: a worker's gunicorn hooks, ``post_fork`` called (None: the
-            single process's own, master's and worker's moments in one).
-    """
-    if link is not None:
-        monkey_patch(settings)
-        return _serve(settings, listeners, link, hooks or ServerHooks(settings), admin_listener, master_stop)
-    # A worker's master did all this already, and a worker inherits its
-    # master's log handlers: adding them again would write every line twice.
-    failed = prepare_process(settings)
-    if failed is None:
-        monkey_patch(settings)
-        failed = configure_logging(settings)
-    hooks = ServerHooks(settings)
-    if failed is None:
-        failed = hooks.single_process_starting()
-    if failed is not None:
-        return failed
-    try:
-        return _serve(settings, listeners, None, hooks, settings.admin_bind, None)
-    finally:
-        hooks.single_process_exited()
-
-
-def _serve(
-    settings: Settings,
-    listeners: Optional[Sequence[Any]],
-    link: Optional[WorkerLink],
-    hooks: ServerHooks,
-    admin_listener: Optional[Any],
-    master_stop: Optional[StopFlag],
-) -> ExitStatus:
-    proctitle.set_title(settings.proc_name, "worker" if link is not None else None)
-    watch_blocking(settings.max_blocking_time)
-    readiness_path = settings.readiness_path or None
-    unusable = admin.usage_error(settings)
-    if unusable is not None:
-        return fail(unusable, ExitStatus.USAGE)
-    if listeners is None:
-        listeners = systemd.listen_fds() or settings.bind
-    options = server_options(settings)
-    servers: list[Server] = []
-    admin_server: Optional[Server] = None
-    try:
-        for listener in listeners:
-            # The application comes once it is imported, after the switch to --user.
-            server = Server(listener, _not_loaded, multiprocess=link is not None, **options)
-            if link is not None and not settings.reuse_port:
-                # Workers sharing one accept queue: one connection per wake-up,
-                # so the first worker awake does not take a whole burst.
-                server.max_accept = 1
-            elif link is not None and isinstance(listener, socket.socket) and listener.family != socket.AF_UNIX:
-                # --reuse-port: a listener of its own (master.own_listener), so
-                # its close resets what is queued on it, however the worker
-                # ends; and sealing it affects no sibling, which gets the SYNs
-                # the seal drops when the client sends them again.
-                server.seal_listener = True
-            server.init_socket()  # bind now, to report a busy port before anything else
-            servers.append(server)
-        if admin_listener is not None:
-            listener = admin_listener
-            admin_server = admin.admin_server(
-                listener, _not_loaded, multiprocess=link is not None, unix_socket_mode=settings.unix_socket_mode
-            )
-            admin_server.init_socket()
-    except (OSError, ValueError) as exc:
-        for server in servers:
-            server.close()
-        if isinstance(exc, ValueError):  # a setting (a TLS file, forwarded_allow_ips)
-            return fail(str(exc), ExitStatus.USAGE)
-        return fail(cannot_listen(listener, exc), ExitStatus.START_FAILED)
-    bound = [*servers, *([admin_server] if admin_server is not None else [])]
-    hooks.use_tls_context(servers)
-    # when_ready: bound, before the switch to --user and the app's import (gunicorn's master moment).
-    failed = hooks.ready() if link is None else None
-    loaded = _switch_user_and_load(settings, link) if failed is None else failed
-    if isinstance(loaded, ExitStatus):
-        for server in bound:
-            server.close()
-        return loaded
-    app, metrics = loaded
-    # Only now: a usage or bind error must stay the one line on stderr.
-    log.info(
-        "gevent monkey-patching %s",
-        "disabled (--no-monkey-patch)" if settings.no_monkey_patch else "applied before importing the app",
-    )
-    app = hooks.wrap_app(app)
-    access_log, access_log_format = bool(settings.access_log), settings.access_log_format
-    if admin_server is None:
-        wrapped, readiness = build_app(
-            app,
-            readiness_path=readiness_path,
-            access_log=access_log,
-            access_log_format=access_log_format,
-            metrics=metrics,
-        )
-    else:
-        # The app's port leaves the readiness and metrics paths to the app.
-        wrapped, _ = build_app(app, readiness_path=None, access_log=access_log, access_log_format=access_log_format)
-        serving = admin.master_serving(master_stop) if master_stop is not None else None
-        admin_wsgi, readiness = admin.admin_app(readiness_path, metrics, serving=serving)
-        admin_server.set_application(admin_wsgi)
-        if serving is not None:
-            # A worker's admin readiness says what its master decided, not
-            # that this worker drains (it may only be retiring).
-            readiness = None
-    for server in servers:
-        server.set_application(wrapped)
-    if link is not None and settings.max_requests:
-        # Spread the recycles: workers that started together must not all
-        # restart together (gunicorn's max_requests_jitter).
-        max_requests: Optional[int] = settings.max_requests + random.randint(0, settings.max_requests_jitter)
-    else:
-        max_requests = None
-    hooks.app_loaded(app, servers)
-    runner = runner_for(
-        servers,
-        graceful_timeout=settings.graceful_timeout,
-        drain_delay=settings.drain_delay,
-        readiness=readiness,
-        pidfile=settings.pid,
-        link=link,
-        max_requests=max_requests,
-        metrics=metrics,
-        admin=admin_server,
-        on_signal=hooks.signalled,
-    )
-    if not (settings.reload and link is None):
-        return runner.run()
-    from gshutdown.process.reload import SingleProcessReload
-
-    reload = SingleProcessReload(settings, lambda: runner.deliver(Trigger.CODE_CHANGED))
-    status = runner.run()
-    if runner.stopped_by is Trigger.CODE_CHANGED:  # not when a signal came first
-        reload.exec_again()
-    return status
-
-
-def _switch_user_and_load(
-    settings: Settings, link: Optional[WorkerLink]
-) -> Union[ExitStatus, tuple[WSGIApp, Optional[ProcessMetrics]]]:
-    """``--user``/``--group`` (a worker's master switched already), then, as that user,
-    the metrics and the application's import; or a usage error status."""
-    if link is None:
-        failed = drop_privileges(settings.user, settings.group)
-        if failed is not None:
-            return failed
-    try:
-        # A worker's metrics add up with its siblings' (the master set that up).
-        metrics = process_metrics(settings.metrics_path, settings.readiness_path or None, multiprocess=link is not None)
-        return load_app(settings.app), metrics
-    except (MetricsUnavailable, AppNotLoadable) as exc:
-        return fail(str(exc), ExitStatus.USAGE)
-
-
-def _not_loaded(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-    # Stands in until the application is imported; nothing is accepted before then.
-    start_response("503 Service Unavailable", [("Content-Length", "0")])
-    return []

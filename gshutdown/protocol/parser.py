@@ -1,5 +1,9 @@
 """Request parsing: httptools (llhttp) behind a pull interface.
 
+(Over 500 lines: one parser class around llhttp's callbacks, with the limits
+and framing checks that must run inside them; the corpus in
+``tests/conformance`` covers it whole.)
+
 Strategy: llhttp is a push parser. It calls back for every request it finds in
 whatever bytes it is given, pipelined ones included. The callbacks here do as
 little as possible: they turn what llhttp reports into events on a queue, and

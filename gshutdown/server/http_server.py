@@ -1,5 +1,8 @@
 """The server: accept, the connection registry, and shutdown.
 
+(Over 500 lines: the shutdown steps below, each a short method of the one
+server whose state they share; accepting is ``accept``, results ``shutdown``.)
+
 Shutdown timeline (``Server.shutdown(timeout)``), each step a private method:
 
 1. Mark the server shutting down and start the "drain" hooks; accept what is

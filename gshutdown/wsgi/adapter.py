@@ -1,5 +1,9 @@
 """The WSGI adapter: environ, ``wsgi.input``, ``start_response`` and the body.
 
+(Over 500 lines: environ, ``wsgi.input``, ``start_response`` and body framing
+are one request's pieces and share its ``Response``; WebSockets are
+``websocket``, files ``file_wrapper``.)
+
 One ``WSGIAdapter`` per server calls the application once per request. The
 response head is encoded when the first body bytes are ready (or when the
 body turns out empty), not at ``start_response`` time, so the keep-alive

@@ -1,5 +1,9 @@
 """WebSockets for WSGI applications, drained gracefully at shutdown.
 
+(Over 500 lines: the handshake, the ``wsgi.websocket`` object and the
+simple-websocket socket share one per-socket write lock and the drain's 1001;
+split, each half would need the other's internals.)
+
 A valid WebSocket upgrade request (RFC 6455 4.2.1) gets two environ entries,
 one for each way applications on gevent speak WebSocket:
 
