@@ -236,6 +236,13 @@ class WebSockets:
         self.open = 0
         #: WebSocket upgrades admitted so far.
         self.admitted_total = 0
+        #: Whole messages received from clients, and sent to them (control frames not counted).
+        self.messages_received = 0
+        self.messages_sent = 0
+        #: WebSockets ended, by close code: the client's Close code; the
+        #: server's for a WebSocket it failed (1002, 1007, 1009); 1006 when no
+        #: Close came (the connection was lost, or cut at the deadline).
+        self.close_codes: dict[int, int] = {}
         self._upgrades: dict[int, _Upgrade] = {}
         self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
 
@@ -278,6 +285,10 @@ class WebSockets:
         environ["gunicorn.socket"] = TakenSocket(upgrade)
         return True
 
+    def count_close(self, code: int) -> None:
+        """One WebSocket ended with ``code``."""
+        self.close_codes[code] = self.close_codes.get(code, 0) + 1
+
     def _send_version_required(self, conn: Connection) -> None:
         # RFC 6455 4.4: say which version this server speaks.
         response = error_response(
@@ -318,6 +329,7 @@ class WebSocket:
 
     def __init__(self, upgrade: _Upgrade, environ: dict[str, Any]) -> None:
         self._upgrade: Optional[_Upgrade] = upgrade
+        self._websockets = upgrade.websockets  # the counters
         #: ``PATH_INFO`` of the handshake.
         self.path: str = environ.get("PATH_INFO", "")
         #: The ``Origin`` header, or None.
@@ -410,6 +422,7 @@ class WebSocket:
             if message is _CLOSED:
                 return None
             if message is not None:
+                self._websockets.messages_received += 1
                 return message
             data = self._recv()
             if not data:
@@ -440,6 +453,7 @@ class WebSocket:
                 self._write(_data_frame(0x2, data))  # type: ignore[arg-type]
             else:
                 self._write(_data_frame(0x1, data.encode()))  # type: ignore[union-attr]
+            self._websockets.messages_sent += 1
 
     def close(self, code: int = 1000, message: Union[str, bytes] = b"") -> None:
         """Start the closing handshake (the server completes it when the handler returns)."""
@@ -636,6 +650,7 @@ class WebSocket:
         finally:
             self._lost = True
             self._sock.close()
+            self._websockets.count_close(self.close_code or _ABNORMAL)
             if self._going_away is not None:
                 self._going_away.finish()
                 # conn -> promise -> this session -> conn: not a cycle left for the collector.
@@ -663,6 +678,76 @@ class WebSocket:
                     pass
 
 
+class _FrameCounter:
+    """Counts the whole messages in one direction of a WebSocket the application's library speaks.
+
+    It reads frame heads only (payloads are skipped, never copied), keeping
+    across calls the bytes left of the current frame and a head split between
+    two reads; it notes the code of the first Close frame.
+    """
+
+    __slots__ = ("_pending", "_skip", "close_code")
+
+    def __init__(self) -> None:
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._pending = b""  # the start of a frame head split between two calls
+        #: The code of the first Close frame seen (1005 for a Close without one), or None.
+        self.close_code: Optional[int] = None
+
+    def feed(self, data: bytes) -> int:
+        """The messages that ``data`` (the next bytes of the stream) completes."""
+        size = len(data)
+        if self._skip >= size:
+            self._skip -= size
+            return 0
+        if self._pending:
+            data = self._pending + data
+            size = len(data)
+            self._pending = b""
+        messages = 0
+        position, self._skip = self._skip, 0
+        while True:
+            have = size - position
+            if have < 2:
+                break
+            first, second = data[position], data[position + 1]
+            length, head = second & 0x7F, 2
+            if length == 126:
+                if have < 4:
+                    break
+                length, head = (data[position + 2] << 8) | data[position + 3], 4
+            elif length == 127:
+                if have < 10:
+                    break
+                length, head = int.from_bytes(data[position + 2 : position + 10], "big"), 10
+            if second & 0x80:
+                head += 4
+            opcode = first & 0x0F
+            closing = opcode == 0x8
+            if have < head + (2 if closing and length >= 2 else 0):
+                break
+            if opcode < 0x3:
+                if first & 0x80:  # FIN: the last (or only) frame of a message
+                    messages += 1
+            elif closing and self.close_code is None:
+                if length < 2:
+                    self.close_code = int(CloseReason.NO_STATUS_RCVD)
+                else:
+                    code = data[position + head : position + head + 2]
+                    if second & 0x80:
+                        mask = data[position + head - 4 : position + head - 2]
+                        code = bytes((code[0] ^ mask[0], code[1] ^ mask[1]))
+                    self.close_code = (code[0] << 8) | code[1]
+            end = position + head + length
+            if end > size:
+                self._skip = end - size
+                return messages
+            position = end
+        if position < size:
+            self._pending = bytes(data[position:])
+        return messages
+
+
 class TakenSocket:
     """``environ['gunicorn.socket']`` on a WebSocket upgrade: the connection, for the application's library.
 
@@ -677,6 +762,12 @@ class TakenSocket:
         self._received = b""
         self._lock = Semaphore()
         self._going_away: Optional[GoingAway] = None
+        self._websockets = upgrade.websockets  # the counters
+        self._inbound = _FrameCounter()
+        self._outbound = _FrameCounter()
+        # The end of the application's 101 response head, searched for across
+        # writes (None once found): frames come after it.
+        self._response_head: Optional[bytes] = b""
         self._close_sent = False
         self._closed = False
 
@@ -696,12 +787,16 @@ class TakenSocket:
         sock = self._take()
         if self._received:
             data, self._received = self._received[:size], self._received[size:]
-            return data
-        while True:
-            try:
-                return sock.recv(size, flags)
-            except TimeoutError:
-                continue  # the timeout is for writes
+        else:
+            while True:
+                try:
+                    data = sock.recv(size, flags)
+                    break
+                except TimeoutError:
+                    continue  # the timeout is for writes
+        if data and not flags & gsocket.MSG_PEEK:
+            self._websockets.messages_received += self._inbound.feed(data)
+        return data
 
     def send(self, data: bytes, flags: int = 0) -> int:
         """Send all of ``data`` (a frame is never left half-written); its length."""
@@ -718,6 +813,19 @@ class TakenSocket:
             except OSError:
                 self.close()  # a client that stops reading: the write timeout ends it
                 raise
+            self._count_sent(data)
+
+    def _count_sent(self, data: bytes) -> None:
+        head = self._response_head
+        if head is not None:
+            head += data
+            end = head.find(b"\r\n\r\n")
+            if end < 0:
+                self._response_head = head[-3:]
+                return
+            self._response_head = None
+            data = head[end + 4 :]
+        self._websockets.messages_sent += self._outbound.feed(data)
 
     def fileno(self) -> int:
         return int(self._take().fileno())
@@ -728,6 +836,7 @@ class TakenSocket:
         self._closed = True
         if self._sock is not None:
             self._sock.close()
+            self._websockets.count_close(self._inbound.close_code or _ABNORMAL)
         self._upgrade.release()
         if self._going_away is not None:
             self._going_away.finish()
