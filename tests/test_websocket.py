@@ -179,6 +179,69 @@ def test_wss_echo_and_drain_over_tls(serve: Serve, tls_files: TLSFiles) -> None:
     assert future.result(20).websockets_closed == 1
 
 
+@pytest.mark.parametrize("fragmented_first", [False, True], ids=["whole-frames", "after-a-fragmented-message"])
+def test_pings_and_the_clients_closing_handshake(serve: Serve, fragmented_first: bool) -> None:
+    """Pings answered, pongs ignored, the client's Close echoed once with its code and reason, then EOF.
+
+    Whole frames are handled by the server itself; a fragmented message hands
+    the WebSocket to wsproto for good: both must answer alike.
+    """
+    st = serve(raw_echo)
+    client = RawWebSocket(st.address).open()
+    if fragmented_first:
+        client.send(frame(TEXT, b"frag", fin=False) + frame(CONTINUATION, b"ment"))
+        assert client.read_frame() == (TEXT, b"fragment")
+    client.send(frame(PING, b"are you there"))
+    assert client.read_frame() == (PONG, b"are you there")
+    client.send(frame(PONG, b"unasked") + frame(PING, b"") + frame(TEXT, b"still open"))
+    assert client.read_frame() == (PONG, b"")
+    assert client.read_frame() == (TEXT, b"still open")
+    client.send(close_frame(4000, "bye ü".encode()))
+    assert client.read_frame() == (CLOSE, struct.pack("!H", 4000) + "bye ü".encode())
+    assert client.frames_until_eof() == []
+
+
+def test_an_empty_close_is_answered_with_an_empty_close(serve: Serve) -> None:
+    st = serve(raw_echo)
+    client = RawWebSocket(st.address).open()
+    client.send(frame(CLOSE, b""))
+    assert client.read_frame() == (CLOSE, b"")
+    assert client.frames_until_eof() == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\x03", 1002),  # one byte: no room for a code
+        (struct.pack("!H", 999), 1002),
+        (struct.pack("!H", 1005), 1002),  # never sent on the wire
+        (struct.pack("!H", 2999), 1002),  # reserved
+        (struct.pack("!H", 5000), 1002),
+        (struct.pack("!H", 1000) + b"\xff bad reason", 1007),
+    ],
+    ids=["one-byte", "999", "1005", "2999", "5000", "bad-utf8-reason"],
+)
+def test_a_malformed_close_fails_the_websocket(serve: Serve, payload: bytes, code: int) -> None:
+    st = serve(raw_echo)
+    client = RawWebSocket(st.address).open()
+    client.send(frame(CLOSE, payload))
+    assert client.read_close_code() == code
+
+
+def test_shutdown_after_a_fragmented_message_sends_one_1001(serve: Serve) -> None:
+    """Once wsproto has the WebSocket, the server's Close goes through it: once, and the reply completes it."""
+    st = serve(raw_echo)
+    client = RawWebSocket(st.address).open()
+    client.send(frame(BINARY, b"a", fin=False) + frame(CONTINUATION, b"b"))
+    assert client.read_frame() == (BINARY, b"ab")
+    future = st.shutdown_async(10)
+    assert client.read_frame() == (CLOSE, struct.pack("!H", 1001) + b"server shutting down")
+    client.send(close_frame(1001))
+    assert client.frames_until_eof() == []
+    result = future.result(20)
+    assert (result.clean, result.websockets_closed, result.websockets_forced) == (True, 1, 0)
+
+
 # -- bad input ----------------------------------------------------------------------------------
 
 

@@ -48,11 +48,12 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 import gevent
 from gevent import socket as gsocket
 from gevent.lock import Semaphore
+from gevent.socket import wait as _wait_readable
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
 from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import CloseReason
+from wsproto.frame_protocol import LOCAL_ONLY_CLOSE_REASONS, CloseReason
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import generate_accept_token
 
@@ -181,9 +182,34 @@ def _write_now_or_soon(sock: Any, data: bytes, lock: Semaphore) -> None:
 
 
 def _close_frame(code: int, reason: str) -> bytes:
-    """A server's (unmasked) Close frame: small enough for one 7-bit length."""
-    payload = struct.pack("!H", code) + reason.encode()[:120]
+    """A server's (unmasked) Close frame; empty for 1005 (no code); the reason cut to fit 125 bytes."""
+    if code == CloseReason.NO_STATUS_RCVD:
+        return b"\x88\x00"
+    encoded = reason.encode()
+    if len(encoded) > 123:
+        encoded = encoded[:123].decode(errors="ignore").encode()  # not inside a UTF-8 sequence
+    payload = struct.pack("!H", code) + encoded
     return bytes((0x88, len(payload))) + payload
+
+
+def _unmask(buffer: bytearray, offset: int, length: int) -> bytes:
+    """The ``length`` bytes of payload at ``offset`` in ``buffer``, unmasked by the 4 bytes before them."""
+    if not length:
+        return b""
+    mask = buffer[offset - 4 : offset]
+    repeated = (mask * (length // 4 + 1))[:length]
+    return (int.from_bytes(buffer[offset : offset + length], "big") ^ int.from_bytes(repeated, "big")).to_bytes(
+        length, "big"
+    )
+
+
+_GOING_AWAY = int(CloseReason.GOING_AWAY)
+_GOING_AWAY_FRAME = _close_frame(_GOING_AWAY, GOING_AWAY_REASON)
+#: Close codes a client may send (RFC 6455 7.4): the defined ones but those
+#: never sent (1005, 1006, 1015); 3000-4999 are checked apart.
+_VALID_CLOSE_CODES = frozenset(int(code) for code in CloseReason) - frozenset(
+    int(code) for code in LOCAL_ONLY_CLOSE_REASONS
+)
 
 
 class _Upgrade:
@@ -325,6 +351,12 @@ class WebSocket:
     The handshake is sent on first use of ``receive``, ``send``, ``close`` or
     ``closed``. Not safe for two greenlets to ``receive()`` at once (sending
     from several is).
+
+    Without permessage-deflate, the frames nearly every WebSocket sees (whole
+    messages, pings, the closing handshake) are handled here, and wsproto's
+    ``Connection`` (about 1.6 KiB) is made only when one needs it: a fragment,
+    a reserved bit, an unmasked or malformed frame. From then on it parses
+    every frame and its state is the WebSocket's.
     """
 
     def __init__(self, upgrade: _Upgrade, environ: dict[str, Any]) -> None:
@@ -340,10 +372,12 @@ class WebSocket:
         self.version: str = environ.get("HTTP_SEC_WEBSOCKET_VERSION", "13")
         #: The Close code received from the client (1006 when the connection was lost), or None.
         self.close_code: Optional[int] = None
+        self._opened = False  # the handshake was sent
         self._conn: Optional[Connection] = None
         self._sock: Any = None
-        self._ws: Optional[WSConnection] = None
-        self._send_lock = Semaphore()
+        self._ws: Optional[WSConnection] = None  # wsproto, once a frame needs it (always when compressed)
+        self._state = ConnectionState.OPEN  # while there is no wsproto
+        self._send_lock: Semaphore  # made by the handshake
         self._going_away: Optional[GoingAway] = None
         self._parts: list[Union[str, bytes]] = []
         self._buffer = bytearray()  # received, not yet parsed
@@ -353,12 +387,15 @@ class WebSocket:
         self._compressed = False  # permessage-deflate agreed: wsproto frames every message
         self._lost = False  # the TCP connection is gone
 
+    def _state_now(self) -> ConnectionState:
+        ws = self._ws
+        return self._state if ws is None else ws.state
+
     # -- the handshake ------------------------------------------------------------
 
-    def _open(self) -> WSConnection:
-        ws = self._ws
-        if ws is not None:
-            return ws
+    def _open(self) -> None:
+        if self._opened:
+            return
         upgrade = self._upgrade
         if upgrade is None:
             raise WebSocketClosed("the WebSocket's request is over")
@@ -366,6 +403,7 @@ class WebSocket:
         sock, received = upgrade.take("server")
         conn = self._conn = upgrade.conn
         self._sock = sock
+        self._send_lock = Semaphore()
         key = _header(request, "sec-websocket-key") or ""
         head = [
             b"HTTP/1.1 101 Switching Protocols",
@@ -382,32 +420,29 @@ class WebSocket:
                     if name and name not in seen:  # the first offer of each extension
                         seen.add(name)
                         offers.append(offer.strip())
-        extensions: list[Any] = []
         if offers:
             deflate = PerMessageDeflate()
             accepted = server_extensions_handshake(offers, [deflate])
             if accepted:
                 head.append(b"Sec-WebSocket-Extensions: " + accepted)
-                extensions.append(deflate)
+                self._ws = WSConnection(ConnectionType.SERVER, [deflate])
                 self._compressed = True
-        ws = self._ws = WSConnection(ConnectionType.SERVER, extensions)
+        self._opened = True
         conn.response_started = True
         conn.response_status = "101 Switching Protocols"
         self._write(b"\r\n".join(head) + b"\r\n\r\n")
         self._buffer += received
         self._going_away = GoingAway(self._go_away)
         conn.server.add_going_away(conn, self._going_away)
-        return ws
 
     # -- gevent-websocket's interface ----------------------------------------------
 
     @property
     def closed(self) -> bool:
         """True once a Close was sent or received, or the connection is gone."""
-        if self._ws is None and self._upgrade is not None and self._upgrade.taken_by is None:
+        if not self._opened and self._upgrade is not None and self._upgrade.taken_by is None:
             self._open()
-        ws = self._ws
-        return ws is None or self._lost or self._failed or ws.state is not ConnectionState.OPEN
+        return not self._opened or self._lost or self._failed or self._state_now() is not ConnectionState.OPEN
 
     def receive(self) -> Optional[Union[str, bytes]]:
         """The next message: ``str`` (text) or ``bytes`` (binary); None once the WebSocket is closed.
@@ -437,7 +472,7 @@ class WebSocket:
         Raises:
             WebSocketClosed: a Close was sent or received, or the connection is gone.
         """
-        ws = self._open()
+        self._open()
         if binary is None:
             binary = not isinstance(message, str)
         if binary:
@@ -445,10 +480,10 @@ class WebSocket:
         else:
             data = message if isinstance(message, str) else bytes(message).decode()
         with self._send_lock:
-            if self._lost or self._failed or ws.state is not ConnectionState.OPEN:
+            if self._lost or self._failed or self._state_now() is not ConnectionState.OPEN:
                 raise WebSocketClosed("the WebSocket is closed")
             if self._compressed:
-                self._write(ws.send(Message(data=data)))  # type: ignore[type-var]
+                self._write(self._ws.send(Message(data=data)))  # type: ignore[union-attr,type-var]
             elif binary:
                 self._write(_data_frame(0x2, data))  # type: ignore[arg-type]
             else:
@@ -469,34 +504,37 @@ class WebSocket:
         Frame boundaries are found here, so wsproto only ever gets whole frames
         and holds no bytes between calls. A whole, unfragmented, masked text or
         binary frame with no RSV bit (nearly every frame) is unmasked here;
-        anything else (control frames, fragments, compressed messages, frames
-        breaking the rules) goes through wsproto, which answers what is wrong.
+        without wsproto yet, so are pings, pongs and valid Close frames. Anything
+        else (fragments, compressed messages, frames breaking the rules) goes
+        through wsproto, which answers what is wrong.
         """
-        ws = self._ws
-        assert ws is not None
         buffer = self._buffer
         while True:
-            for event in ws.events():
-                kind = type(event)
-                if kind is TextMessage or kind is BytesMessage:
-                    message = self._add_part(event)  # type: ignore[arg-type]
-                    if message is not None:
-                        return message
-                    if self._failed:
+            ws = self._ws
+            if ws is not None:
+                for event in ws.events():
+                    kind = type(event)
+                    if kind is TextMessage or kind is BytesMessage:
+                        message = self._add_part(event)  # type: ignore[arg-type]
+                        if message is not None:
+                            return message
+                        if self._failed:
+                            return _CLOSED
+                    elif kind is Ping:
+                        self._send_event(event.response())  # type: ignore[attr-defined]
+                    elif kind is CloseConnection:
+                        self._on_close(event)  # type: ignore[arg-type]
                         return _CLOSED
-                elif kind is Ping:
-                    self._send_event(event.response())  # type: ignore[attr-defined]
-                elif kind is CloseConnection:
-                    self._on_close(event)  # type: ignore[arg-type]
+                if ws.state is ConnectionState.CLOSED or self._failed:
                     return _CLOSED
-            if ws.state is ConnectionState.CLOSED or self._failed:
+                if self._compressed:
+                    if not buffer:
+                        return None
+                    ws.receive_data(bytes(buffer))
+                    buffer.clear()
+                    continue
+            elif self._state is ConnectionState.CLOSED or self._failed:
                 return _CLOSED
-            if not buffer:
-                return None
-            if self._compressed:
-                ws.receive_data(bytes(buffer))
-                buffer.clear()
-                continue
             have = len(buffer)
             if have < 2:
                 return None
@@ -521,25 +559,62 @@ class WebSocket:
             if have < end:
                 return None
             opcode = first & 0x0F
-            if first & 0xF0 == 0x80 and (opcode == 1 or opcode == 2) and masked and not self._parts:
-                mask = buffer[offset - 4 : offset]
-                if length:
-                    repeated = (mask * (length // 4 + 1))[:length]
-                    data = (int.from_bytes(buffer[offset:end], "big") ^ int.from_bytes(repeated, "big")).to_bytes(
-                        length, "big"
-                    )
-                else:
-                    data = b""
-                del buffer[:end]
-                if opcode == 2:
-                    return data
-                try:
-                    return data.decode()
-                except UnicodeDecodeError:
-                    self._fail(int(CloseReason.INVALID_FRAME_PAYLOAD_DATA), "invalid UTF-8 in a text message")
-                    return _CLOSED
+            if first & 0xF0 == 0x80 and masked and (ws is None or not self._parts):
+                if opcode == 1 or opcode == 2:
+                    data = _unmask(buffer, offset, length)
+                    del buffer[:end]
+                    if opcode == 2:
+                        return data
+                    try:
+                        return data.decode()
+                    except UnicodeDecodeError:
+                        self._fail(int(CloseReason.INVALID_FRAME_PAYLOAD_DATA), "invalid UTF-8 in a text message")
+                        return _CLOSED
+                if ws is None and length < 126 and opcode >= 0x8 and self._control(opcode, buffer, offset, length):
+                    del buffer[:end]
+                    if self._state is ConnectionState.CLOSED:
+                        return _CLOSED
+                    continue
+            if ws is None:
+                if self._state is not ConnectionState.OPEN:
+                    del buffer[:end]  # after our Close: only the client's Close matters
+                    continue
+                ws = self._ws = WSConnection(ConnectionType.SERVER)
             ws.receive_data(bytes(buffer[:end]))
             del buffer[:end]
+
+    def _control(self, opcode: int, buffer: bytearray, offset: int, length: int) -> bool:
+        """Handle a whole, masked control frame without wsproto; False if it needs wsproto."""
+        if opcode == 0xA:  # pong: nothing to do
+            return True
+        payload = _unmask(buffer, offset, length)
+        if opcode == 0x9:
+            with self._send_lock:
+                if not self._lost and self._state is ConnectionState.OPEN:
+                    self._write(bytes((0x8A, length)) + payload)
+            return True
+        if opcode != 0x8:
+            return False
+        if length == 0:
+            code, reason = int(CloseReason.NO_STATUS_RCVD), ""
+        else:
+            code = (payload[0] << 8) | payload[1] if length >= 2 else 0
+            if code not in _VALID_CLOSE_CODES and not 3000 <= code <= 4999:
+                return False  # wsproto fails it: 1002
+            try:
+                reason = payload[2:].decode()
+            except UnicodeDecodeError:
+                return False  # wsproto fails it: 1007
+        self.close_code = code
+        with self._send_lock:
+            if self._state is ConnectionState.OPEN and not self._lost:
+                # The client starts the closing handshake: answer with its code.
+                try:
+                    self._write(_close_frame(code, reason))
+                except OSError:
+                    pass
+            self._state = ConnectionState.CLOSED
+        return True
 
     def _add_part(self, event: Union[TextMessage, BytesMessage]) -> Optional[Union[str, bytes]]:
         """Add a piece of a message; the message when complete."""
@@ -574,13 +649,27 @@ class WebSocket:
         self._failed = True
         self.close_code = code
 
-    def _send_close(self, code: int, reason: str) -> None:
+    def _close_bytes(self, code: int, reason: str) -> Optional[bytes]:
+        """Our Close frame, the state moved on; None when a Close may not be sent now. Under the send lock."""
+        if not self._opened or self._lost:
+            return None
         ws = self._ws
+        if ws is not None:
+            if ws.state is not ConnectionState.OPEN and ws.state is not ConnectionState.REMOTE_CLOSING:
+                return None
+            return ws.send(CloseConnection(code=code, reason=reason))
+        if self._state is not ConnectionState.OPEN:
+            return None
+        self._state = ConnectionState.LOCAL_CLOSING
+        return _GOING_AWAY_FRAME if code == _GOING_AWAY else _close_frame(code, reason)
+
+    def _send_close(self, code: int, reason: str) -> None:
         with self._send_lock:
-            if ws is None or self._lost or ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            data = self._close_bytes(code, reason)
+            if data is None:
                 return
             try:
-                self._write(ws.send(CloseConnection(code=code, reason=reason)))
+                self._write(data)
             except OSError:
                 pass
 
@@ -606,11 +695,27 @@ class WebSocket:
     def _recv(self) -> bytes:
         """The next bytes from the client (``b""`` at EOF or when the connection is gone)."""
         sock = self._sock
-        while True:
+        if type(sock) is _PLAIN_GEVENT_SOCKET:
+            # The socket's timeout is for writes: waiting on its read watcher
+            # directly keeps an idle WebSocket free of any timer (a gevent
+            # Timeout each, which would also wake it every write_timeout).
+            raw = sock._sock
+            while True:
+                try:
+                    return raw.recv(RECV_SIZE)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    return b""
+                try:
+                    _wait_readable(sock._read_event)
+                except OSError:  # closed meanwhile, by another greenlet
+                    return b""
+        while True:  # TLS: its recv decrypts
             try:
                 return sock.recv(RECV_SIZE)
             except TimeoutError:
-                continue  # the socket's timeout is for writes; reads wait on
+                continue
             except OSError:
                 return b""
 
@@ -621,31 +726,29 @@ class WebSocket:
         # takes it whole, as it nearly always does; else a greenlet sends it.
         lock = self._send_lock
         if not lock.acquire(blocking=False):
-            gevent.spawn(self._send_close, int(CloseReason.GOING_AWAY), GOING_AWAY_REASON)
+            gevent.spawn(self._send_close, _GOING_AWAY, GOING_AWAY_REASON)
             return
         try:
-            ws = self._ws
-            if ws is None or self._lost or ws.state is not ConnectionState.OPEN:
-                lock.release()
-                return
-            data = ws.send(CloseConnection(code=int(CloseReason.GOING_AWAY), reason=GOING_AWAY_REASON))
+            data = self._close_bytes(_GOING_AWAY, GOING_AWAY_REASON)
         except BaseException:
             lock.release()
             raise
+        if data is None:
+            lock.release()
+            return
         _write_now_or_soon(self._sock, data, lock)
 
     def finish(self) -> None:
         """The handler returned: complete the closing handshake (bounded), then close the connection."""
         self._upgrade = None
-        ws = self._ws
-        if ws is None:
+        if not self._opened:
             return
         conn = self._conn
         assert conn is not None
         try:
-            if ws.state is ConnectionState.OPEN and not self._failed:
+            if self._state_now() is ConnectionState.OPEN and not self._failed:
                 self._send_close(1000, "")
-            if not self._lost and ws.state is not ConnectionState.CLOSED:
+            if not self._lost and self._state_now() is not ConnectionState.CLOSED:
                 self._await_close(conn.config.linger_timeout)
         finally:
             self._lost = True
@@ -658,8 +761,6 @@ class WebSocket:
 
     def _await_close(self, seconds: float) -> None:
         """Read until the client's Close (or EOF), for at most ``seconds``."""
-        ws = self._ws
-        assert ws is not None
         with gevent.Timeout(seconds, False):
             while not self._failed:
                 # Messages that cross our Close are dropped.
@@ -672,7 +773,7 @@ class WebSocket:
                 if not data:
                     return
                 self._buffer += data
-            if self._failed or ws.state is not ConnectionState.CLOSED:
+            if self._failed or self._state_now() is not ConnectionState.CLOSED:
                 # Nothing more is parsed: wait for the client to hang up.
                 while self._recv():
                     pass
@@ -760,11 +861,13 @@ class TakenSocket:
         self._upgrade = upgrade
         self._sock: Any = None
         self._received = b""
-        self._lock = Semaphore()
+        # Made when the application takes the socket: most upgrades are served
+        # through wsgi.websocket, with this object left unused in the environ.
+        self._lock: Semaphore
+        self._inbound: _FrameCounter
+        self._outbound: _FrameCounter
         self._going_away: Optional[GoingAway] = None
         self._websockets = upgrade.websockets  # the counters
-        self._inbound = _FrameCounter()
-        self._outbound = _FrameCounter()
         # The end of the application's 101 response head, searched for across
         # writes (None once found): frames come after it.
         self._response_head: Optional[bytes] = b""
@@ -776,6 +879,9 @@ class TakenSocket:
         if sock is None:
             upgrade = self._upgrade
             sock, self._received = upgrade.take("app")
+            self._lock = Semaphore()
+            self._inbound = _FrameCounter()
+            self._outbound = _FrameCounter()
             self._sock = sock
             conn = upgrade.conn
             conn.response_status = "101 Switching Protocols"
