@@ -215,6 +215,9 @@ _VALID_CLOSE_CODES = frozenset(int(code) for code in CloseReason) - frozenset(
 class _Upgrade:
     """One admitted WebSocket upgrade request: its slot, and who took the connection."""
 
+    # Slots here and on TakenSocket: no dict each, for as long as a WebSocket lives.
+    __slots__ = ("_released", "conn", "request", "session", "taken_by", "websockets")
+
     def __init__(self, websockets: WebSockets, conn: Connection, request: Request) -> None:
         self.websockets = websockets
         self.conn = conn
@@ -228,11 +231,15 @@ class _Upgrade:
         """Hijack the connection for ``by``; the socket (with the write timeout) and bytes already read."""
         if self.taken_by is not None:
             raise RuntimeError(f"this WebSocket was already taken through {self.taken_by!r}")
-        sock, received = self.conn.hijack()
+        conn = self.conn
+        sock, received = conn.hijack()
         self.taken_by = by
+        # The environ the connection keeps for its next requests: there are
+        # none after this, and it would live as long as the WebSocket.
+        conn.environ_base = None
         # Reads loop over this timeout (an idle WebSocket is fine); a write
         # that cannot finish within it ends the connection.
-        sock.settimeout(self.conn.config.write_timeout)
+        sock.settimeout(conn.config.write_timeout)
         return sock, received
 
     def release(self) -> None:
@@ -856,6 +863,20 @@ class TakenSocket:
     serialised with the server's Close 1001, and dropped after it; ``close()``
     ends the WebSocket for the server.
     """
+
+    __slots__ = (
+        "_close_sent",
+        "_closed",
+        "_going_away",
+        "_inbound",
+        "_lock",
+        "_outbound",
+        "_received",
+        "_response_head",
+        "_sock",
+        "_upgrade",
+        "_websockets",
+    )
 
     def __init__(self, upgrade: _Upgrade) -> None:
         self._upgrade = upgrade
