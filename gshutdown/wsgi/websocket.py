@@ -393,6 +393,7 @@ class WebSocket:
         self._failed = False  # a protocol error: Close sent, nothing more is parsed
         self._compressed = False  # permessage-deflate agreed: wsproto frames every message
         self._lost = False  # the TCP connection is gone
+        self._drained = False  # the last read emptied the socket
 
     def _state_now(self) -> ConnectionState:
         ws = self._ws
@@ -707,17 +708,25 @@ class WebSocket:
             # directly keeps an idle WebSocket free of any timer (a gevent
             # Timeout each, which would also wake it every write_timeout).
             raw = sock._sock
+            wait = self._drained
             while True:
+                if wait:
+                    try:
+                        _wait_readable(sock._read_event)
+                    except OSError:  # closed meanwhile, by another greenlet
+                        return b""
                 try:
-                    return raw.recv(RECV_SIZE)
+                    data: bytes = raw.recv(RECV_SIZE)
                 except BlockingIOError:
-                    pass
+                    wait = True
+                    continue
                 except OSError:
                     return b""
-                try:
-                    _wait_readable(sock._read_event)
-                except OSError:  # closed meanwhile, by another greenlet
-                    return b""
+                # A read that took less than it could emptied the socket: the
+                # next one waits first (a client waiting for its answer has
+                # sent nothing more), sparing a read that fails.
+                self._drained = len(data) < RECV_SIZE
+                return data
         while True:  # TLS: its recv decrypts
             try:
                 return sock.recv(RECV_SIZE)
