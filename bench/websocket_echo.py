@@ -13,10 +13,16 @@ Three measurements, each against both servers serving the same
    answering the server's Close (if one comes) as browsers do; how many got
    Close 1001.
 
-The client is this process: plain non-blocking sockets and one selector (no
-threads), frames pre-masked, so it costs the same against both servers.
+The client is plain non-blocking sockets and one selector per process (no
+threads), frames pre-masked, so it costs the same against both servers. For
+the echo, ``--client-processes`` (2) share the WebSockets: one Python client
+process is slower than either server, so alone it would measure itself. The
+machine's cores are shared by the server and its clients all the same, so the
+load-independent figure is the server's CPU time per round trip (user +
+system, from /proc), printed with its ratio.
 
-    python bench/websocket_echo.py [--seconds 5] [--echo-sockets 50] [--idle 2000] [--servers gshutdown,gunicorn]
+    python bench/websocket_echo.py [--seconds 5] [--echo-sockets 50] [--client-processes 2] [--idle 2000]
+                                   [--servers gshutdown,gunicorn]
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import multiprocessing
 import os
 import re
 import selectors
@@ -184,6 +191,35 @@ def echo_round_trips(port: int, count: int, seconds: float) -> tuple[float, int]
     return done / elapsed, done
 
 
+def _echo_client(port: int, count: int, seconds: float, start: Any, out: Any) -> None:
+    start.wait()
+    out.send(echo_round_trips(port, count, seconds)[1])
+    out.close()
+
+
+def echo_in_processes(port: int, count: int, seconds: float, processes: int) -> tuple[float, int]:
+    """``echo_round_trips`` over ``count`` WebSockets shared by ``processes`` client processes; per second, total."""
+    if processes <= 1:
+        return echo_round_trips(port, count, seconds)
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    children = []
+    for index in range(processes):
+        receiving, sending = context.Pipe(duplex=False)
+        share = count // processes + (1 if index < count % processes else 0)
+        child = context.Process(target=_echo_client, args=(port, share, seconds, start, sending))
+        child.start()
+        sending.close()
+        children.append((child, receiving))
+    started = time.perf_counter()
+    start.set()
+    done = sum(receiving.recv() for _, receiving in children)
+    elapsed = time.perf_counter() - started
+    for child, _ in children:
+        child.join(10)
+    return done / elapsed, done
+
+
 def sigterm_to_exit(served: Served, socks: list[socket.socket]) -> dict[str, Any]:
     """SIGTERM the server; answer every Close; seconds to its exit, and the Closes seen per code."""
     selector = selectors.DefaultSelector()
@@ -244,7 +280,7 @@ def measure(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any
     try:
         open_websockets(served.port, 20)  # warm-up (closed again by the GC)
         cpu_before = served.cpu_seconds()
-        per_second, done = echo_round_trips(served.port, args.echo_sockets, args.seconds)
+        per_second, done = echo_in_processes(served.port, args.echo_sockets, args.seconds, args.client_processes)
         result["echo_round_trips_per_s"] = round(per_second)
         # The client shares the machine: the server's CPU per round trip is the steadier figure.
         result["server_cpu_us_per_round_trip"] = round((served.cpu_seconds() - cpu_before) / done * 1e6, 1)
@@ -271,6 +307,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--echo-sockets", type=int, default=50)
+    parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--idle", type=int, default=2000)
     parser.add_argument("--servers", default="gshutdown,gunicorn")
     args = parser.parse_args()
@@ -288,6 +325,8 @@ def main() -> None:
     if len(results) == 2 and results[1]["echo_round_trips_per_s"]:
         ratio = results[0]["echo_round_trips_per_s"] / results[1]["echo_round_trips_per_s"]
         print(f"echo round trips: {names[0]} / {names[1]} = {ratio:.2f}x")
+        cpu = results[1]["server_cpu_us_per_round_trip"] / results[0]["server_cpu_us_per_round_trip"]
+        print(f"server CPU per round trip: {names[1]} / {names[0]} = {cpu:.2f}x")
 
 
 if __name__ == "__main__":
