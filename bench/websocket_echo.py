@@ -12,6 +12,9 @@ Three measurements, each against both servers serving the same
 3. SIGTERM to exit with those ``--idle`` WebSockets open, each client
    answering the server's Close (if one comes) as browsers do; how many got
    Close 1001.
+4. RSS per idle WebSocket that offered permessage-deflate as browsers do,
+   after one echoed message each (``--idle-deflate``, 2,000): the server's
+   compressor, if it compresses, is kept for the WebSocket's life.
 
 The client is plain non-blocking sockets and one selector per process (no
 threads), frames pre-masked, so it costs the same against both servers. For
@@ -22,7 +25,7 @@ load-independent figure is the server's CPU time per round trip (user +
 system, from /proc), printed with its ratio.
 
     python bench/websocket_echo.py [--seconds 5] [--echo-sockets 50] [--client-processes 2] [--idle 2000]
-                                   [--servers gshutdown,gunicorn]
+                                   [--idle-deflate 2000] [--servers gshutdown,gunicorn]
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import json
 import multiprocessing
 import os
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -141,14 +145,16 @@ class Served:
 # -- clients -------------------------------------------------------------------------------------
 
 
-def open_websockets(port: int, count: int) -> list[socket.socket]:
+def open_websockets(port: int, count: int, *, deflate: bool = False) -> list[socket.socket]:
     socks = []
+    # As browsers offer it.
+    extensions = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if deflate else ""
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         key = base64.b64encode(os.urandom(16)).decode()
         sock.sendall(
             f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extensions}\r\n".encode()
         )
         head = b""
         while b"\r\n\r\n" not in head:
@@ -300,7 +306,30 @@ def measure(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any
         result["sigterm"] = sigterm_to_exit(served, socks)
     finally:
         served.stop()
+    if args.idle_deflate:
+        result["rss_kib_per_idle_deflate_websocket"] = idle_deflate_rss(name, args.idle_deflate, workdir)
     return result
+
+
+def idle_deflate_rss(name: str, count: int, workdir: Path) -> float:
+    """RSS per idle WebSocket that offered permessage-deflate, after one echoed message each."""
+    served = Served(name, workdir)
+    try:
+        for sock in open_websockets(served.port, 50):
+            sock.close()
+        time.sleep(0.5)
+        before = served.rss_kib()
+        socks = open_websockets(served.port, count, deflate=True)
+        for sock in socks:
+            sock.setblocking(True)
+            sock.sendall(ECHO_FRAME)
+        for sock in socks:
+            if not sock.recv(4096):
+                raise RuntimeError("no echo")
+        time.sleep(0.5)
+        return round((served.rss_kib() - before) / count, 1)
+    finally:
+        served.stop()
 
 
 def main() -> None:
@@ -309,8 +338,15 @@ def main() -> None:
     parser.add_argument("--echo-sockets", type=int, default=50)
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--idle", type=int, default=2000)
+    parser.add_argument("--idle-deflate", type=int, default=2000, help="0: skip")
     parser.add_argument("--servers", default="gshutdown,gunicorn")
     args = parser.parse_args()
+    # The clients' descriptors here, the server's (inherited) in its process.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * max(args.idle, args.idle_deflate) + 1000
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
     names = args.servers.split(",")
     if "gunicorn" in names:
         try:

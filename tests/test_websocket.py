@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 import weakref
+import zlib
 from typing import Any, Callable
 
 import pytest
@@ -81,6 +82,30 @@ def test_wsgi_websocket_with_websockets_negotiates_permessage_deflate(serve: Ser
         assert ws.recv() == big
         ws.send(b"\x01" * 100_000)
         assert ws.recv() == b"\x01" * 100_000
+
+
+def test_the_servers_compressed_messages_inflate_with_a_full_window_and_keep_their_context(serve: Serve) -> None:
+    """The server compresses with a smaller window and memory level than zlib's defaults: any client inflates it."""
+    st = serve(raw_echo)
+    client = RawWebSocket(st.address)
+    client.sock.sendall(handshake_request(extra="Sec-WebSocket-Extensions: permessage-deflate\r\n"))
+    head = client.read_head()
+    assert b"permessage-deflate" in head, head
+    inflater = zlib.decompressobj(-15)  # what a client that offered nothing special uses
+    # Repeats far apart (beyond a 2 KiB window) and close together; the same message twice.
+    far = ("".join(chr(65 + (i * 7) % 26) for i in range(3000)) * 3).encode()
+    chat = b'{"type": "chat", "user": "ann", "text": "hello hello hello"}'
+    sizes = []
+    for message in (far, chat, chat, b"x" * 70_000):
+        client.send(frame(TEXT, message))
+        assert client._need(2)
+        assert client.buffer[0] & 0x40, "RSV1: the message is compressed"
+        opcode, payload = client.read_frame() or (None, b"")
+        assert opcode == TEXT
+        assert inflater.decompress(payload + b"\x00\x00\xff\xff") == message
+        sizes.append(len(payload))
+    assert sizes[2] < sizes[1]  # the context is kept between messages
+    assert sizes[0] < len(far) // 2 and sizes[3] < 1000
 
 
 def test_a_websocket_is_a_hijacked_connection_of_the_server(serve: Serve) -> None:

