@@ -153,6 +153,28 @@ def _send_all(sock: Any, data: bytes) -> None:
         sock.sendall(memoryview(data)[sent:])
 
 
+def _recv_untimed(sock: Any, size: int, wait_first: bool) -> bytes:
+    """``sock.recv(size)`` on a plain gevent socket, with no timeout; OSError as recv raises it.
+
+    The socket's timeout is for writes: waiting on its read watcher directly
+    keeps an idle WebSocket free of any timer (a gevent Timeout each, which
+    would also wake it every write_timeout). ``wait_first``: the last read
+    emptied the socket (it took less than it could), so the next bytes are
+    most likely not there yet (a client waiting for its answer sends nothing
+    more): wait before reading, sparing a read that fails.
+    A close by another greenlet meanwhile raises OSError (EBADF).
+    """
+    raw = sock._sock
+    wait = wait_first
+    while True:
+        if wait:
+            _wait_readable(sock._read_event)
+        try:
+            return raw.recv(size)
+        except BlockingIOError:
+            wait = True
+
+
 def _write_now_or_soon(sock: Any, data: bytes, lock: Semaphore) -> None:
     """Write ``data`` without blocking if the kernel takes it all, else in a greenlet; then release ``lock``.
 
@@ -731,29 +753,12 @@ class WebSocket:
         """The next bytes from the client (``b""`` at EOF or when the connection is gone)."""
         sock = self._sock
         if type(sock) is _PLAIN_GEVENT_SOCKET:
-            # The socket's timeout is for writes: waiting on its read watcher
-            # directly keeps an idle WebSocket free of any timer (a gevent
-            # Timeout each, which would also wake it every write_timeout).
-            raw = sock._sock
-            wait = self._drained
-            while True:
-                if wait:
-                    try:
-                        _wait_readable(sock._read_event)
-                    except OSError:  # closed meanwhile, by another greenlet
-                        return b""
-                try:
-                    data: bytes = raw.recv(RECV_SIZE)
-                except BlockingIOError:
-                    wait = True
-                    continue
-                except OSError:
-                    return b""
-                # A read that took less than it could emptied the socket: the
-                # next one waits first (a client waiting for its answer has
-                # sent nothing more), sparing a read that fails.
-                self._drained = len(data) < RECV_SIZE
-                return data
+            try:
+                data = _recv_untimed(sock, RECV_SIZE, self._drained)
+            except OSError:
+                return b""
+            self._drained = len(data) < RECV_SIZE
+            return data
         while True:  # TLS: its recv decrypts
             try:
                 return sock.recv(RECV_SIZE)
@@ -903,6 +908,7 @@ class TakenSocket:
     __slots__ = (
         "_close_sent",
         "_closed",
+        "_drained",
         "_going_away",
         "_inbound",
         "_lock",
@@ -930,6 +936,7 @@ class TakenSocket:
         self._response_head: Optional[bytes] = b""
         self._close_sent = False
         self._closed = False
+        self._drained = False  # the last read emptied the socket
 
     def _take(self) -> Any:
         sock = self._sock
@@ -950,6 +957,9 @@ class TakenSocket:
         sock = self._take()
         if self._received:
             data, self._received = self._received[:size], self._received[size:]
+        elif not flags and type(sock) is _PLAIN_GEVENT_SOCKET:
+            data = _recv_untimed(sock, size, self._drained)
+            self._drained = len(data) < size
         else:
             while True:
                 try:
