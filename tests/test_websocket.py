@@ -190,6 +190,33 @@ def test_a_wsgi_websocket_leaves_no_cyclic_garbage(serve: Serve) -> None:
         gc.enable()
 
 
+def test_websockets_drained_by_a_shutdown_are_freed_by_then(serve: Serve) -> None:
+    """The shutdown's list of WebSockets told to go away does not outlive its wait (it held every connection)."""
+    refs: list[weakref.ref[Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        refs.append(weakref.ref(environ["gshutdown.connection"]))
+        return raw_echo(environ, start_response)
+
+    st = serve(app)
+    clients = [RawWebSocket(st.address).open() for _ in range(3)]
+    for client in clients:
+        client.send(frame(TEXT, b"x"))
+        assert client.read_frame() == (TEXT, b"x")
+    gc.collect()
+    gc.disable()  # freed by reference counting, as soon as nothing holds them
+    try:
+        future = st.shutdown_async(10)
+        for client in clients:
+            assert client.read_close_code() == 1001
+            client.send(close_frame(1001))
+            assert client.frames_until_eof() == []
+        assert future.result(20).websockets_closed == 3
+        assert [ref() for ref in refs] == [None, None, None]
+    finally:
+        gc.enable()
+
+
 def test_wss_echo_and_drain_over_tls(serve: Serve, tls_files: TLSFiles) -> None:
     st = serve(raw_echo, certfile=str(tls_files.cert), keyfile=str(tls_files.key))
     ws = websocket.create_connection(
