@@ -122,7 +122,13 @@ class Served:
                 time.sleep(0.05)
         self.pid = self.proc.pid
         if name == "gunicorn":
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            # The arbiter listens before its worker is forked.
+            children: list[str] = []
+            while not children:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn's worker did not start:\n{self.log_path.read_text()}")
+                children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+                time.sleep(0.05)
             self.pid = int(children[0])
 
     def cpu_seconds(self) -> float:
