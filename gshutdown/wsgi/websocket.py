@@ -33,7 +33,13 @@ for the closing handshakes until its deadline and counts what it had to cut.
 
 Writes are bounded by ``Config.write_timeout``: a client that stops reading
 has its connection closed. Reads have no timeout: an idle WebSocket stays
-open until either side closes it or the server shuts down.
+open until either side closes it or the server shuts down, and holds no
+timer meanwhile.
+
+Counted (``WebSockets``; ``gshutdown.process.metrics`` publishes them): open
+WebSockets, messages in and out, and how each ended (its close code). For
+simple-websocket apps the server reads the frame heads the app's library
+sends and receives, skipping payloads.
 """
 
 from __future__ import annotations
