@@ -12,11 +12,20 @@ Three measurements, each against both servers serving the same
 3. SIGTERM to exit with those ``--idle`` WebSockets open, each client
    answering the server's Close (if one comes) as browsers do; how many got
    Close 1001.
+4. RSS per idle WebSocket that offered permessage-deflate as browsers do,
+   after one echoed message each (``--idle-deflate``, 2,000): the server's
+   compressor, if it compresses, is kept for the WebSocket's life.
 
-The client is this process: plain non-blocking sockets and one selector (no
-threads), frames pre-masked, so it costs the same against both servers.
+The client is plain non-blocking sockets and one selector per process (no
+threads), frames pre-masked, so it costs the same against both servers. For
+the echo, ``--client-processes`` (2) share the WebSockets: one Python client
+process is slower than either server, so alone it would measure itself. The
+machine's cores are shared by the server and its clients all the same, so the
+load-independent figure is the server's CPU time per round trip (user +
+system, from /proc), printed with its ratio.
 
-    python bench/websocket_echo.py [--seconds 5] [--echo-sockets 50] [--idle 2000] [--servers gshutdown,gunicorn]
+    python bench/websocket_echo.py [--seconds 5] [--echo-sockets 50] [--client-processes 2] [--idle 2000]
+                                   [--idle-deflate 2000] [--servers gshutdown,gunicorn]
 """
 
 from __future__ import annotations
@@ -24,8 +33,10 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import multiprocessing
 import os
 import re
+import resource
 import selectors
 import shutil
 import signal
@@ -111,7 +122,13 @@ class Served:
                 time.sleep(0.05)
         self.pid = self.proc.pid
         if name == "gunicorn":
-            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            # The arbiter listens before its worker is forked.
+            children: list[str] = []
+            while not children:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gunicorn's worker did not start:\n{self.log_path.read_text()}")
+                children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+                time.sleep(0.05)
             self.pid = int(children[0])
 
     def cpu_seconds(self) -> float:
@@ -134,14 +151,16 @@ class Served:
 # -- clients -------------------------------------------------------------------------------------
 
 
-def open_websockets(port: int, count: int) -> list[socket.socket]:
+def open_websockets(port: int, count: int, *, deflate: bool = False) -> list[socket.socket]:
     socks = []
+    # As browsers offer it.
+    extensions = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if deflate else ""
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         key = base64.b64encode(os.urandom(16)).decode()
         sock.sendall(
             f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extensions}\r\n".encode()
         )
         head = b""
         while b"\r\n\r\n" not in head:
@@ -181,6 +200,35 @@ def echo_round_trips(port: int, count: int, seconds: float) -> tuple[float, int]
     elapsed = time.perf_counter() - started
     for sock in socks:
         sock.close()
+    return done / elapsed, done
+
+
+def _echo_client(port: int, count: int, seconds: float, start: Any, out: Any) -> None:
+    start.wait()
+    out.send(echo_round_trips(port, count, seconds)[1])
+    out.close()
+
+
+def echo_in_processes(port: int, count: int, seconds: float, processes: int) -> tuple[float, int]:
+    """``echo_round_trips`` over ``count`` WebSockets shared by ``processes`` client processes; per second, total."""
+    if processes <= 1:
+        return echo_round_trips(port, count, seconds)
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    children = []
+    for index in range(processes):
+        receiving, sending = context.Pipe(duplex=False)
+        share = count // processes + (1 if index < count % processes else 0)
+        child = context.Process(target=_echo_client, args=(port, share, seconds, start, sending))
+        child.start()
+        sending.close()
+        children.append((child, receiving))
+    started = time.perf_counter()
+    start.set()
+    done = sum(receiving.recv() for _, receiving in children)
+    elapsed = time.perf_counter() - started
+    for child, _ in children:
+        child.join(10)
     return done / elapsed, done
 
 
@@ -244,7 +292,7 @@ def measure(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any
     try:
         open_websockets(served.port, 20)  # warm-up (closed again by the GC)
         cpu_before = served.cpu_seconds()
-        per_second, done = echo_round_trips(served.port, args.echo_sockets, args.seconds)
+        per_second, done = echo_in_processes(served.port, args.echo_sockets, args.seconds, args.client_processes)
         result["echo_round_trips_per_s"] = round(per_second)
         # The client shares the machine: the server's CPU per round trip is the steadier figure.
         result["server_cpu_us_per_round_trip"] = round((served.cpu_seconds() - cpu_before) / done * 1e6, 1)
@@ -264,16 +312,47 @@ def measure(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any
         result["sigterm"] = sigterm_to_exit(served, socks)
     finally:
         served.stop()
+    if args.idle_deflate:
+        result["rss_kib_per_idle_deflate_websocket"] = idle_deflate_rss(name, args.idle_deflate, workdir)
     return result
+
+
+def idle_deflate_rss(name: str, count: int, workdir: Path) -> float:
+    """RSS per idle WebSocket that offered permessage-deflate, after one echoed message each."""
+    served = Served(name, workdir)
+    try:
+        for sock in open_websockets(served.port, 50):
+            sock.close()
+        time.sleep(0.5)
+        before = served.rss_kib()
+        socks = open_websockets(served.port, count, deflate=True)
+        for sock in socks:
+            sock.setblocking(True)
+            sock.sendall(ECHO_FRAME)
+        for sock in socks:
+            if not sock.recv(4096):
+                raise RuntimeError("no echo")
+        time.sleep(0.5)
+        return round((served.rss_kib() - before) / count, 1)
+    finally:
+        served.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--echo-sockets", type=int, default=50)
+    parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--idle", type=int, default=2000)
+    parser.add_argument("--idle-deflate", type=int, default=2000, help="0: skip")
     parser.add_argument("--servers", default="gshutdown,gunicorn")
     args = parser.parse_args()
+    # The clients' descriptors here, the server's (inherited) in its process.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * max(args.idle, args.idle_deflate) + 1000
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
     names = args.servers.split(",")
     if "gunicorn" in names:
         try:
@@ -288,6 +367,8 @@ def main() -> None:
     if len(results) == 2 and results[1]["echo_round_trips_per_s"]:
         ratio = results[0]["echo_round_trips_per_s"] / results[1]["echo_round_trips_per_s"]
         print(f"echo round trips: {names[0]} / {names[1]} = {ratio:.2f}x")
+        cpu = results[1]["server_cpu_us_per_round_trip"] / results[0]["server_cpu_us_per_round_trip"]
+        print(f"server CPU per round trip: {names[1]} / {names[0]} = {cpu:.2f}x")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 import weakref
+import zlib
 from typing import Any, Callable
 
 import pytest
@@ -81,6 +82,30 @@ def test_wsgi_websocket_with_websockets_negotiates_permessage_deflate(serve: Ser
         assert ws.recv() == big
         ws.send(b"\x01" * 100_000)
         assert ws.recv() == b"\x01" * 100_000
+
+
+def test_the_servers_compressed_messages_inflate_with_a_full_window_and_keep_their_context(serve: Serve) -> None:
+    """The server compresses with a smaller window and memory level than zlib's defaults: any client inflates it."""
+    st = serve(raw_echo)
+    client = RawWebSocket(st.address)
+    client.sock.sendall(handshake_request(extra="Sec-WebSocket-Extensions: permessage-deflate\r\n"))
+    head = client.read_head()
+    assert b"permessage-deflate" in head, head
+    inflater = zlib.decompressobj(-15)  # what a client that offered nothing special uses
+    # Repeats far apart (beyond a 2 KiB window) and close together; the same message twice.
+    far = ("".join(chr(65 + (i * 7) % 26) for i in range(3000)) * 3).encode()
+    chat = b'{"type": "chat", "user": "ann", "text": "hello hello hello"}'
+    sizes = []
+    for message in (far, chat, chat, b"x" * 70_000):
+        client.send(frame(TEXT, message))
+        assert client._need(2)
+        assert client.buffer[0] & 0x40, "RSV1: the message is compressed"
+        opcode, payload = client.read_frame() or (None, b"")
+        assert opcode == TEXT
+        assert inflater.decompress(payload + b"\x00\x00\xff\xff") == message
+        sizes.append(len(payload))
+    assert sizes[2] < sizes[1]  # the context is kept between messages
+    assert sizes[0] < len(far) // 2 and sizes[3] < 1000
 
 
 def test_a_websocket_is_a_hijacked_connection_of_the_server(serve: Serve) -> None:
@@ -165,6 +190,33 @@ def test_a_wsgi_websocket_leaves_no_cyclic_garbage(serve: Serve) -> None:
         gc.enable()
 
 
+def test_websockets_drained_by_a_shutdown_are_freed_by_then(serve: Serve) -> None:
+    """The shutdown's list of WebSockets told to go away does not outlive its wait (it held every connection)."""
+    refs: list[weakref.ref[Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        refs.append(weakref.ref(environ["gshutdown.connection"]))
+        return raw_echo(environ, start_response)
+
+    st = serve(app)
+    clients = [RawWebSocket(st.address).open() for _ in range(3)]
+    for client in clients:
+        client.send(frame(TEXT, b"x"))
+        assert client.read_frame() == (TEXT, b"x")
+    gc.collect()
+    gc.disable()  # freed by reference counting, as soon as nothing holds them
+    try:
+        future = st.shutdown_async(10)
+        for client in clients:
+            assert client.read_close_code() == 1001
+            client.send(close_frame(1001))
+            assert client.frames_until_eof() == []
+        assert future.result(20).websockets_closed == 3
+        assert [ref() for ref in refs] == [None, None, None]
+    finally:
+        gc.enable()
+
+
 def test_wss_echo_and_drain_over_tls(serve: Serve, tls_files: TLSFiles) -> None:
     st = serve(raw_echo, certfile=str(tls_files.cert), keyfile=str(tls_files.key))
     ws = websocket.create_connection(
@@ -177,6 +229,69 @@ def test_wss_echo_and_drain_over_tls(serve: Serve, tls_files: TLSFiles) -> None:
     assert (opcode, struct.unpack("!H", payload[:2])[0]) == (websocket.ABNF.OPCODE_CLOSE, 1001)
     ws.close()
     assert future.result(20).websockets_closed == 1
+
+
+@pytest.mark.parametrize("fragmented_first", [False, True], ids=["whole-frames", "after-a-fragmented-message"])
+def test_pings_and_the_clients_closing_handshake(serve: Serve, fragmented_first: bool) -> None:
+    """Pings answered, pongs ignored, the client's Close echoed once with its code and reason, then EOF.
+
+    Whole frames are handled by the server itself; a fragmented message hands
+    the WebSocket to wsproto for good: both must answer alike.
+    """
+    st = serve(raw_echo)
+    client = RawWebSocket(st.address).open()
+    if fragmented_first:
+        client.send(frame(TEXT, b"frag", fin=False) + frame(CONTINUATION, b"ment"))
+        assert client.read_frame() == (TEXT, b"fragment")
+    client.send(frame(PING, b"are you there"))
+    assert client.read_frame() == (PONG, b"are you there")
+    client.send(frame(PONG, b"unasked") + frame(PING, b"") + frame(TEXT, b"still open"))
+    assert client.read_frame() == (PONG, b"")
+    assert client.read_frame() == (TEXT, b"still open")
+    client.send(close_frame(4000, "bye ü".encode()))
+    assert client.read_frame() == (CLOSE, struct.pack("!H", 4000) + "bye ü".encode())
+    assert client.frames_until_eof() == []
+
+
+def test_an_empty_close_is_answered_with_an_empty_close(serve: Serve) -> None:
+    st = serve(raw_echo)
+    client = RawWebSocket(st.address).open()
+    client.send(frame(CLOSE, b""))
+    assert client.read_frame() == (CLOSE, b"")
+    assert client.frames_until_eof() == []
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\x03", 1002),  # one byte: no room for a code
+        (struct.pack("!H", 999), 1002),
+        (struct.pack("!H", 1005), 1002),  # never sent on the wire
+        (struct.pack("!H", 2999), 1002),  # reserved
+        (struct.pack("!H", 5000), 1002),
+        (struct.pack("!H", 1000) + b"\xff bad reason", 1007),
+    ],
+    ids=["one-byte", "999", "1005", "2999", "5000", "bad-utf8-reason"],
+)
+def test_a_malformed_close_fails_the_websocket(serve: Serve, payload: bytes, code: int) -> None:
+    st = serve(raw_echo)
+    client = RawWebSocket(st.address).open()
+    client.send(frame(CLOSE, payload))
+    assert client.read_close_code() == code
+
+
+def test_shutdown_after_a_fragmented_message_sends_one_1001(serve: Serve) -> None:
+    """Once wsproto has the WebSocket, the server's Close goes through it: once, and the reply completes it."""
+    st = serve(raw_echo)
+    client = RawWebSocket(st.address).open()
+    client.send(frame(BINARY, b"a", fin=False) + frame(CONTINUATION, b"b"))
+    assert client.read_frame() == (BINARY, b"ab")
+    future = st.shutdown_async(10)
+    assert client.read_frame() == (CLOSE, struct.pack("!H", 1001) + b"server shutting down")
+    client.send(close_frame(1001))
+    assert client.frames_until_eof() == []
+    result = future.result(20)
+    assert (result.clean, result.websockets_closed, result.websockets_forced) == (True, 1, 0)
 
 
 # -- bad input ----------------------------------------------------------------------------------

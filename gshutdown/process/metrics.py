@@ -8,8 +8,10 @@ adds to plain Python numbers: a response count per status class and a
 duration histogram (from the application's call to the end of its response).
 Connections by state, requests read and the shutdown phase already live in
 the server (its registry, ``requests_total``, ``phase``) and are read, not
-counted again. ``ProcessMetrics.publish()`` copies all of it into
-prometheus-client's metric objects: at every scrape, and in a worker also
+counted again; so are the WebSocket counts (open, messages in and out, close
+codes): plain integers on the WSGI handler's ``WebSockets``, one addition a
+message. ``ProcessMetrics.publish()`` copies all of it into prometheus-client's
+metric objects: at every scrape, and in a worker also
 every ``FLUSH_INTERVAL`` seconds and once more when it has drained. Writing to
 those objects on every request instead would cost about 3 us a request in one
 process and 8 us in prometheus-client's multiprocess mode, which writes each
@@ -63,6 +65,9 @@ STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 #: requests are still served (``--drain-delay``, or a worker waiting for its
 #: master's order); the others are ``ShutdownPhase`` values.
 PHASES = ("serving", "drain_delay", *(phase.value for phase in ShutdownPhase if phase is not ShutdownPhase.SERVING))
+#: Values of the ``code`` label of ``gshutdown_websocket_closes_total`` exported even while zero:
+#: normal closure, going away (the server's drain), abnormal (no Close frame came).
+WEBSOCKET_CLOSE_CODES = (1000, 1001, 1006)
 #: Values of the ``reason`` label of ``gshutdown_worker_restarts_total``.
 RESTART_REASONS = ("died", "max-requests", "timeout", "reload")
 _LIVE_STATES = (ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE, ConnState.HIJACKED)
@@ -204,6 +209,8 @@ class ProcessMetrics:
         self._define(prometheus_client, own)
         # What publish() has already added to the counters and the histogram.
         self._published_requests = 0
+        self._published_messages = [0, 0]  # in, out
+        self._published_closes: dict[int, int] = {}
         self._published_by_class = dict.fromkeys(self.stats.by_class, 0)
         self._published_buckets = [0] * len(self.stats.bounds)
         self._published_sum = 0.0
@@ -255,7 +262,36 @@ class ProcessMetrics:
             "Connections closed by force: open at the shutdown deadline, or closed by a second signal or SIGQUIT",
             registry=registry,
         )
+        self._websockets = gauge(
+            "gshutdown_websockets",
+            "Open WebSockets (upgrade requests admitted, not yet ended; summed over live workers)",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        messages = counter(
+            "gshutdown_websocket_messages",
+            "WebSocket messages from clients (direction=in) and to them (out); control frames not counted",
+            ["direction"],
+            registry=registry,
+        )
+        self._websocket_messages_in = messages.labels("in")
+        self._websocket_messages_out = messages.labels("out")
+        closes = counter(
+            "gshutdown_websocket_closes",
+            "WebSockets ended, by close code: the client's; the server's for a WebSocket it failed "
+            "(1002, 1007, 1009); 1006 when no Close frame came",
+            ["code"],
+            registry=registry,
+        )
+        self._websocket_closes = {code: closes.labels(str(code)) for code in WEBSOCKET_CLOSE_CODES}
+        self._websocket_closes_child = closes.labels
         if self.multiprocess:
+            self._worker_websockets = gauge(
+                "gshutdown_worker_websockets",
+                "Open WebSockets of each live worker",
+                registry=registry,
+                multiprocess_mode="liveall",
+            )
             worker_connections = gauge(
                 "gshutdown_worker_connections",
                 "Open connections of each live worker, by state",
@@ -348,11 +384,39 @@ class ProcessMetrics:
             if self.multiprocess:
                 self._worker_requests.set(requests)
         self._publish_responses()
+        self._publish_websockets(servers)
         phase = process_phase(runner)
         if phase != self._phase:
             for name, child in self._phases.items():
                 child.set(1 if name == phase else 0)
             self._phase = phase
+
+    def _publish_websockets(self, servers: list[HTTPServer]) -> None:
+        # The WSGI handler counts them (gshutdown.wsgi.websocket.WebSockets): plain integers.
+        counted = [ws for ws in (getattr(server.handler, "websockets", None) for server in servers) if ws is not None]
+        open_now = sum(ws.open for ws in counted)
+        self._websockets.set(open_now)
+        if self.multiprocess:
+            self._worker_websockets.set(open_now)
+        received = sum(ws.messages_received for ws in counted)
+        sent = sum(ws.messages_sent for ws in counted)
+        published = self._published_messages
+        if received != published[0]:
+            self._websocket_messages_in.inc(received - published[0])
+            published[0] = received
+        if sent != published[1]:
+            self._websocket_messages_out.inc(sent - published[1])
+            published[1] = sent
+        closes: dict[int, int] = {}
+        for ws in counted:
+            for code, count in ws.close_codes.items():
+                closes[code] = closes.get(code, 0) + count
+        for code, count in closes.items():
+            before = self._published_closes.get(code, 0)
+            if count != before:
+                child = self._websocket_closes.get(code) or self._websocket_closes_child(str(code))
+                child.inc(count - before)
+                self._published_closes[code] = count
 
     def _publish_responses(self) -> None:
         stats = self.stats

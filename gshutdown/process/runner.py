@@ -275,6 +275,10 @@ class Runner:
         finally:
             for handler in handlers:
                 handler.cancel()
+            if handlers and self.role is Role.WORKER:
+                # A drain order that crosses this exit (the master stopping while a
+                # reload's old worker finishes) must not kill it: SIG_DFL terminates.
+                signal.signal(DRAIN_SIGNAL, signal.SIG_IGN)
             for helper in helpers:
                 helper.kill(block=False)
             if self.metrics is not None:

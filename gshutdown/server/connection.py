@@ -655,7 +655,9 @@ class Connection(SocketIO):
         # The application decides how long its protocol may stay quiet: the
         # server's write_timeout would end every idle WebSocket, say.
         sock.settimeout(None)
-        return sock, self._parser.tunnel_bytes
+        tunnelled = self._parser.tunnel_bytes
+        self._parser.close()  # llhttp's ~1 KiB, held for as long as a WebSocket lives otherwise
+        return sock, tunnelled
 
     def detach(self) -> None:
         """Tell the server a hijacked socket is no longer its business.

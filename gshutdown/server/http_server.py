@@ -515,6 +515,9 @@ class HTTPServer(PausingAccept):
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         gevent.wait([going_away.finished for _, going_away in told], timeout=remaining)
         left = [conn for conn, going_away in told if not going_away.finished.is_set()]
+        # Let go of them all: the list holds every connection, its greenlet and
+        # its WebSocket (30 objects each for the exit's collection to traverse).
+        self._going_away = []
         for conn in left:
             conn.force_close()
         if left:

@@ -4,7 +4,9 @@
   ``/push`` sends messages without reading, for the write-timeout case.
 - ``flask_sock_app``: flask-sock (simple-websocket on ``gunicorn.socket``).
 - ``socketio_app``: Flask-SocketIO, ``async_mode="gevent"``: an ``echo`` event
-  answered by ack, a ``reply`` event answered by emitting ``echoed``.
+  answered by ack, a ``reply`` event answered by emitting ``echoed``, a
+  ``record`` event appended (one line, ``id pid``) to the file named by
+  ``$RECORD_FILE`` before it is acknowledged with the worker's pid.
 
 Every handler logs ``handler done`` when it returns, so process tests can
 count them.
@@ -13,6 +15,7 @@ count them.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable
 
 import flask
@@ -84,3 +87,12 @@ def socketio_echo(data: Any) -> Any:
 @socketio.on("reply")
 def socketio_reply(data: Any) -> None:
     emit("echoed", data)
+
+
+@socketio.on("record")
+def socketio_record(message_id: int) -> int:
+    # Written (and on disk for the test to read) before the ack leaves: an
+    # acknowledged message is a recorded one.
+    with open(os.environ["RECORD_FILE"], "a") as records:
+        records.write(f"{int(message_id)} {os.getpid()}\n")
+    return os.getpid()
