@@ -1,5 +1,8 @@
 """Prometheus metrics on a path the server answers itself (``--metrics-path``).
 
+(Just over 500 lines: the metrics of one process and of the master, which
+share their definitions and the multiprocess files.)
+
 Needs the ``metrics`` extra (``prometheus-client``); nothing imports it until
 metrics are enabled, so ``import gshutdown`` never does.
 
