@@ -190,7 +190,10 @@ def test_new_connects_are_refused_not_reset_while_the_drain_goes_on(deploy: Depl
         assert read_response(slow, timeout=10)[0] == 200
     assert outcomes[-1] == "refused", outcomes
     assert set(outcomes) <= {"served", "refused"}, outcomes
-    assert refused_after < 1.0
+    # Refused soon after the signal, long before the drain ends (3 s). A SYN that
+    # meets the listener in the moment it is sealed is dropped and refused at its
+    # retransmission, 1 s later (http_server's module docstring): one such retry fits.
+    assert refused_after < 2.0
     assert deploy.proc.wait() == ExitStatus.OK
 
 
