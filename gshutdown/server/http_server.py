@@ -59,7 +59,6 @@ from typing import Any, Callable, Optional, Union
 import gevent
 from gevent import getcurrent
 from gevent.event import AsyncResult, Event
-from gevent.pool import Pool
 from gevent.server import StreamServer
 
 from gshutdown.config.addresses import bind_unix, describe_address
@@ -76,6 +75,7 @@ from gshutdown.server.registry import ConnRegistry, ConnStateHook
 from gshutdown.server.shutdown import ForcedConnection, ShutdownPhase, ShutdownResult
 from gshutdown.server.state import ConnState
 from gshutdown.server.tls import TLSConnection, server_context
+from gshutdown.server.workers import ServingGreenlets
 
 log = logging.getLogger("gshutdown")
 
@@ -201,8 +201,10 @@ class HTTPServer(PausingAccept):
         backlog = self.config.backlog if isinstance(listener, (tuple, str)) else None
         # The pool bounds nothing: max_connections counts connections (the
         # registry's), and a parked idle one has no greenlet; a closing one
-        # lingering after FIN has one but no longer counts.
-        super().__init__(listener, backlog=backlog, spawn=Pool())
+        # lingering after FIN has one but no longer counts. Its greenlets are
+        # reused from one connection to the next (``workers``).
+        self.pool: ServingGreenlets = ServingGreenlets()
+        super().__init__(listener, backlog=backlog, spawn=self.pool)
         self.registry.on_slot_freed = self._slot_freed
 
     # -- accept ---------------------------------------------------------------
@@ -239,8 +241,8 @@ class HTTPServer(PausingAccept):
         return len(self.registry)
 
     def spawn_connection(self, conn: Connection) -> Any:
-        """Serve ``conn`` (a parked one, resumed) on a new greenlet in the pool."""
-        return self._spawn(conn.serve)
+        """Serve ``conn`` (a parked one, resumed) on a greenlet of the pool."""
+        return self.pool.serve(conn)
 
     # -- the connection cap ----------------------------------------------------------
 
@@ -288,7 +290,7 @@ class HTTPServer(PausingAccept):
         # Registered here, in the accept path, rather than when the greenlet
         # first runs: a connection accepted is a connection shutdown waits for.
         conn = self.connection_class(self, sock, address)
-        conn.greenlet = self._spawn(conn.serve)
+        conn.greenlet = self.pool.serve(conn)
 
     def do_close(self, *args: Any) -> None:
         pass  # connections close themselves (or were hijacked)
@@ -409,6 +411,7 @@ class HTTPServer(PausingAccept):
         self.shutdown_started = True
         self.shutting_down.set()
         self.keep_alives_enabled = False
+        self.pool.close()
         self._close_listener()
         self._hijacked_closed_by_close += self._close_hijacked()
         # What is left is served (NEW, ACTIVE, IDLE): each one is forced.
@@ -530,6 +533,7 @@ class HTTPServer(PausingAccept):
         self.shutdown_started = True
         self.shutting_down.set()
         self.keep_alives_enabled = False
+        self.pool.close()
         self._accept_backlog()
         if self.seal_listener or (self.last_holder is not None and self.last_holder()):
             # Sealed only now: a SYN that comes while it is sealed is refused
