@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from gshutdown.config.gunicorn_names import GUNICORN_NAMES, HOOKS, SETTING_FOR, Handling
+from gshutdown.config.gunicorn_names import GUNICORN_NAMES, SETTING_FOR, Handling
 from gshutdown.config.parsers import SettingError, octal
 from gshutdown.config.table import BY_NAME, Kind, Setting
 
@@ -212,8 +212,3 @@ def _from_file(setting: Setting, key: str, value: Any, path: str) -> Any:
         return setting.parse(str(value))
     except SettingError as exc:
         raise SettingError(f"config file {path}: {key}: {exc}") from None
-
-
-def hook_names(hooks: Mapping[str, Callable[..., Any]]) -> list[str]:
-    """The hooks' names, in gunicorn's order."""
-    return [name for name in HOOKS if name in hooks]
