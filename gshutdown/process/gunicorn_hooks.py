@@ -52,7 +52,7 @@ import logging
 import os
 import signal
 import ssl
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
 from gshutdown.config.addresses import describe_listener
@@ -62,6 +62,7 @@ from gshutdown.config.settings import Settings
 from gshutdown.process import logs
 from gshutdown.process.exit_status import ExitStatus, fail
 from gshutdown.wsgi.adapter import WSGIApp
+from gshutdown.wsgi.middleware import on_close
 
 if TYPE_CHECKING:  # pragma: no cover
     from gshutdown.wsgi.server import Server
@@ -318,22 +319,14 @@ class RequestHooks:
         except BaseException:
             self._post(req, environ, resp)
             raise
-        if isinstance(result, list):
-            # Stays a list, so the server still sends a one-piece body at once.
-            after_list = _AfterList(result)
-            after_list.after = lambda: self._sent_list(result, req, environ, resp)
-            return after_list
-        return _After(result, resp, lambda: self._post(req, environ, resp))
 
-    def _sent_list(self, body: list[bytes], req: HookRequest, environ: dict[str, Any], resp: HookResponse) -> None:
-        try:
-            resp.sent += sum(map(len, body))
-            resp.headers_sent = True
-            close = None if type(body) is list else getattr(body, "close", None)
-            if close is not None:
-                close()
-        finally:
+        def finish(body_sent: int) -> None:
+            # Closed by the server: the head went out with the response.
+            resp.sent += body_sent
+            resp.headers_sent = resp.status is not None
             self._post(req, environ, resp)
+
+        return on_close(result, finish)
 
     def _post(self, req: HookRequest, environ: dict[str, Any], resp: HookResponse) -> None:
         if self.post_request is None:
@@ -342,35 +335,6 @@ class RequestHooks:
             self.post_request(self.worker, req, environ, resp)
         except Exception:
             self.error_log.exception("Exception in post_request hook")
-
-
-class _AfterList(list[bytes]):
-    after: Callable[[], None]
-
-    def close(self) -> None:
-        self.after()
-
-
-class _After:
-    def __init__(self, result: Iterable[bytes], resp: HookResponse, after: Callable[[], None]) -> None:
-        self._result = result
-        self._resp = resp
-        self._after = after
-
-    def __iter__(self) -> Iterator[bytes]:
-        resp = self._resp
-        for data in self._result:
-            resp.sent += len(data)
-            resp.headers_sent = True
-            yield data
-
-    def close(self) -> None:
-        try:
-            close: Optional[Callable[[], None]] = getattr(self._result, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._after()
 
 
 def post_request_of(hook: Hook) -> PostRequest:

@@ -116,26 +116,34 @@ class AccessLog:
         except BodyTimeout:
             finish(0)
             raise
-        if isinstance(result, list):
-            # Stay a list, so the server still sees the whole body at once.
-            logged_list = _LoggedList(result)
-            logged_list.log = lambda: finish(sum(map(len, result)))
-            return logged_list
-        if isinstance(result, FileWrapper):
-            # Stay a file wrapper, so the server can still sendfile it.
-            return _LoggedFile(result, finish)
-        return _Logged(result, finish)
+        return on_close(result, finish)
 
 
-class _LoggedList(list):
-    log: Callable[[], None]
+def on_close(result: Iterable[bytes], finish: Callable[[int], None]) -> Iterable[bytes]:
+    """``result``, calling ``finish(body bytes sent)`` once the server closes it (PEP 3333's ``close``).
+
+    What the server special-cases stays so: a list stays a list (a one-piece
+    body goes out at once, with its Content-Length), a ``wsgi.file_wrapper``
+    result stays one (it can still be sent with ``sendfile``).
+    """
+    if isinstance(result, list):
+        closing_list = _ClosingList(result)
+        closing_list.finish = lambda: finish(sum(map(len, result)))
+        return closing_list
+    if isinstance(result, FileWrapper):
+        return _ClosingFile(result, finish)
+    return _Closing(result, finish)
+
+
+class _ClosingList(list):
+    finish: Callable[[], None]
 
     def close(self) -> None:
-        self.log()
+        self.finish()
 
 
-class _LoggedFile(FileWrapper):
-    """A ``wsgi.file_wrapper`` result, logged when the server closes it."""
+class _ClosingFile(FileWrapper):
+    """A ``wsgi.file_wrapper`` result that reports its bytes when the server closes it."""
 
     __slots__ = ("_finish", "_wrapped")
 
@@ -151,7 +159,7 @@ class _LoggedFile(FileWrapper):
             self._finish(self.sent)
 
 
-class _Logged:
+class _Closing:
     def __init__(self, result: Iterable[bytes], finish: Callable[[int], None]) -> None:
         self._result = result
         self._finish = finish
