@@ -10,11 +10,9 @@ clean shutdown.
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import selectors
-import shutil
 import signal
 import struct
 import threading
@@ -25,6 +23,7 @@ import pytest
 import socketio
 import websocket
 
+from tests.nginx_helpers import Nginx
 from tests.process_helpers import (
     MASTER_READY,
     STARTUP_TIMEOUT,
@@ -193,46 +192,14 @@ def test_sigterm_to_gunicorn_with_the_gshutdown_worker_drains_websockets(tmp_pat
         assert shutdown_counts(server) == (40, 0)
 
 
-NGINX_WEBSOCKET_CONF = """\
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log info;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            proxy_pass http://127.0.0.1:{upstream};
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade $http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_read_timeout 60s;
-        }}
-    }}
-}}
-"""
-
-
 def test_websockets_through_nginx_get_1001_on_sigterm(tmp_path: Path) -> None:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert os.path.exists(binary), "nginx is not installed (Debian: apt-get install nginx-light)"
-    upstream, port = free_port(), free_port()
-    (tmp_path / "nginx.conf").write_text(NGINX_WEBSOCKET_CONF.format(dir=tmp_path, port=port, upstream=upstream))
+    upstream = free_port()
     args = ("--bind", f"127.0.0.1:{upstream}", "--graceful-timeout", GRACE, "tests.apps.websockets:raw_echo")
     with start_gshutdown(tmp_path / "log", *args) as server:
-        nginx = GProcess(
-            [binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"), "-g", "daemon off;"],
-            tmp_path / "nginx.out",
-        )
-        with nginx:
-            wait_until(lambda: not refused(port))
-            clients = [websocket.create_connection(f"ws://127.0.0.1:{port}/", timeout=10) for _ in range(10)]
+        nginx = Nginx(tmp_path, free_port(), [upstream])
+        try:
+            wait_until(lambda: not refused(nginx.port))
+            clients = [websocket.create_connection(f"ws://127.0.0.1:{nginx.port}/", timeout=10) for _ in range(10)]
             for n, ws in enumerate(clients):
                 ws.send(f"through nginx {n}")
                 assert ws.recv() == f"through nginx {n}"
@@ -243,8 +210,8 @@ def test_websockets_through_nginx_get_1001_on_sigterm(tmp_path: Path) -> None:
                 ws.close()
             assert server.wait() == 0
             assert shutdown_counts(server) == (10, 0)
-            os.kill(nginx.pid, signal.SIGTERM)
-            nginx.wait()
+        finally:
+            nginx.stop()
 
 
 # -- a thousand at once ----------------------------------------------------------------
