@@ -452,10 +452,11 @@ class Connection(SocketIO):
 
     def _close_parked(self) -> None:
         """Close a parked connection now, from whatever greenlet or hub callback calls."""
+        # Parked, it has no reusable timer (_park closed it), and _close_now()
+        # closes the watcher before the socket.
         self.parked = False
-        self._unwatch_parked()
+        self._end_deadline_timer()
         self._close_now()
-        self._close_waits()
 
     def _read_head(self) -> Optional[Event]:
         """The next request head (or error); sends 408 itself on a timeout."""
@@ -702,13 +703,19 @@ class Connection(SocketIO):
         greenlet runs at once, and closes the connection unless a request
         crossed the deadline.
         """
+        if self.parked:
+            # The common case, once per idle connection: closed here, with no
+            # greenlet, unless a request crossed the deadline (then served).
+            if self._bytes_waiting():
+                self._idle_deadline = time.monotonic()
+                self._unwatch_parked()
+                self._resume()
+            else:
+                self._close_parked()
+            return True
         if not self.waiting:
             return False
-        if self.parked:
-            self._idle_deadline = time.monotonic()
-            self._parked_deadline_passed()  # closed here, or served if a request crossed the deadline
-        else:
-            self._wake(False)  # type: ignore[misc]
+        self._wake(False)  # type: ignore[misc]
         return True
 
     def reclaim(self) -> bool:

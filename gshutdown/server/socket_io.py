@@ -39,7 +39,10 @@ _SENDFILE_MAX = 1 << 30
 _PREAD_SIZE = 256 * 1024
 #: ``os.sendfile`` errors that mean "not from this file", not "the client is gone".
 _SENDFILE_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
-_INT_BUFFER = bytes(4)  # FIONREAD's answer: a C int
+# FIONREAD's answer, a C int. Mutable: ioctl() accepts a writable buffer on
+# its first try, where an immutable one costs it a formatted exception first.
+_FIONREAD_ANSWER = bytearray(4)
+_NO_BYTES = bytes(4)
 _PLAIN_SOCKET = _socket.socket
 
 
@@ -102,9 +105,10 @@ class SocketIO:
         cost of closing 10,000 of them).
         """
         try:
-            return bool(int.from_bytes(fcntl.ioctl(self._raw.fileno(), termios.FIONREAD, _INT_BUFFER), "little"))
+            fcntl.ioctl(self._raw.fileno(), termios.FIONREAD, _FIONREAD_ANSWER)
         except OSError:
             return True
+        return _FIONREAD_ANSWER != _NO_BYTES
 
     def _wait_readable(self, timeout: Optional[float]) -> bool:
         """Block until readable (True) or the deadline timer fires (False).
