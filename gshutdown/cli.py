@@ -24,6 +24,8 @@ log = logging.getLogger("gshutdown")
 
 #: Settings that only a master can act on.
 _NEED_WORKERS = ("max_requests", "timeout", "reuse_port")
+#: Read when neither -c nor GSHUTDOWN_CONFIG names a file, as gunicorn does (relative to the working directory).
+GUNICORN_DEFAULT_CONFIG = "./gunicorn.conf.py"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
         "the command line wins over the environment, which wins over the file.",
     )
     parser.add_argument(
-        "-c", "--config", metavar="FILE", help="a Python file of settings (gunicorn's names are understood too)"
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="a Python file of settings (gunicorn's names are understood too); default: ./gunicorn.conf.py if there",
     )
     parser.add_argument(
         "--print-config", action="store_true", help="print every setting, and where its value came from, then exit"
@@ -62,12 +67,18 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
     parser = build_parser()
     given = parser.parse_args(argv)
     config_path = given.config or os.environ.get("GSHUTDOWN_CONFIG")
+    if not config_path and os.path.isfile(GUNICORN_DEFAULT_CONFIG):
+        # gunicorn reads it when no -c is given: a deployment that relies on
+        # that must not lose its settings by switching servers.
+        config_path = GUNICORN_DEFAULT_CONFIG
     try:
         config = config_file.read_config_file(config_path) if config_path else config_file.ConfigFile("")
         resolved = settings.resolve(given, config.values)
     except settings.SettingError as exc:
         parser.error(str(exc))
     warnings = list(config.warnings)
+    if config_path == GUNICORN_DEFAULT_CONFIG:
+        warnings.insert(0, f"config file: {config_path} read, as gunicorn reads it without -c (-c FILE names another)")
     if resolved.access_log_format:
         try:
             access_format.check(resolved.access_log_format)

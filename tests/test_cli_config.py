@@ -202,3 +202,24 @@ def test_server_flags_reach_the_wire(tmp_path: Path) -> None:
             assert read_response(sock)[0] == 431
         server.send_signal(signal.SIGTERM)
         assert server.wait() == ExitStatus.OK
+
+
+def test_gunicorn_conf_py_in_the_working_directory_is_read_without_c(tmp_path: Path) -> None:
+    # gunicorn's default config file: a deployment relying on it keeps its settings.
+    port = free_port()
+    (tmp_path / "gunicorn.conf.py").write_text(f'bind = "127.0.0.1:{port}"\nworkers = 2\n')
+    env = {"PYTHONPATH": str(ROOT)}
+    with start_gshutdown(tmp_path / "log", PROBE, cwd=tmp_path, env=env, wait=False) as server:
+        server.wait_for_log(r"master \d+: 2 worker\(s\) ready", timeout=20)
+        assert get(port, "/")[0] == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == ExitStatus.OK
+    assert "config file: ./gunicorn.conf.py read, as gunicorn reads it without -c" in server.log()
+    # A file named by -c or GSHUTDOWN_CONFIG is read instead of it.
+    other = tmp_path / "other.py"
+    other.write_text("workers = 3\n")
+    for args, extra in ((("-c", str(other)), {}), ((), {"GSHUTDOWN_CONFIG": str(other)})):
+        printed = run_cli(*args, "--print-config", PROBE, cwd=tmp_path, env={**env, **extra})
+        assert printed.returncode == 0, printed.stderr
+        assert "workers = 3  # config file" in printed.stdout
+        assert f"127.0.0.1:{port}" not in printed.stdout

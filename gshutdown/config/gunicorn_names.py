@@ -81,7 +81,13 @@ _NO_PASTE = "no PasteDeploy: name the WSGI app (APP or wsgi_app)"
 #: Every gunicorn setting and hook (gunicorn 27's, and older names still seen in files), by name.
 GUNICORN_NAMES: Mapping[str, GunicornName] = {
     # -- config file
-    "config": _mapped(None, "`-c FILE` (or `GSHUTDOWN_CONFIG`); inside a file it means nothing"),
+    "config": _mapped(
+        None,
+        (
+            "`-c FILE` (or `GSHUTDOWN_CONFIG`), default `./gunicorn.conf.py` as gunicorn's;"
+            " inside a file it means nothing"
+        ),
+    ),
     "wsgi_app": _mapped("app", "the APP argument; the command line's wins"),
     # -- server socket
     "bind": _same(),

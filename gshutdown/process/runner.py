@@ -428,15 +428,15 @@ class Runner:
         self.drain_duration = time.monotonic() - started
         jobs_killed = sum(len(result.jobs_killed) for result in self.results)
         clean = not forced_by_signal and all(result.clean for result in self.results)
+        cut = sum(server.requests_cut for server in self.servers)
         log.info(
-            "exit: %s after %.3f s; %d requests served, %d connections forced, %d jobs killed, %d requests cut"
-            " (body too slow: 408)",
+            "exit: %s after %.3f s; %d requests served, %d connections forced, %d jobs killed%s",
             "clean" if clean else "forced",
             self.drain_duration,
             sum(server.requests_total - server.requests_cut for server in self.servers),
             self.forced_connections,
             jobs_killed,
-            sum(server.requests_cut for server in self.servers),
+            f", {cut} requests cut (body too slow: 408)" if cut else "",
         )
         return ExitStatus.OK if clean else ExitStatus.FORCED
 
