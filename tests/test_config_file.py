@@ -211,3 +211,11 @@ def test_reload_without_watchfiles_is_a_one_line_error() -> None:
     )
     assert result.returncode == 2
     assert result.stderr == "gshutdown: error: --reload needs watchfiles: pip install 'gshutdown[reload]'\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "no_sendfile"), [("sendfile = False", True), ("sendfile = True", False), ("sendfile = None", False)]
+)
+def test_gunicorns_sendfile_is_the_opposite_of_no_sendfile(tmp_path: Path, line: str, no_sendfile: bool) -> None:
+    config = read_config_file(_file(tmp_path, line + "\n"))
+    assert config.values == {"no_sendfile": no_sendfile} and config.warnings == []

@@ -261,6 +261,19 @@ def test_a_file_system_without_sendfile_falls_back_to_reads_of_the_file(
     wait_until(app.all_closed)
 
 
+def test_no_sendfile_sends_the_file_with_reads_and_writes(
+    serve: Serve, data_file: tuple[Path, bytes], sendfile_calls: SendfileCalls
+) -> None:
+    # gunicorn's --no-sendfile (sendfile = False): for file systems and kernels where it misbehaves.
+    path, data = data_file
+    app = FileApp(path)
+    st = serve(app, sendfile=False)
+    response = requests.get(st.url(f"/?length={len(data)}"), timeout=10)
+    assert response.content == data
+    assert sendfile_calls.calls == 0
+    wait_until(app.all_closed)
+
+
 @pytest.mark.parametrize("length", [None, FILE_SIZE, 5000])
 def test_a_bytesio_goes_through_the_read_loop(
     serve: Serve, data_file: tuple[Path, bytes], sendfile_calls: SendfileCalls, length: Optional[int]

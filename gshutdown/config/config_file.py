@@ -190,6 +190,8 @@ def _from_file(setting: Setting, key: str, value: Any, path: str) -> Any:
             return value.strip().lower() not in ("off", "", "0", "false", "no")
         if setting.name == "secure_scheme_headers" and isinstance(value, dict):
             value = [f"{name}={wanted}" for name, wanted in value.items()]
+        if key == "sendfile" and (value is None or isinstance(value, bool)):
+            return value is False  # gunicorn's is the opposite of no_sendfile; None, its default, sends with it
         if setting.kind is Kind.FLAG:
             if not isinstance(value, bool):
                 raise SettingError(f"want True or False, not {value!r}")

@@ -118,7 +118,9 @@ GUNICORN_NAMES: Mapping[str, GunicornName] = {
     "print_config": _mapped(None, "`--print-config` on the command line; inside a file it means nothing"),
     # -- server mechanics
     "preload_app": _mapped("preload"),
-    "sendfile": _ignored("no switch here"),
+    "sendfile": _mapped(
+        "no_sendfile", "`sendfile = False` is `--no-sendfile`; None (gunicorn's default) sends with it"
+    ),
     "reuse_port": _same(),
     "chdir": _same(),
     "daemon": _refused("run under systemd or a container"),

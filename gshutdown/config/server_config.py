@@ -92,6 +92,9 @@ class Config:
     unix_socket_mode: Optional[int] = None
     #: Whether connections may be kept alive between requests.
     keep_alive: bool = True
+    #: Whether ``wsgi.file_wrapper`` files on plain sockets go out with
+    #: ``sendfile()`` (else reads and writes, as over TLS).
+    sendfile: bool = True
     #: ``Server`` header value; empty to send none.
     server_header: str = "gshutdown"
     #: Pin glibc's malloc thresholds when the server starts (process-wide;

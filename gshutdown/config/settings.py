@@ -82,6 +82,8 @@ class Settings:
     limit_request_field_size: Optional[int]
     #: Close every connection after its response.
     no_keep_alive: bool
+    #: Send ``wsgi.file_wrapper`` files with reads and writes, never ``sendfile()``.
+    no_sendfile: bool
     #: The ``Server`` header value ("" for none).
     server_header: str
     #: Access log file, ``-`` for stderr (None: off).

@@ -261,6 +261,15 @@ SETTINGS: tuple[Setting, ...] = (
         doc="every response closes its connection",
     ),
     S(
+        "no_sendfile",
+        ("--no-sendfile",),
+        yes_no,
+        False,
+        "send wsgi.file_wrapper files with reads and writes, not sendfile() (gunicorn's --no-sendfile)",
+        kind=Kind.FLAG,
+        doc="`wsgi.file_wrapper` files go out with reads and writes, never `sendfile()`",
+    ),
+    S(
         "server_header",
         ("--server-header",),
         text,

@@ -202,6 +202,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         max_header_count=settings.limit_request_fields,
         max_field_size=settings.limit_request_field_size,
         keep_alive=not settings.no_keep_alive,
+        sendfile=not settings.no_sendfile,
         server_header=settings.server_header,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         proxy_headers=not settings.no_proxy_headers,

@@ -336,7 +336,7 @@ class Response:
         length = _declared_length(self.headers)
         if length is None and extent is not None:
             length = extent.size
-        if extent is not None and conn.can_send_file():
+        if extent is not None and conn.config.sendfile and conn.can_send_file():
             head = self._start(length)
             count = (head.content_length or 0) if head.send_body else 0
             self._sent = wrapper.sent = conn.send_file(head.data, extent.fd, extent.offset, count, wrapper.block_size)
