@@ -12,6 +12,7 @@ shutdown closes parked connections from the hub, spawning no greenlet.
 from __future__ import annotations
 
 import ssl
+import sys
 from typing import Any, Callable
 
 from gshutdown import ConnState
@@ -68,6 +69,21 @@ def test_an_idle_keep_alive_connection_holds_no_greenlet(serve: Serve) -> None:
         # Parked, and still IDLE for the registry and the hook.
         assert st.call(lambda: st.server.registry.counts()) == {"new": 0, "active": 0, "idle": 5, "hijacked": 0}
         assert all(st.states_of(c.id) == [NEW, ACTIVE, IDLE] for c in conns)
+    finally:
+        close_all(socks)
+
+
+def test_a_parked_connection_keeps_its_attributes_in_a_key_sharing_dict(serve: Serve) -> None:
+    # Past 30 attribute names, CPython gives each instance a dict with keys of
+    # its own: 1,584 bytes instead of 296, most of an idle connection's memory
+    # (bench/idle_connections.py: 3.1 KiB per connection instead of 1.9).
+    # State that grows the class goes in Connection.__slots__.
+    st = serve(hello_app)
+    socks = keep_alive_connections(st, 1)
+    try:
+        (conn,) = wait_all_parked(st, 1)
+        size = st.call(lambda: sys.getsizeof(conn.__dict__))
+        assert size < 1000, (size, sorted(vars(conn)))
     finally:
         close_all(socks)
 

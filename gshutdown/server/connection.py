@@ -96,11 +96,28 @@ class Connection(SocketIO):
             head was sent, e.g. ``"200 OK"`` (``""`` while none was).
     """
 
-    # The parking and reclaiming state lives in slots, outside the instance
-    # dict: past 30 attributes CPython gives every instance a dict of its own
-    # (1.5 KiB) instead of one sharing its class's keys (issue 21's RSS per
-    # idle connection).
-    __slots__ = ("_idle_deadline", "_reclaimed", "head_started", "idle_since", "parked", "reading_head")
+    # The parking, reclaiming and per-request state lives in slots, outside
+    # the instance dict: past 30 attributes CPython gives every instance a
+    # dict of its own (1.5 KiB) instead of one sharing its class's keys
+    # (issue 21's RSS per idle connection; tests/test_connection_parking.py
+    # checks the dict stays shared).
+    __slots__ = (
+        "_body_started",
+        "_body_wait_left",
+        "_bytes_since_yield",
+        "_chunks_at_yield",
+        "_idle_deadline",
+        "_reclaimed",
+        "body_done",
+        "body_received",
+        "expect_continue",
+        "head_started",
+        "idle_since",
+        "parked",
+        "reading_head",
+        "response_started",
+        "response_status",
+    )
     #: True while the connection waits between requests with no greenlet
     #: (``_park``): its watcher and deadline timer call back in the hub.
     parked: bool
