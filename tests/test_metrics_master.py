@@ -163,7 +163,7 @@ def test_a_reload_shows_the_old_worker_draining_then_its_forced_connection(tmp_p
     with _master(tmp_path, "--graceful-timeout", "3") as master:
         with connect(master.port) as slow:
             slow.sendall(request_bytes("/slow?s=30"))
-            master.proc.wait_for_log("slow request started")
+            slow_worker = master.proc.wait_for_log(r"\[(\d+)\] \[INFO\] slow request started").group(1)
             master.proc.send_signal(signal.SIGHUP)
             master.proc.wait_for_log(r"reload done: generation 2 serving; 2 old worker\(s\) draining", timeout=SETTLE)
 
@@ -177,6 +177,12 @@ def test_a_reload_shows_the_old_worker_draining_then_its_forced_connection(tmp_p
             wait_until(one_draining, timeout=SETTLE, interval=0.2)
             # At its deadline the old worker forces the slow request and exits.
             assert slow.recv(1) == b""
+        # It records its drain and forced connection in two files (a gauge's
+        # and a counter's), which a scrape reads one after the other in
+        # directory order: one made meanwhile can see the forced connection
+        # but not yet this drain, and the idle old worker's (about 1 ms) as
+        # the most recent. Once the master has reaped it, both are written.
+        master.proc.wait_for_log(rf"worker {slow_worker} exited with status {ExitStatus.FORCED:d}", timeout=SETTLE)
 
         def forced_and_gone() -> Scrape | None:
             now = master.scrape()
