@@ -237,12 +237,27 @@ def wait_connections_at_most(port: int, count: int, timeout: float = 10.0) -> in
         time.sleep(0.05)
 
 
+def run_queue_wait_ns(pids: list[int]) -> int:
+    """Nanoseconds ``pids`` spent runnable but not running (waiting for a CPU), from /proc/PID/schedstat."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat") as fh:
+                total += int(fh.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def one_wrk_run(server: Server, args: argparse.Namespace, tmp: Path, workload: run.Workload) -> dict[str, Any]:
     """One counted wrk run, redone (at most ``--retries`` times) while other jobs take the CPUs; the least disturbed."""
     attempts = []
     for _ in range(1 + args.retries):
         run.wait_quiet(server.pids())
+        waited = run_queue_wait_ns(server.pids())
         attempt = run.run_wrk(server.port, workload, args.wrk_seconds, tmp, server.pids())
+        # A stall the server spent waiting for a CPU other jobs held is the shared box's, not the server's.
+        attempt["run_queue_wait_ms"] = round((run_queue_wait_ns(server.pids()) - waited) / 1e6, 1)
         if server.proc.poll() is not None:
             raise run.BenchError(f"{server.name} exited under wrk")
         attempts.append(attempt)
@@ -263,6 +278,7 @@ def one_wrk_run(server: Server, args: argparse.Namespace, tmp: Path, workload: r
         # cost the active path, steadier than p99 when other jobs share the CPUs.
         "server_cpu_us_per_request": round(1e6 / best["rps_per_cpu"], 1) if best.get("rps_per_cpu") else None,
         "disturbed_pct": run.disturbance(best),
+        "server_run_queue_wait_ms": best["run_queue_wait_ms"],
         "attempts": len(attempts),
     }
 
@@ -303,11 +319,14 @@ def median_or_none(values: list[Optional[float]]) -> Optional[float]:
 
 def latency_line(name: str, label: str, r: dict[str, Any]) -> str:
     p99s = ", ".join(f"{run_['p99_ms']:.3f}" for run_ in r["runs"])
+    maxes = ", ".join(f"{run_['max_ms']:.1f}" for run_ in r["runs"])
+    waits = ", ".join(f"{run_['server_run_queue_wait_ms']:.0f}" for run_ in r["runs"])
     return (
         f"  {name:18s} wrk {label:17s} p50 {r['p50_ms']:6.3f} ms  p99 {r['p99_ms']:6.3f} ms ({p99s})"
         f"  p99.9 {r['p99_9_ms']:6.3f} ms  {r['rps']:>7.0f} req/s  server CPU {r['server_cpu_us_per_request']} us/req"
         f"  errors {r['errors']}"
-        f"  (others' CPU up to {r['disturbed_pct']}%)"
+        f"  (others' CPU up to {r['disturbed_pct']}%)\n  {'':18s}     max ms ({maxes});"
+        f" server waited for a CPU ({waits}) ms"
     )
 
 
