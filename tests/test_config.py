@@ -43,6 +43,7 @@ def test_defaults_are_present_and_documented_values() -> None:
         "backlog": 2048,
         "unix_socket_mode": None,
         "keep_alive": True,
+        "sendfile": True,
         "server_header": "gshutdown",
         "tune_malloc": True,
         "forwarded_allow_ips": "127.0.0.1,::1",

@@ -150,9 +150,18 @@ def _check_hooks(served: Served) -> None:
 def _check_ops(served: Served) -> None:
     assert served.ask()[0] == 200
     log = served.proc.log()
-    for name in ("worker_tmp_dir", "statsd_host", "statsd_prefix", "sendfile"):
+    for name in ("worker_tmp_dir", "statsd_host", "statsd_prefix"):
         assert f"gunicorn's {name} is ignored: " in log, name
-    for name in ("threads", "syslog", "daemon", "spew", "check_config", "tmp_upload_dir", "strip_header_spaces"):
+    for name in (
+        "threads",
+        "syslog",
+        "daemon",
+        "spew",
+        "check_config",
+        "tmp_upload_dir",
+        "strip_header_spaces",
+        "sendfile",
+    ):
         assert f"gunicorn's {name} is ignored" not in log, name  # set to what asks for nothing
 
 
