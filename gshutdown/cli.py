@@ -13,6 +13,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import shlex
 import sys
 from typing import NoReturn, Optional, Sequence
 
@@ -28,13 +29,21 @@ _NEED_WORKERS = ("max_requests", "timeout", "reuse_port")
 GUNICORN_DEFAULT_CONFIG = "./gunicorn.conf.py"
 
 
+#: gunicorn's options from the environment, read as gunicorn reads them: below
+#: the command line, above the config file.
+GUNICORN_CMD_ARGS = "GUNICORN_CMD_ARGS"
+
+
 class _Parser(argparse.ArgumentParser):
+    #: Before each error message: where the options came from, when not the command line.
+    origin = ""
+
     def error(self, message: str) -> NoReturn:
         # One line, no usage dump: the brief for every bad input.
-        self.exit(ExitStatus.USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(ExitStatus.USAGE, f"{self.prog}: error: {self.origin}{message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     from gshutdown import __version__
 
     parser = _Parser(
@@ -53,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--print-config", action="store_true", help="print every setting, and where its value came from, then exit"
     )
     settings.add_arguments(parser)
+    # gunicorn's -k, so that a gunicorn command line runs unchanged: gshutdown
+    # is a gevent server whatever it names (see gunicorn_names' worker_class).
+    parser.add_argument("-k", "--worker-class", dest="worker_class", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"gshutdown {__version__}")
     return parser
 
@@ -66,17 +78,23 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
     """The settings, and whether ``--print-config`` asks for them to be printed."""
     parser = build_parser()
     given = parser.parse_args(argv)
-    config_path = given.config or os.environ.get("GSHUTDOWN_CONFIG")
+    from_env = _gunicorn_cmd_args()
+    config_path = given.config or os.environ.get("GSHUTDOWN_CONFIG") or (from_env and from_env.config)
     if not config_path and os.path.isfile(GUNICORN_DEFAULT_CONFIG):
         # gunicorn reads it when no -c is given: a deployment that relies on
         # that must not lose its settings by switching servers.
         config_path = GUNICORN_DEFAULT_CONFIG
     try:
         config = config_file.read_config_file(config_path) if config_path else config_file.ConfigFile("")
-        resolved = settings.resolve(given, config.values)
+        resolved = settings.resolve(given, config.values, gunicorn_cmd_args=from_env)
     except settings.SettingError as exc:
         parser.error(str(exc))
     warnings = list(config.warnings)
+    for namespace in (given, from_env):
+        if namespace is not None and namespace.worker_class is not None:
+            ignored = config_file.ignored_gunicorn_value("worker_class", namespace.worker_class)
+            if ignored:
+                warnings.append(f"--worker-class {namespace.worker_class} is ignored: {ignored}")
     if config_path == GUNICORN_DEFAULT_CONFIG:
         warnings.insert(0, f"config file: {config_path} read, as gunicorn reads it without -c (-c FILE names another)")
     if resolved.access_log_format:
@@ -97,6 +115,18 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
                 warnings.append(f"config file: {name} ignored without workers")
                 resolved = resolved.replace(**{name: settings.BY_NAME[name].default})
     return resolved.replace(warnings=tuple(warnings), hooks=config.hooks), given.print_config
+
+
+def _gunicorn_cmd_args() -> Optional[argparse.Namespace]:
+    """The options in ``GUNICORN_CMD_ARGS``, parsed as the command line's (None when it is unset or empty)."""
+    text = os.environ.get(GUNICORN_CMD_ARGS, "")
+    parser = build_parser()
+    parser.origin = f"{GUNICORN_CMD_ARGS}: "
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return parser.parse_args(words) if words else None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -50,7 +50,8 @@ def child_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("GSHUTDOWN_", "LISTEN_")) and key not in ("NOTIFY_SOCKET", "PROMETHEUS_MULTIPROC_DIR")
+        if not key.startswith(("GSHUTDOWN_", "LISTEN_"))
+        and key not in ("NOTIFY_SOCKET", "PROMETHEUS_MULTIPROC_DIR", "GUNICORN_CMD_ARGS")
     }
     env["PYTHONUNBUFFERED"] = "1"
     if extra:

@@ -188,6 +188,52 @@ def test_help_exits_0_and_lists_the_shutdown_options() -> None:
 # -- serving ------------------------------------------------------------------------------------
 
 
+# -- gunicorn's command line: GUNICORN_CMD_ARGS, -k and gunicorn's option names ---------
+
+
+def test_gunicorn_cmd_args_ranks_below_the_command_line_and_gshutdown_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gshutdown.cli import parse_args
+
+    monkeypatch.setenv("GUNICORN_CMD_ARGS", "--bind=127.0.0.1:9100 --workers 3 --keep-alive 10 -k gevent")
+    settings = parse_args([PROBE])
+    assert (settings.bind, settings.workers, settings.idle_timeout) == ([("127.0.0.1", 9100)], 3, 10.0)
+    assert settings.sources["workers"] == "GUNICORN_CMD_ARGS" and settings.warnings == ()
+    monkeypatch.setenv("GSHUTDOWN_WORKERS", "2")
+    assert parse_args([PROBE]).workers == 2
+    assert parse_args(["-w", "4", PROBE]).workers == 4
+
+
+def test_gunicorns_option_names_are_understood(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gshutdown.cli import parse_args
+
+    settings = parse_args(
+        ["--access-logfile", "-", "--error-logfile", "/tmp/e.log", "--worker-connections", "500", "-k", "gevent", PROBE]
+    )
+    assert (settings.access_log, settings.error_log, settings.max_connections) == ("-", "/tmp/e.log", 500)
+    assert settings.warnings == ()
+    # A worker class that is not gevent's: gshutdown serves on gevent all the same, and says so.
+    (warning,) = parse_args(["-k", "sync", PROBE]).warnings
+    assert warning.startswith("--worker-class sync is ignored: always gevent")
+
+
+def test_a_server_binds_where_gunicorn_cmd_args_says(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port} --access-logfile -"}
+    with start_gshutdown(tmp_path / "log", PROBE, env=env) as server:
+        assert get(port, "/?rid=cmd-args")[0] == 200
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert '"GET /?rid=cmd-args HTTP/1.1" 200' in server.log()
+
+
+@pytest.mark.parametrize(("value", "message"), [("--no-such-option", "unrecognized"), ("--bind 'x", "quotation")])
+def test_bad_gunicorn_cmd_args_is_one_line_and_exit_2(value: str, message: str) -> None:
+    line = assert_one_line_error(run_cli(PROBE, env={"GUNICORN_CMD_ARGS": value}), 2)
+    assert line.startswith("gshutdown: error: GUNICORN_CMD_ARGS: ") and message in line
+
+
 def test_python_m_gshutdown_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
     port = free_port()
     with start_gshutdown(tmp_path / "log", "--bind", f"127.0.0.1:{port}", PROBE) as server:

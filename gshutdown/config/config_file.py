@@ -106,7 +106,7 @@ def read_config_file(path: str) -> ConfigFile:
             if value and value not in row.accepted:
                 raise SettingError(f"config file {path}: {key} = {value!r} is not supported: {row.note}")
         elif row is not None and row.handling in (Handling.IGNORED, Handling.MAPPED):
-            if value and value not in row.accepted:  # False, None, 0, "" ask for nothing: nothing to say
+            if ignored_gunicorn_value(key, value):
                 warnings.append(f"config file: gunicorn's {key} is ignored: {row.note}")
         else:
             own.append(key)
@@ -117,6 +117,18 @@ def read_config_file(path: str) -> ConfigFile:
         if match and _setting_of(match[0]) not in meant:
             warnings.append(f"config file: {key!r} is not a setting; ignored (did you mean {match[0]!r}?)")
     return ConfigFile(path, values, hooks, warnings)
+
+
+def ignored_gunicorn_value(name: str, value: Any) -> str:
+    """Why gunicorn's setting ``name`` at ``value`` means nothing here ("" when it asks for nothing).
+
+    A value such as False, None, 0 or "", or one of the row's ``accepted``
+    ones (what happens here anyway), asks for nothing: nothing to say.
+    """
+    row = GUNICORN_NAMES[name]
+    if not value or value in row.accepted:
+        return ""
+    return row.note
 
 
 def _setting_of(name: str) -> str:

@@ -96,7 +96,13 @@ GUNICORN_NAMES: Mapping[str, GunicornName] = {
     "workers": _same("gunicorn's default is a master and 1 worker; here 0 (the default) serves in one process"),
     "worker_class": _ignored(
         "always gevent: gshutdown is a gevent server (gunicorn -k gshutdown.gunicorn.Worker keeps gunicorn's arbiter)",
-        accepted=("gevent", "gunicorn.workers.ggevent.GeventWorker"),
+        accepted=(
+            "gevent",
+            "egg:gunicorn#gevent",
+            "gunicorn.workers.ggevent.GeventWorker",
+            # gshutdown serves gevent-websocket's WebSockets itself.
+            "geventwebsocket.gunicorn.workers.GeventWebSocketWorker",
+        ),
     ),
     "threads": _ignored("one greenlet per connection, no thread pool", accepted=(1,)),
     "worker_connections": _mapped("max_connections"),

@@ -187,6 +187,7 @@ def _fresh(default: Any) -> Any:
 
 #: Where a value came from.
 CLI, ENV, FILE, DEFAULT = "command line", "environment", "config file", "default"
+GUNICORN_ENV = "GUNICORN_CMD_ARGS"
 #: What an option the command line did not give holds after parsing.
 NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()
 
@@ -234,11 +235,14 @@ def resolve(
     given: argparse.Namespace,
     file_values: Optional[Mapping[str, Any]] = None,
     warnings: tuple[str, ...] = (),
+    gunicorn_cmd_args: Optional[argparse.Namespace] = None,
 ) -> Settings:
     """Every setting's value by precedence (command line, environment, file, default).
 
     ``given`` holds what the command line set (``NOT_GIVEN`` where it set
-    nothing); ``warnings`` are kept in the result for the runner to log.
+    nothing), and ``gunicorn_cmd_args`` what ``GUNICORN_CMD_ARGS`` did (below
+    the ``GSHUTDOWN_*`` variables); ``warnings`` are kept in the result for
+    the runner to log.
 
     Raises:
         SettingError: an environment variable holds a bad value.
@@ -247,11 +251,11 @@ def resolve(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for setting in SETTINGS:
-        value, source = getattr(given, setting.name, NOT_GIVEN), CLI
-        if value is None and setting.kind is Kind.LIST:
-            value = NOT_GIVEN
+        value, source = _given(given, setting), CLI
         if value is NOT_GIVEN:
             value, source = _from_env(setting), ENV
+        if value is NOT_GIVEN and gunicorn_cmd_args is not None:
+            value, source = _given(gunicorn_cmd_args, setting), GUNICORN_ENV
         if value is NOT_GIVEN and setting.name in file_values:
             value, source = file_values[setting.name], FILE
         if value is NOT_GIVEN:
@@ -259,6 +263,12 @@ def resolve(
         values[setting.name] = value
         sources[setting.name] = source
     return Settings(**values, sources=sources, warnings=warnings)
+
+
+def _given(namespace: argparse.Namespace, setting: Setting) -> Any:
+    value = getattr(namespace, setting.name, NOT_GIVEN)
+    # argparse's default for a repeatable option is None: nothing given.
+    return NOT_GIVEN if value is None and setting.kind is Kind.LIST else value
 
 
 def _from_env(setting: Setting) -> Any:

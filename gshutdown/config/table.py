@@ -139,7 +139,7 @@ SETTINGS: tuple[Setting, ...] = (
     # -- timeouts and limits
     S(
         "idle_timeout",
-        ("--idle-timeout",),
+        ("--idle-timeout", "--keep-alive"),
         limit_seconds,
         5.0,
         "keep-alive idle seconds, or 'none' (uvicorn: 5)",
@@ -171,7 +171,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     S(
         "max_connections",
-        ("--max-connections",),
+        ("--max-connections", "--worker-connections"),
         optional_count,
         1000,
         "connections served at once, the rest wait in the backlog (gunicorn worker_connections: 1000); 'none'",
@@ -280,7 +280,7 @@ SETTINGS: tuple[Setting, ...] = (
     # -- logging
     S(
         "access_log",
-        ("--access-log",),
+        ("--access-log", "--access-logfile"),
         optional_text,
         None,
         "access log file, '-' for stderr",
@@ -290,7 +290,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     S(
         "access_log_format",
-        ("--access-log-format",),
+        ("--access-log-format", "--access-logformat"),
         optional_text,
         None,
         "gunicorn's atoms, e.g. '%%(h)s \"%%(r)s\" %%(s)s %%(D)s', or 'json' (default: Common Log Format)",
@@ -303,7 +303,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     S(
         "error_log",
-        ("--error-log",),
+        ("--error-log", "--error-logfile", "--log-file"),
         optional_text,
         None,
         "server log file (default '-': stderr)",
