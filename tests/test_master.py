@@ -72,6 +72,25 @@ def test_sigterm_drains_every_worker_and_the_master_exits_0(tmp_path: Path, grou
         assert len(re.findall(r"worker \d+ exited with status 0", master.log())) == 2
 
 
+def test_a_stop_signal_crossing_a_drained_workers_exit_does_not_count_as_forced(tmp_path: Path) -> None:
+    # A process-group SIGTERM that reaches a worker after its drain, as it
+    # exits (a --max-requests worker finishing as systemd stops the unit), is
+    # sent here from worker_exit, which runs in that moment.
+    conf = tmp_path / "conf.py"
+    conf.write_text(
+        "import os, signal\n"
+        "def worker_exit(server, worker):\n"
+        "    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):\n"
+        "        os.kill(os.getpid(), signum)\n"
+    )
+    port = free_port()
+    with _start(tmp_path, PROBE, port, "-c", str(conf)) as master:
+        assert get(port, "/")[0] == 200
+        master.send_signal(signal.SIGTERM)
+        assert master.wait() == 0
+    assert len(re.findall(r"worker \d+ exited with status 0", master.log())) == 2
+
+
 @by_pid_and_group_and_preloaded
 def test_a_killed_worker_is_replaced(tmp_path: Path, group: bool, preload: bool) -> None:
     port = free_port()

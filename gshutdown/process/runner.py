@@ -276,9 +276,13 @@ class Runner:
             for handler in handlers:
                 handler.cancel()
             if handlers and self.role is Role.WORKER:
-                # A drain order that crosses this exit (the master stopping while a
-                # reload's old worker finishes) must not kill it: SIG_DFL terminates.
-                signal.signal(DRAIN_SIGNAL, signal.SIG_IGN)
+                # The drain is over and the worker exits: a stop signal crossing
+                # the exit (the master's drain order as a reload's old worker
+                # finishes, a process-group SIGTERM as a retiring one finishes)
+                # must not kill it by SIG_DFL, which the master counts as forced.
+                for signum, action in SIGNAL_ACTIONS[Role.WORKER].items():
+                    if action in _STOPS:
+                        signal.signal(signum, signal.SIG_IGN)
             for helper in helpers:
                 helper.kill(block=False)
             if self.metrics is not None:
