@@ -29,11 +29,6 @@ _NEED_WORKERS = ("max_requests", "timeout", "reuse_port")
 GUNICORN_DEFAULT_CONFIG = "./gunicorn.conf.py"
 
 
-#: gunicorn's options from the environment, read as gunicorn reads them: below
-#: the command line, above the config file.
-GUNICORN_CMD_ARGS = "GUNICORN_CMD_ARGS"
-
-
 class _Parser(argparse.ArgumentParser):
     #: Before each error message: where the options came from, when not the command line.
     origin = ""
@@ -119,9 +114,9 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
 
 def _gunicorn_cmd_args() -> Optional[argparse.Namespace]:
     """The options in ``GUNICORN_CMD_ARGS``, parsed as the command line's (None when it is unset or empty)."""
-    text = os.environ.get(GUNICORN_CMD_ARGS, "")
+    text = os.environ.get(settings.GUNICORN_CMD_ARGS, "")
     parser = build_parser()
-    parser.origin = f"{GUNICORN_CMD_ARGS}: "
+    parser.origin = f"{settings.GUNICORN_CMD_ARGS}: "
     try:
         words = shlex.split(text)
     except ValueError as exc:

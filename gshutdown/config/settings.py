@@ -187,7 +187,9 @@ def _fresh(default: Any) -> Any:
 
 #: Where a value came from.
 CLI, ENV, FILE, DEFAULT = "command line", "environment", "config file", "default"
-GUNICORN_ENV = "GUNICORN_CMD_ARGS"
+#: gunicorn's options in one environment variable (also the source it names):
+#: below the command line and the GSHUTDOWN_* variables, above the file.
+GUNICORN_CMD_ARGS = "GUNICORN_CMD_ARGS"
 #: What an option the command line did not give holds after parsing.
 NOT_GIVEN: Any = type("NotGiven", (), {"__repr__": lambda self: "NOT_GIVEN"})()
 
@@ -255,7 +257,7 @@ def resolve(
         if value is NOT_GIVEN:
             value, source = _from_env(setting), ENV
         if value is NOT_GIVEN and gunicorn_cmd_args is not None:
-            value, source = _given(gunicorn_cmd_args, setting), GUNICORN_ENV
+            value, source = _given(gunicorn_cmd_args, setting), GUNICORN_CMD_ARGS
         if value is NOT_GIVEN and setting.name in file_values:
             value, source = file_values[setting.name], FILE
         if value is NOT_GIVEN:
