@@ -716,9 +716,10 @@ class Connection(SocketIO):
         """End a pending wait for the next request now, as its deadline would; False if not waiting.
 
         Called from the hub (a timer's callback): the shutdown ends the waits
-        of every idle connection with one timer rather than one each. The
-        greenlet runs at once, and closes the connection unless a request
-        crossed the deadline.
+        of every idle connection with one timer rather than one each. A
+        parked connection is closed here, a waiting greenlet runs at once and
+        closes its own; either is served instead if a request crossed the
+        deadline.
         """
         if self.parked:
             # The common case, once per idle connection: closed here, with no

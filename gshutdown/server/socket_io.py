@@ -39,10 +39,7 @@ _SENDFILE_MAX = 1 << 30
 _PREAD_SIZE = 256 * 1024
 #: ``os.sendfile`` errors that mean "not from this file", not "the client is gone".
 _SENDFILE_UNSUPPORTED = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
-# FIONREAD's answer, a C int. Mutable: ioctl() accepts a writable buffer on
-# its first try, where an immutable one costs it a formatted exception first.
-_FIONREAD_ANSWER = bytearray(4)
-_NO_BYTES = bytes(4)
+_NO_BYTES = bytes(4)  # FIONREAD's answer (a C int) when nothing is unread
 _PLAIN_SOCKET = _socket.socket
 
 
@@ -104,11 +101,15 @@ class SocketIO:
         finds nothing, it raises no exception (a tenth of the per-connection
         cost of closing 10,000 of them).
         """
+        # A mutable buffer of its own (servers may run in several threads):
+        # ioctl() takes one on its first try, where an immutable one costs it
+        # a formatted exception first.
+        answer = bytearray(4)
         try:
-            fcntl.ioctl(self._raw.fileno(), termios.FIONREAD, _FIONREAD_ANSWER)
+            fcntl.ioctl(self._raw.fileno(), termios.FIONREAD, answer)
         except OSError:
             return True
-        return _FIONREAD_ANSWER != _NO_BYTES
+        return answer != _NO_BYTES
 
     def _wait_readable(self, timeout: Optional[float]) -> bool:
         """Block until readable (True) or the deadline timer fires (False).
