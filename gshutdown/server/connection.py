@@ -341,9 +341,11 @@ class Connection(SocketIO):
                     self.idle_since = time.monotonic()
                 if not self._await_next_request(after_response):
                     return
-            self.reading_head = True
-            event = self._read_head()
-            self.reading_head = False
+            event = parser.next_event()
+            if event is None:  # the head is incomplete (usually it came whole in one read)
+                self.reading_head = True
+                event = self._read_head()
+                self.reading_head = False
             if event is None:
                 return
             if type(event) is ProtocolError:
@@ -476,10 +478,7 @@ class Connection(SocketIO):
         self._close_now()
 
     def _read_head(self) -> Optional[Event]:
-        """The next request head (or error); sends 408 itself on a timeout."""
-        event = self._parser.next_event()
-        if event is not None:  # the usual case: the whole head came in one read
-            return event
+        """The next request head (or error), once the rest of it arrives; sends 408 itself on a timeout."""
         timeout = self.config.read_header_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
