@@ -35,7 +35,9 @@ exit status was not 0. Run on demand, not in the test suite: a 30-run loop
 takes about a minute on two cores. ``--workers 0`` runs the single process.
 ``--server-arg`` (repeatable) passes more options, e.g. ``--reuse-port`` or
 ``--max-requests 200`` (workers recycled under load, to look for resets while
-serving rather than at shutdown).
+serving rather than at shutdown). ``--reloads N`` sends the master N SIGHUPs
+under load first, each waited for until its new workers serve, so the old
+workers' drains are counted too.
 """
 
 from __future__ import annotations
@@ -273,6 +275,13 @@ def one_run(opts: argparse.Namespace, rng: random.Random, log_path: Path) -> Run
     proc = start_server(port, opts.workers, opts.server_arg, log_path)
     clients = Clients(port, opts.clients, opts.max_per_conn, rng)
     try:
+        for generation in range(2, 2 + opts.reloads):
+            # SIGHUP to the master under load: new workers start, the old ones drain.
+            proc.send_signal(signal.SIGHUP)
+            done = re.compile(rf"reload done: generation {generation} serving")
+            deadline = time.monotonic() + EXIT_TIMEOUT
+            while not done.search(log_path.read_text(errors="replace")) and time.monotonic() < deadline:
+                clients.step(0.005)
         signal_at = time.monotonic() + rng.uniform(0.3, max(0.3, opts.load_seconds))
         while time.monotonic() < signal_at:
             clients.step(0.005)
@@ -305,6 +314,9 @@ def main() -> int:
     parser.add_argument("--max-per-conn", type=int, default=4, help="requests per connection, at most (default 4)")
     parser.add_argument("--load-seconds", type=float, default=0.8, help="seconds of load before the signal, at most")
     parser.add_argument("--server-arg", action="append", default=[], help="one more server option (repeatable)")
+    parser.add_argument(
+        "--reloads", type=int, default=0, help="SIGHUPs under load before the SIGTERM (needs --workers; default 0)"
+    )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
     parser.add_argument("--keep-logs", action="store_true", help="keep every run's server log (else: bad runs')")
     opts = parser.parse_args()
