@@ -14,7 +14,10 @@ import signal
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
 from gshutdown.process.exit_status import ExitStatus
+from gshutdown.process.reload import FilePattern
 from tests.process_helpers import MASTER_READY, GProcess, free_port, get, gone, gshutdown_argv, wait_until
 
 APP = """\
@@ -75,6 +78,68 @@ def test_one_process_drains_and_re_executes_itself_on_a_code_change(tmp_path: Pa
         assert "exit: clean" in proc.log()  # the drain before the re-exec
         (tmp_path / "settings.toml").write_text("a=2\n")  # an extra file, not Python: restarts too
         assert _serves(port, "two", "a=2") == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait() == ExitStatus.OK
+
+
+TREE = [
+    "settings.toml",
+    "templates/index.html",
+    "templates/mail/welcome.html",
+    "templates/mail/deep/er.html",
+    "templates/.hidden/secret.html",
+    "templates/.dot.html",
+    "templates/notes.txt",
+    "ui/a/config.json",
+    "ui/b/config.json",
+    "ui/b/c/config.json",
+    "ui/config.json",
+    "ui/[x].json",
+]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "templates/**/*.html",
+        "templates/*.html",
+        "templates/**",
+        "templates/.*",
+        "templates/.*/*.html",
+        "**/*.json",
+        "ui/*/config.json",
+        "ui/?/config.json",
+        "ui/[ab]/config.json",
+        "ui/[!a]/config.json",
+        "ui/**/config.json",
+        "*.toml",
+    ],
+)
+def test_a_reload_pattern_matches_the_files_glob_finds(tmp_path: Path, pattern: str) -> None:
+    for name in TREE:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    file_pattern = FilePattern(str(tmp_path / pattern))
+    found = {path for path in file_pattern.expand() if os.path.isfile(path)}
+    assert found  # every pattern here matches something, so equality below is not empty == empty
+    assert {str(tmp_path / name) for name in TREE if file_pattern.matches(str(tmp_path / name))} == found
+    assert not file_pattern.matches(str(tmp_path.parent / "elsewhere" / pattern.replace("*", "x")))
+
+
+def test_a_file_created_after_the_start_that_matches_a_reload_pattern_restarts(tmp_path: Path) -> None:
+    _write_app(tmp_path, "one")
+    (tmp_path / "settings.toml").write_text("a=1\n")
+    port = free_port()
+    argv = ["-b", f"127.0.0.1:{port}", "--reload", "--reload-extra-file", "templates/**/*.html", "hello:app"]
+    with GProcess(gshutdown_argv(*argv), tmp_path / "log", env=ENV, cwd=tmp_path).listening() as proc:
+        assert _serves(port, "one") == proc.pid
+        assert re.search(r"WARNING\].*templates/\*\*/\*\.html matches no file yet", proc.log())
+        (tmp_path / "templates" / "mail").mkdir(parents=True)  # templates/ did not exist at the start
+        (tmp_path / "templates" / "notes.txt").write_text("not a template\n")
+        (tmp_path / "templates" / "mail" / "welcome.html").write_text("<p>hello</p>\n")
+        proc.wait_for_log(r"--reload: welcome\.html changed: draining, then restarting", timeout=RELOADED_WITHIN)
+        assert _serves(port, "one") == proc.pid  # re-executed in the same process
+        assert "notes.txt" not in proc.log()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait() == ExitStatus.OK
 

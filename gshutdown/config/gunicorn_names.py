@@ -118,7 +118,7 @@ GUNICORN_NAMES: Mapping[str, GunicornName] = {
     # -- debugging
     "reload": _same("watchfiles (pip install 'gshutdown[reload]'); with workers a reload (SIGHUP), else a re-exec"),
     "reload_engine": _ignored("watchfiles picks inotify or polling itself", accepted=("auto",)),
-    "reload_extra_files": _same("files; gunicorn's glob patterns are not expanded"),
+    "reload_extra_files": _same("files and glob patterns, as gunicorn 26.1 reads them"),
     "spew": _ignored("no line tracing: use a debugger or py-spy"),
     "check_config": _ignored("a command-line action: a bad file is a one-line error at start anyway"),
     "print_config": _mapped(None, "`--print-config` on the command line; inside a file it means nothing"),

@@ -466,10 +466,12 @@ SETTINGS: tuple[Setting, ...] = (
         ("--reload-extra-file",),
         text,
         [],
-        "with --reload: a file (of any kind) whose change restarts too; repeatable",
+        "with --reload: a file (of any kind) whose change restarts too, or a glob pattern "
+        "('templates/**/*.html'); repeatable",
         kind=Kind.LIST,
         metavar="FILE",
-        doc="with `--reload`: a file of any kind whose change restarts too; repeatable",
+        doc="with `--reload`: a file of any kind whose change restarts too, or a glob pattern "
+        "(`templates/**/*.html`, matched against each change, so a file created later counts); repeatable",
     ),
     # -- workers
     # -- proxies and TLS

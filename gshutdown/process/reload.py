@@ -5,7 +5,9 @@ The watching is ``watchfiles``' (inotify, or polling where there is none;
 patched: it blocks in Rust without holding the GIL. It watches the directory
 the app's top-level module or package is in, for ``.py`` files (its
 ``DefaultFilter`` skips ``.git``, ``.venv``, ``__pycache__`` ...), and the
-``reload_extra_files``. On a change:
+``reload_extra_files``: files, or glob patterns (``templates/**/*.html``)
+matched against each changed path, so a file created later counts. On a
+change:
 
 - a master (``--workers``) sends itself SIGHUP: new workers import the new
   code, and the old ones drain only once those are ready; if the new code
@@ -17,6 +19,8 @@ the app's top-level module or package is in, for ``.py`` files (its
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import importlib.util
 import logging
 import os
@@ -71,12 +75,70 @@ def app_directory(spec: Optional[str]) -> str:
     return os.getcwd()
 
 
+#: What makes an entry a glob pattern rather than a file's name (as gunicorn decides).
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+def _is_pattern(path: str) -> bool:
+    return not _GLOB_CHARACTERS.isdisjoint(path)
+
+
+class FilePattern:
+    """A glob pattern over absolute paths, as ``glob.glob(..., recursive=True)`` reads it.
+
+    ``*``, ``?`` and ``[...]`` match within one path component, ``**`` any
+    number of components; a name starting with ``.`` is matched only by a
+    component starting with ``.``, as glob skips hidden files.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        parts = pattern.split(os.sep)
+        fixed = next(index for index, part in enumerate(parts) if _is_pattern(part))
+        #: The deepest directory the pattern cannot leave: watched recursively.
+        self.root = os.sep.join(parts[:fixed]) or os.sep
+        self._parts = parts[fixed:]
+
+    def matches(self, path: str) -> bool:
+        relative = os.path.relpath(path, self.root)
+        if relative == os.curdir or relative.startswith(os.pardir + os.sep) or relative == os.pardir:
+            return False
+        return _match_parts(self._parts, relative.split(os.sep))
+
+    def expand(self) -> list[str]:
+        return glob.glob(self.pattern, recursive=True)
+
+
+def _match_parts(patterns: list[str], names: list[str]) -> bool:
+    if not patterns:
+        return not names
+    head, rest = patterns[0], patterns[1:]
+    if head == "**":
+        for skipped in range(len(names) + 1):
+            if _match_parts(rest, names[skipped:]):
+                return True
+            if skipped < len(names) and names[skipped].startswith("."):
+                return False  # ** does not descend into hidden directories
+        return False
+    if not names or (names[0].startswith(".") and not head.startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(names[0], head) and _match_parts(rest, names[1:])
+
+
+def _existing_directory(path: str) -> str:
+    """``path``, or its nearest ancestor that exists: watchfiles cannot watch what is not there."""
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
+
+
 class CodeWatcher:
     """Calls ``on_change(paths)`` from its own thread for each batch of changed files.
 
     Args:
         directory: watched recursively for ``.py`` files.
-        extra_files: files of any kind watched too.
+        extra_files: files of any kind watched too, or glob patterns
+            (``**`` recursive), relative to the launch directory.
         on_change: called with the changed paths; it must be safe to call
             from another thread (``os.kill``, ``loop.run_callback_threadsafe``).
     """
@@ -84,7 +146,9 @@ class CodeWatcher:
     def __init__(self, directory: str, extra_files: Iterable[str], on_change: Callable[[list[str]], Any]) -> None:
         self.directory = os.path.abspath(directory)
         # Relative to where the command was started, as gunicorn's are (not to --chdir).
-        self.extra_files = frozenset(os.path.abspath(os.path.join(_launch_dir or "", path)) for path in extra_files)
+        paths = [os.path.abspath(os.path.join(_launch_dir or "", path)) for path in extra_files]
+        self.extra_files = frozenset(path for path in paths if not _is_pattern(path))
+        self.patterns = [FilePattern(path) for path in paths if _is_pattern(path)]
         self.on_change = on_change
         self._stopped = False
         self._watching: Any = None  # a lock held until the watches are in place
@@ -110,7 +174,12 @@ class CodeWatcher:
         if not self._watching.acquire(timeout=WATCH_SETUP_WAIT):
             log.warning("--reload: the file watcher is not watching yet after %g s", WATCH_SETUP_WAIT)
         extra = f" and {len(self.extra_files)} more file(s)" if self.extra_files else ""
+        extra += "".join(f" and {pattern.pattern}" for pattern in self.patterns)
         log.info("--reload: watching .py files under %s%s", self.directory, extra)
+        for pattern in self.patterns:
+            if not pattern.expand():
+                # Not an error: the pattern is matched on every change, so a file created later counts.
+                log.warning("--reload: %s matches no file yet", pattern.pattern)
 
     def _watch(self) -> None:
         import watchfiles
@@ -120,11 +189,20 @@ class CodeWatcher:
 
         default = watchfiles.DefaultFilter()
         extra = self.extra_files
+        patterns = self.patterns
 
         def wanted(change: Any, path: str) -> bool:
-            return path in extra or (path.endswith(".py") and default(change, path))
+            return (
+                path in extra
+                or (path.endswith(".py") and default(change, path))
+                or any(pattern.matches(path) for pattern in patterns)
+            )
 
-        roots = {self.directory, *(os.path.dirname(path) for path in extra)}
+        roots = {
+            self.directory,
+            *(_existing_directory(os.path.dirname(path)) for path in extra),
+            *(_existing_directory(pattern.root) for pattern in patterns),
+        }
         try:
             for changes in watchfiles.watch(
                 *sorted(roots),
