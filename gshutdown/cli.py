@@ -10,12 +10,13 @@ file). Without ``--workers`` the runner serves in this process
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import logging
 import os
 import shlex
 import sys
-from typing import NoReturn, Optional, Sequence
+from typing import Callable, NoReturn, Optional, Sequence
 
 from gshutdown.config import config_file, settings
 from gshutdown.process.exit_status import ExitStatus
@@ -69,47 +70,65 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> settings.Settings:
     return _parse(argv)[0]
 
 
-def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool]:
-    """The settings, and whether ``--print-config`` asks for them to be printed."""
+def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool, Optional[Callable[[], settings.Settings]]]:
+    """The settings; whether ``--print-config`` asks for them to be printed; how to read them again.
+
+    Reading them again (a master's SIGHUP, as gunicorn's) re-reads the config
+    file, by its absolute path (``--chdir`` may have moved the working
+    directory since), over the same command line and environment; it raises
+    ``SettingError`` where this exits. None when no config file was read.
+    """
     parser = build_parser()
     given = parser.parse_args(argv)
     from_env = _gunicorn_cmd_args()
-    config_path = given.config or os.environ.get("GSHUTDOWN_CONFIG") or (from_env and from_env.config)
+    config_path: Optional[str] = (
+        given.config or os.environ.get("GSHUTDOWN_CONFIG") or (from_env.config if from_env else None)
+    )
     if not config_path and os.path.isfile(GUNICORN_DEFAULT_CONFIG):
         # gunicorn reads it when no -c is given: a deployment that relies on
         # that must not lose its settings by switching servers.
         config_path = GUNICORN_DEFAULT_CONFIG
     try:
-        config = config_file.read_config_file(config_path) if config_path else config_file.ConfigFile("")
-        resolved = settings.resolve(given, config.values, gunicorn_cmd_args=from_env)
+        resolved = _resolve(given, from_env, config_path)
     except settings.SettingError as exc:
         parser.error(str(exc))
+    if config_path == GUNICORN_DEFAULT_CONFIG:
+        notice = f"config file: {config_path} read, as gunicorn reads it without -c (-c FILE names another)"
+        resolved = resolved.replace(warnings=(notice, *resolved.warnings))
+    reread = functools.partial(_resolve, given, from_env, os.path.abspath(config_path)) if config_path else None
+    return resolved, given.print_config, reread
+
+
+def _resolve(
+    given: argparse.Namespace, from_env: Optional[argparse.Namespace], config_path: Optional[str]
+) -> settings.Settings:
+    """The settings from the command line, ``GUNICORN_CMD_ARGS`` and the config file; raises ``SettingError``."""
+    config = config_file.read_config_file(config_path) if config_path else config_file.ConfigFile("")
+    resolved = settings.resolve(given, config.values, gunicorn_cmd_args=from_env)
     warnings = list(config.warnings)
     for namespace in (given, from_env):
         if namespace is not None and namespace.worker_class is not None:
             ignored = config_file.ignored_gunicorn_value("worker_class", namespace.worker_class)
             if ignored:
                 warnings.append(f"--worker-class {namespace.worker_class} is ignored: {ignored}")
-    if config_path == GUNICORN_DEFAULT_CONFIG:
-        warnings.insert(0, f"config file: {config_path} read, as gunicorn reads it without -c (-c FILE names another)")
     if resolved.access_log_format:
         try:
             access_format.check(resolved.access_log_format)
         except ValueError as exc:
-            parser.error(f"--access-log-format: {exc}")
+            raise settings.SettingError(f"--access-log-format: {exc}") from None
     if not resolved.app and not given.print_config:
-        parser.error("the following arguments are required: APP (or wsgi_app in the config file)")
+        raise settings.SettingError("the following arguments are required: APP (or wsgi_app in the config file)")
     if resolved.reload and not given.print_config and importlib.util.find_spec("watchfiles") is None:
-        parser.error("--reload needs watchfiles: pip install 'gshutdown[reload]'")
+        raise settings.SettingError("--reload needs watchfiles: pip install 'gshutdown[reload]'")
     if not resolved.workers:
         for name in _NEED_WORKERS:
             if getattr(resolved, name):
                 if resolved.sources[name] != settings.FILE:
-                    parser.error(f"--{name.replace('_', '-')} needs --workers")
+                    raise settings.SettingError(f"--{name.replace('_', '-')} needs --workers")
                 # A gunicorn file sets it for its workers: without any, say so.
                 warnings.append(f"config file: {name} ignored without workers")
                 resolved = resolved.replace(**{name: settings.BY_NAME[name].default})
-    return resolved.replace(warnings=tuple(warnings), hooks=config.hooks), given.print_config
+    return resolved.replace(warnings=tuple(warnings), hooks=config.hooks)
 
 
 def _gunicorn_cmd_args() -> Optional[argparse.Namespace]:
@@ -126,7 +145,7 @@ def _gunicorn_cmd_args() -> Optional[argparse.Namespace]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The console script; returns the exit status."""
-    resolved, print_config = _parse(argv)
+    resolved, print_config, reread = _parse(argv)
     if print_config:
         sys.stdout.write(settings.render(resolved))
         sys.stdout.writelines(f"# {warning}\n" for warning in resolved.warnings)
@@ -138,7 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if resolved.workers:
         from gshutdown.process import master
 
-        return master.main(resolved)
+        return master.main(resolved, reread=reread)
     from gshutdown.process import serve
 
     return serve.serve(resolved)

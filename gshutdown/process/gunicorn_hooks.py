@@ -404,6 +404,11 @@ class ServerHooks:
         self.server.num_workers = new
         self.call("nworkers_changed", self.server, new, old)
 
+    def reconfigure(self, settings: Settings) -> None:
+        """A master's SIGHUP re-read the config file: its hooks and ``server.cfg`` from now on."""
+        self.functions = settings.hooks
+        self.server.cfg = HookConfig(settings)
+
     def reloading(self) -> None:
         self.call("on_reload", self.server)
 

@@ -1,8 +1,8 @@
 """Log handlers: configured once per process tree, reopened on SIGUSR1.
 
 The master (or the single process) configures logging before it forks, and
-workers inherit the handlers: configuring again in a worker would add a second
-handler and write every line twice. The files are opened in append mode, so
+workers inherit the handlers. A master configures again on SIGHUP: that
+replaces the handlers the first call added, so no line is written twice. The files are opened in append mode, so
 lines from several processes never overwrite each other.
 
 ``reopen()`` is logrotate's ``postrotate`` step: after the file was renamed,
@@ -24,6 +24,8 @@ from gshutdown.wsgi.access_format import access_log
 _FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(message)s"
 #: Handlers writing to files, by logger: the ones ``reopen()`` replaces.
 _file_handlers: list[tuple[logging.Logger, logging.FileHandler]] = []
+#: Every handler ``configure()`` added, by logger: the ones its next call replaces.
+_added: list[tuple[logging.Logger, logging.Handler]] = []
 _stack_dump_signal: Optional[int] = None
 #: ``capture_output``: file descriptors 1 and 2 follow the error log.
 _capturing = False
@@ -53,9 +55,16 @@ def configure(
             what the app (or a C library) prints goes there (gunicorn's
             ``capture_output``); with the error log on stderr, stdout joins it.
 
+    A second call replaces what the first added (a master's SIGHUP).
+
     Raises:
         ValueError: ``dict_config`` cannot be read or applied (one line).
     """
+    for logger, handler in _added:
+        logger.removeHandler(handler)
+        handler.close()
+    _added.clear()
+    _file_handlers.clear()
     root = logging.getLogger()
     root.setLevel(getattr(logging, level.upper()))
     root.addHandler(_handler(root, error_log_path, logging.Formatter(_FORMAT)))
@@ -113,6 +122,7 @@ def _handler(logger: logging.Logger, path: Optional[str], formatter: logging.For
         handler = logging.FileHandler(path, mode="a", encoding="utf-8")
         _file_handlers.append((logger, handler))
     handler.setFormatter(formatter)
+    _added.append((logger, handler))
     return handler
 
 
@@ -127,6 +137,7 @@ def reopen() -> int:
         logger.removeHandler(old)
         old.close()
         _file_handlers[index] = (logger, new)
+        _added[_added.index((logger, old))] = (logger, new)
     if _stack_dump_signal is not None:
         install_stack_dump(_stack_dump_signal, chain=_stack_dump_chain)
     if _capturing:

@@ -25,7 +25,10 @@ SIGTERM/INT    stop: close the master's copies of the listeners, then order
                deadline
 second one     SIGQUIT to every worker: close everything now
 SIGQUIT        SIGQUIT to every worker
-SIGHUP         reload: fork a new generation; once every new worker reports
+SIGHUP         reload: re-read the config file (as gunicorn does; what
+               only a new master could change is kept, with a warning; a
+               file that cannot be read leaves everything as it was); fork
+               a new generation with those settings; once every new worker reports
                ready, retire the old generation gracefully. If the new one
                fails or is not ready in ``--ready-timeout``, it is stopped
                and the old keeps serving.
@@ -56,13 +59,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import gevent
 from gevent import monkey
 
 from gshutdown.config.addresses import describe_address
-from gshutdown.config.settings import Settings
+from gshutdown.config.settings import SettingError, Settings
 from gshutdown.process import admin, logs, pidfile, proctitle, serve, setup, systemd, worker_link
 from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
@@ -89,6 +92,29 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 10.0
 #: Seconds between the stack-dump signal to a stuck worker and its SIGKILL.
 STACK_DUMP_GRACE = 0.5
+#: Settings a SIGHUP cannot change: the sockets this master holds, what it
+#: did to its own process at start, and the app it preloaded. They take a
+#: new master (an upgrade, SIGUSR2, reads the config file afresh).
+_FIXED_ON_RELOAD = (
+    "bind",
+    "backlog",
+    "reuse_port",
+    "unix_socket_mode",
+    "admin_bind",
+    "metrics_path",
+    "readiness_path",
+    "user",
+    "group",
+    "chdir",
+    "umask",
+    "pythonpath",
+    "pid",
+    "preload",
+    "no_monkey_patch",
+    "capture_output",
+    "reload",
+    "reload_extra_files",
+)
 #: What the master handles; a forked worker resets them before it serves.
 _MASTER_SIGNALS = (
     signal.SIGTERM,
@@ -118,8 +144,12 @@ _set_handler, _set_wakeup_fd = monkey.get_original("signal", ["signal", "set_wak
 _select = monkey.get_original("select", "select")
 
 
-def main(settings: Settings) -> ExitStatus:
-    """Bind the listeners and supervise ``settings.workers`` workers; the exit status."""
+def main(settings: Settings, reread: Optional[Callable[[], Settings]] = None) -> ExitStatus:
+    """Bind the listeners and supervise ``settings.workers`` workers; the exit status.
+
+    ``reread``, when given, reads the settings again (the config file) for
+    SIGHUP; it raises ``SettingError`` when they cannot be used.
+    """
     failed = setup.prepare_process(settings) or setup.configure_logging(settings)
     hooks = ServerHooks(settings)
     failed = failed or hooks.starting()
@@ -150,7 +180,10 @@ def main(settings: Settings) -> ExitStatus:
     try:
         # After dropping privileges: the workers must be able to write there.
         with MasterMetrics.started(settings.metrics_path, settings.readiness_path or None) as metrics:
-            return Master(settings, listeners, metrics, admin_listener, hooks, listeners_bound_here=not passed_on).run()
+            master = Master(
+                settings, listeners, metrics, admin_listener, hooks, listeners_bound_here=not passed_on, reread=reread
+            )
+            return master.run()
     except MetricsUnavailable as exc:
         return fail(str(exc), ExitStatus.USAGE)
 
@@ -208,8 +241,11 @@ class Master:
         hooks: Optional[ServerHooks] = None,
         *,
         listeners_bound_here: bool = False,
+        reread: Optional[Callable[[], Settings]] = None,
     ) -> None:
         self.settings = settings
+        #: Reads the settings again on SIGHUP (None: there is no config file to re-read).
+        self.reread = reread
         #: gunicorn's server hooks (``gunicorn_hooks``).
         self.hooks = hooks or ServerHooks(settings)
         self.listeners = listeners
@@ -650,11 +686,59 @@ class Master:
         if self._reload_deadline is not None:
             log.warning("SIGHUP: a reload is already in progress; ignored")
             return
+        if self.reread is not None and not self._reread_settings(self.reread):
+            return
         old = len(self.workers)
         log.info("SIGHUP: reloading: starting %d new worker(s) beside %d", self.count, old)
         self.hooks.reloading()
         self._reload_deadline = time.monotonic() + self.settings.ready_timeout
         self._spawn_generation()
+
+    def _reread_settings(self, reread: Callable[[], Settings]) -> bool:
+        """Take the config file's settings as they are now; False (logged) when it cannot be used.
+
+        They apply to every worker started from now on, including after a
+        reload that fails, as the file now says; the old workers keep theirs.
+        """
+        old = self.settings
+        try:
+            new = reread()
+        except SettingError as exc:
+            log.error("SIGHUP: the config file cannot be used, so nothing is reloaded: %s", exc)
+            return False
+        kept = {name: getattr(old, name) for name in _FIXED_ON_RELOAD if getattr(new, name) != getattr(old, name)}
+        if old.preload and new.app != old.app:
+            kept["app"] = old.app
+        if new.workers < 1:
+            kept["workers"] = old.workers  # one process serving alone takes a restart
+        new = new.replace(**kept)
+        if any(getattr(new, name) != getattr(old, name) for name in setup.LOGGING_SETTINGS):
+            # Said where the log went so far: whoever reads it learns where it goes next.
+            log.info("SIGHUP: config file read again; logging as it now says (error log: %s)", new.error_log or "-")
+            try:
+                setup.apply_logging(new)
+            except ValueError as exc:
+                setup.apply_logging(old)
+                log.error("SIGHUP: the config file cannot be used, so nothing is reloaded: %s", exc)
+                return False
+        else:
+            log.info("SIGHUP: config file read again")
+        for warning in new.warnings:
+            log.warning("%s", warning)
+        for name in kept:
+            log.warning("SIGHUP: %s changed, but only a new master can change it (an upgrade, SIGUSR2): kept", name)
+        setup.warn_if_over_kubernetes_grace(new)
+        setup.set_environment(old.raw_env, new.raw_env)
+        self.settings = new
+        self.hooks.reconfigure(new)
+        if new.workers != old.workers:
+            # A count changed by SIGTTIN/TTOU stays unless the file changes it, as it was set.
+            previous, self.count = self.count, new.workers
+            log.info("SIGHUP: %d worker(s) now", self.count)
+            self.hooks.workers_changed(self.count, previous)
+        if new.proc_name != old.proc_name:
+            proctitle.set_title(new.proc_name, "master")
+        return True
 
     def _maybe_finish_reload(self) -> None:
         if self._reload_deadline is None:

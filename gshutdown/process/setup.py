@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from gshutdown.config.settings import Settings
 from gshutdown.process import logs
@@ -125,14 +125,24 @@ def prepare_process(settings: Settings) -> Optional[ExitStatus]:
             os.chdir(settings.chdir)
         except OSError as exc:
             return fail(f"--chdir {settings.chdir}: {exc.strerror}", ExitStatus.USAGE)
-    for item in settings.raw_env:
-        name, _, value = item.partition("=")
-        os.environ[name] = value
+    set_environment((), settings.raw_env)
     if settings.pythonpath:
         # First listed, first searched; after --chdir, so relative ones are the app's.
         paths = [os.path.abspath(path) for path in settings.pythonpath.split(",")]
         sys.path[:0] = [path for path in paths if path not in sys.path]
     return None
+
+
+def set_environment(old: Sequence[str], new: Sequence[str]) -> None:
+    """``--env``: set the ``NAME=VALUE`` items of ``new``, and unset the names only ``old`` set."""
+    names = {item.partition("=")[0] for item in new}
+    for item in old:
+        name = item.partition("=")[0]
+        if name not in names:
+            os.environ.pop(name, None)
+    for item in new:
+        name, _, value = item.partition("=")
+        os.environ[name] = value
 
 
 def drop_privileges(user: Optional[str], group: Optional[str]) -> Optional[ExitStatus]:
@@ -167,19 +177,28 @@ def drop_privileges(user: Optional[str], group: Optional[str]) -> Optional[ExitS
 def configure_logging(settings: Settings) -> Optional[ExitStatus]:
     """Logging as the settings say; then the config file's warnings. A usage error status, or None."""
     try:
-        logs.configure(
-            settings.log_level,
-            access_log_path=settings.access_log,
-            error_log_path=settings.error_log,
-            dict_config=settings.log_config,
-            capture_output=settings.capture_output,
-        )
+        apply_logging(settings)
     except ValueError as exc:
         return fail(str(exc), ExitStatus.USAGE)
     for warning in settings.warnings:
         log.warning("%s", warning)
     warn_if_over_kubernetes_grace(settings)
     return None
+
+
+#: The settings ``apply_logging`` reads.
+LOGGING_SETTINGS = ("log_level", "access_log", "error_log", "log_config", "capture_output")
+
+
+def apply_logging(settings: Settings) -> None:
+    """Configure logging (again, on a master's SIGHUP); raises ``ValueError`` (one line)."""
+    logs.configure(
+        settings.log_level,
+        access_log_path=settings.access_log,
+        error_log_path=settings.error_log,
+        dict_config=settings.log_config,
+        capture_output=settings.capture_output,
+    )
 
 
 def server_options(settings: Settings) -> dict[str, Any]:

@@ -1,0 +1,127 @@
+"""A master's SIGHUP re-reads its config file, as gunicorn's does.
+
+The new generation of workers gets the file's settings as they are at the
+signal: its worker count, environment, timeouts, logging and hooks. What only
+a new master can change (the bound address, ``--chdir`` ...) is kept, with a
+warning. A file that cannot be used leaves everything as it was, and the
+master serving. The config file is named relative to where the master
+started, and its ``chdir`` moves the master elsewhere before any SIGHUP.
+"""
+
+from __future__ import annotations
+
+import http.client
+import signal
+from pathlib import Path
+
+from gshutdown.process.exit_status import ExitStatus
+from tests.process_helpers import MASTER_READY, GProcess, free_port, gshutdown_argv, refused, wait_until
+
+APP = """\
+import os
+
+
+def app(environ, start_response):
+    body = " ".join([os.environ.get("GREETING", "-"), os.environ.get("ONLY_FIRST", "-"), str(os.getpid())])
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body.encode()]
+"""
+
+CONFIG = """\
+chdir = "site"
+bind = "127.0.0.1:{port}"
+workers = {workers}
+raw_env = {raw_env!r}
+{extra}
+
+def on_reload(server):
+    with open({marker!r}, "a") as fh:
+        fh.write("{version} %d\\n" % server.cfg.workers)
+"""
+
+
+def _write_config(directory: Path, version: str, port: int, workers: int, raw_env: list[str], extra: str = "") -> None:
+    marker = str(directory / "on_reload.txt")
+    text = CONFIG.format(port=port, workers=workers, raw_env=raw_env, extra=extra, marker=marker, version=version)
+    (directory / "conf.py").write_text(text)
+
+
+def _start(directory: Path) -> GProcess:
+    (directory / "site").mkdir()
+    (directory / "site" / "hello.py").write_text(APP)
+    argv = gshutdown_argv("-c", "conf.py", "--ready-timeout", "10", "hello:app")
+    proc = GProcess(argv, directory / "log", cwd=directory)
+    try:
+        proc.wait_for_log(MASTER_READY, timeout=20)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+def _answer(port: int) -> tuple[str, str, int]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/", headers={"Connection": "close"})
+        greeting, only_first, pid = conn.getresponse().read().decode().split()
+    finally:
+        conn.close()
+    return greeting, only_first, int(pid)
+
+
+def test_sighup_gives_the_new_workers_the_config_file_as_it_is_now(tmp_path: Path) -> None:
+    port, other_port = free_port(), free_port()
+    _write_config(tmp_path, "first", port, 1, ["GREETING=one", "ONLY_FIRST=yes"])
+    with _start(tmp_path) as master:
+        greeting, only_first, first_pid = _answer(port)
+        assert (greeting, only_first) == ("one", "yes")
+        error_log = tmp_path / "error.log"
+        extra = f"errorlog = {str(error_log)!r}\ngraceful_timeout = 7"
+        _write_config(tmp_path, "second", other_port, 2, ["GREETING=two"], extra)
+        master.send_signal(signal.SIGHUP)
+        wait_until(lambda: error_log.exists() and "reload done" in error_log.read_text(), timeout=20)
+        # The master's lines go to the new error log from the re-read on; the old log says so.
+        assert f"SIGHUP: config file read again; logging as it now says (error log: {error_log})" in master.log()
+        assert "reload done" not in master.log()
+        after = error_log.read_text()
+        assert "SIGHUP: bind changed, but only a new master can change it (an upgrade, SIGUSR2): kept" in after
+        assert "SIGHUP: 2 worker(s) now" in after
+        # The new file's on_reload hook ran, the old one's did not.
+        assert (tmp_path / "on_reload.txt").read_text() == "second 2\n"
+        # Two new workers, with the new environment; the name only the old file set is gone.
+        pids = set()
+        for _ in range(200):
+            greeting, only_first, pid = _answer(port)
+            assert (greeting, only_first) == ("two", "-")
+            pids.add(pid)
+            if len(pids) == 2:
+                break
+        assert len(pids) == 2 and first_pid not in pids
+        assert refused(other_port)  # the address is kept
+        master.send_signal(signal.SIGTERM)
+        assert master.wait() == ExitStatus.OK
+    assert "exit: clean" in error_log.read_text()
+
+
+def test_a_config_file_that_cannot_be_used_at_sighup_changes_nothing(tmp_path: Path) -> None:
+    port = free_port()
+    _write_config(tmp_path, "first", port, 1, ["GREETING=one"])
+    with _start(tmp_path) as master:
+        first_pid = _answer(port)[2]
+        (tmp_path / "conf.py").write_text("workers = (\n")  # a half-saved edit
+        master.send_signal(signal.SIGHUP)
+        master.wait_for_log(r"SIGHUP: the config file cannot be used, so nothing is reloaded: .*conf\.py")
+        # A logging configuration that fails is undone, and reported where the log went before.
+        bad_logging = "logconfig_dict = {'version': 1, 'handlers': {'h': {'class': 'no.such.Handler'}}}"
+        _write_config(tmp_path, "bad", port, 1, ["GREETING=bad"], bad_logging)
+        master.send_signal(signal.SIGHUP)
+        master.wait_for_log(r"SIGHUP: the config file cannot be used, so nothing is reloaded: --log-config: ")
+        assert _answer(port) == ("one", "-", first_pid)  # the same worker, the same settings
+        assert "reloading" not in master.log() and not (tmp_path / "on_reload.txt").exists()
+        _write_config(tmp_path, "fixed", port, 1, ["GREETING=fixed"])
+        master.send_signal(signal.SIGHUP)
+        master.wait_for_log(r"reload done")
+        assert wait_until(lambda: _answer(port)[0] == "fixed", timeout=10)
+        assert (tmp_path / "on_reload.txt").read_text() == "fixed 1\n"
+        master.send_signal(signal.SIGTERM)
+        assert master.wait() == ExitStatus.OK
