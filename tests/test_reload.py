@@ -8,6 +8,7 @@ would otherwise share a ``.pyc``.
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
@@ -138,10 +139,48 @@ def test_a_file_created_after_the_start_that_matches_a_reload_pattern_restarts(t
         (tmp_path / "templates" / "notes.txt").write_text("not a template\n")
         (tmp_path / "templates" / "mail" / "welcome.html").write_text("<p>hello</p>\n")
         proc.wait_for_log(r"--reload: welcome\.html changed: draining, then restarting", timeout=RELOADED_WITHIN)
+        proc.wait_for_log(r"listening on [\s\S]*listening on ")  # the re-executed one, not the old one draining
         assert _serves(port, "one") == proc.pid  # re-executed in the same process
         assert "notes.txt" not in proc.log()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait() == ExitStatus.OK
+
+
+SLOW_APP = """\
+import os
+import time
+
+
+def app(environ, start_response):
+    if environ["PATH_INFO"] == "/slow":
+        open("slow-started", "w").close()
+        while not os.path.exists("slow-release"):
+            time.sleep(0.01)  # monkey-patched: the server goes on meanwhile
+    start_response("200 OK", [("Content-Length", "4")])
+    return [b"done"]
+"""
+
+
+def test_sigterm_during_a_reload_drain_exits_after_it_instead_of_restarting(tmp_path: Path) -> None:
+    # A developer's Ctrl-C (or a stop) right after saving: the drain goes on, and no restart follows.
+    (tmp_path / "slow.py").write_text(SLOW_APP)
+    port = free_port()
+    argv = ["-b", f"127.0.0.1:{port}", "--reload", "slow:app"]
+    with GProcess(gshutdown_argv(*argv), tmp_path / "log", env=ENV, cwd=tmp_path).listening() as proc:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=RELOADED_WITHIN)
+        conn.request("GET", "/slow")
+        wait_until(lambda: (tmp_path / "slow-started").exists())
+        (tmp_path / "slow.py").write_text(SLOW_APP + "\n# edited\n")
+        proc.wait_for_log(r"--reload: slow\.py changed: draining, then restarting", timeout=RELOADED_WITHIN)
+        proc.wait_for_log(r"shutdown: started")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait_for_log(r"SIGTERM: exiting after this drain, not as code changed \(--reload\) meant")
+        (tmp_path / "slow-release").touch()
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"done")  # the drain finished the request
+        conn.close()
+        assert proc.wait() == ExitStatus.OK
+        assert "--reload: restarting" not in proc.log() and "closing every connection now" not in proc.log()
 
 
 def test_a_master_reloads_its_workers_and_keeps_the_old_ones_when_the_new_code_fails(tmp_path: Path) -> None:

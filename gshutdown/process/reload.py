@@ -25,7 +25,7 @@ import importlib.util
 import logging
 import os
 import sys
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, NoReturn, Optional
 
 from gshutdown.config.settings import Settings
 
@@ -191,12 +191,31 @@ class CodeWatcher:
         extra = self.extra_files
         patterns = self.patterns
 
-        def wanted(change: Any, path: str) -> bool:
+        def wanted_file(change: Any, path: str) -> bool:
             return (
                 path in extra
                 or (path.endswith(".py") and default(change, path))
                 or any(pattern.matches(path) for pattern in patterns)
             )
+
+        def new_directory(change: Any, path: str) -> bool:
+            return change == watchfiles.Change.added and default(change, path) and os.path.isdir(path)
+
+        def wanted(change: Any, path: str) -> bool:
+            return wanted_file(change, path) or new_directory(change, path)
+
+        def files_within(directory: str) -> set[str]:
+            # A file written into a directory just made can precede the watch
+            # on that directory, and so raise no event of its own.
+            found: set[str] = set()
+            for parent, directories, files in os.walk(directory):
+                directories[:] = [
+                    name for name in directories if default(watchfiles.Change.added, os.path.join(parent, name))
+                ]
+                found.update(
+                    path for name in files if wanted_file(watchfiles.Change.added, path := os.path.join(parent, name))
+                )
+            return found
 
         roots = {
             self.directory,
@@ -214,7 +233,14 @@ class CodeWatcher:
             ):
                 if self._stopped:
                     return
-                self.on_change(sorted({path for _, path in changes}))
+                paths = set()
+                for change, path in changes:
+                    if wanted_file(change, path):
+                        paths.add(path)
+                    else:
+                        paths.update(files_within(path))
+                if paths:
+                    self.on_change(sorted(paths))
         except Exception:
             log.exception("--reload: the file watcher failed; no more reloads")
         finally:
@@ -256,7 +282,7 @@ class SingleProcessReload:
         self.watcher = CodeWatcher(app_directory(settings.app), settings.reload_extra_files, changed)
         self.watcher.start()
 
-    def exec_again(self) -> None:
+    def exec_again(self) -> NoReturn:
         """Replace this process with a fresh run of the same command line (same pid); never returns."""
         argv = [sys.executable, "-m", "gshutdown", *sys.argv[1:]]
         log.info("--reload: restarting: %s", " ".join(argv))

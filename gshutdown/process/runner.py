@@ -237,6 +237,18 @@ class Runner:
         """
         self._requests.put_nowait(request)
 
+    def stop_left_unread(self) -> Optional[StopRequest]:
+        """A signal to stop that came once ``run()`` no longer read them (or None).
+
+        A ``--reload`` restart asks before it re-executes: a SIGTERM crossing
+        the end of its drain must end the process, not be lost in the exec.
+        """
+        while not self._requests.empty():
+            request = self._requests.get_nowait()
+            if not isinstance(request, Trigger) and action_for(self.role, request, draining=False) in _STOPS:
+                return request
+        return None
+
     # -- serving -------------------------------------------------------------------
 
     def run(self) -> ExitStatus:
@@ -359,7 +371,7 @@ class Runner:
         self._turn_unready()
         if self.drain_delay > 0:
             log.info("drain delay: readiness is 503; serving %g s more before closing", self.drain_delay)
-            again = self._next_request(draining=True, timeout=self.drain_delay)
+            again = self._next_forcing_request(timeout=self.drain_delay)
             if again is not None:
                 log.info("%s during the drain delay: closing every connection now", describe(again))
                 return self._close_now()
@@ -398,6 +410,29 @@ class Runner:
             elif draining or action is skip:
                 log.info("%s ignored: already stopping", describe(request))
 
+    def _next_forcing_request(self, timeout: Optional[float]) -> Optional[StopRequest]:
+        """While draining: the request that forces the drain (None after ``timeout`` seconds).
+
+        When a trigger began the drain (a ``--reload`` restart), the first stop
+        signal is the first the process got, not a second one: it only takes
+        the trigger's place, so the process exits after the drain instead of
+        what the trigger meant; the next one forces.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            request = self._next_request(draining=True, timeout=left)
+            if (
+                isinstance(self.stopped_by, Trigger)
+                and request is not None
+                and not isinstance(request, Trigger)
+                and action_for(self.role, request, draining=False) is SignalAction.GRACEFUL
+            ):
+                log.info("%s: exiting after this drain, not as %s meant", describe(request), describe(self.stopped_by))
+                self.stopped_by = request
+                continue
+            return request
+
     def _drain(self) -> ExitStatus:
         if self.link is not None:
             for server in self.servers:
@@ -412,7 +447,7 @@ class Runner:
             server.register_on_shutdown(drain_hooks.join, phase=HookPhase.DRAIN)
         shutdowns = [gevent.spawn(server.shutdown, self.graceful_timeout) for server in self.servers]
         all_done = gevent.spawn(gevent.joinall, shutdowns)
-        watcher = gevent.spawn(self._next_request, draining=True, timeout=None)
+        watcher = gevent.spawn(self._next_forcing_request, timeout=None)
         forced_by_signal = False
         try:
             gevent.wait([all_done, watcher], count=1)

@@ -22,7 +22,7 @@ from gshutdown.process.app_loader import AppNotLoadable, load_app
 from gshutdown.process.exit_status import ExitStatus, fail
 from gshutdown.process.gunicorn_hooks import ServerHooks
 from gshutdown.process.metrics import MetricsUnavailable, ProcessMetrics
-from gshutdown.process.runner import Trigger, runner_for
+from gshutdown.process.runner import Trigger, describe, runner_for
 from gshutdown.process.setup import (
     build_app,
     configure_logging,
@@ -196,7 +196,10 @@ def _serve(
     reload = SingleProcessReload(settings, lambda: runner.deliver(Trigger.CODE_CHANGED))
     status = runner.run()
     if runner.stopped_by is Trigger.CODE_CHANGED:  # not when a signal came first
-        reload.exec_again()
+        late = runner.stop_left_unread()
+        if late is None:
+            reload.exec_again()
+        log.info("%s during the --reload restart: exiting instead", describe(late))
     return status
 
 
