@@ -458,7 +458,8 @@ SETTINGS: tuple[Setting, ...] = (
             "development: restart when a `.py` file under the app's directory changes (`pip install "
             "'gshutdown[reload]'`, watchfiles): with `--workers` a reload (SIGHUP; with `--preload` an upgrade, "
             "SIGUSR2), so code that fails to import leaves the old workers serving; without, a graceful drain, "
-            "then the process re-executes itself (same pid)"
+            "then the process re-executes itself (same pid), unless a SIGTERM or SIGINT came during that drain: "
+            "then it exits once the drain is over (a second one forces, as always)"
         ),
     ),
     S(

@@ -14,7 +14,8 @@ change:
   fails, the old workers keep serving. With ``--preload`` the master holds
   the old code, so it sends SIGUSR2 instead: a new master with the new code.
 - the one process drains gracefully (as on SIGTERM), then re-executes its
-  own command line in the same process (same pid).
+  own command line in the same process (same pid); a SIGTERM or SIGINT
+  during that drain makes it exit once the drain is over instead.
 """
 
 from __future__ import annotations
