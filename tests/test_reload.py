@@ -66,12 +66,17 @@ def _serves(port: int, version: str, setting: str = "a=1") -> int:
     return int(found[2])
 
 
+def _one_process(directory: Path, port: int, extra_file: str) -> GProcess:
+    """The app, version "one", served by one process with ``--reload``, once it listens."""
+    _write_app(directory, "one")
+    (directory / "settings.toml").write_text("a=1\n")
+    argv = ["-b", f"127.0.0.1:{port}", "--reload", "--reload-extra-file", extra_file, "hello:app"]
+    return GProcess(gshutdown_argv(*argv), directory / "log", env=ENV, cwd=directory).listening()
+
+
 def test_one_process_drains_and_re_executes_itself_on_a_code_change(tmp_path: Path) -> None:
-    _write_app(tmp_path, "one")
-    (tmp_path / "settings.toml").write_text("a=1\n")
     port = free_port()
-    argv = ["-b", f"127.0.0.1:{port}", "--reload", "--reload-extra-file", "settings.toml", "hello:app"]
-    with GProcess(gshutdown_argv(*argv), tmp_path / "log", env=ENV, cwd=tmp_path).listening() as proc:
+    with _one_process(tmp_path, port, "settings.toml") as proc:
         assert _serves(port, "one") == proc.pid
         _write_app(tmp_path, "two")
         assert _serves(port, "two") == proc.pid  # the same process, re-executed
@@ -128,11 +133,8 @@ def test_a_reload_pattern_matches_the_files_glob_finds(tmp_path: Path, pattern: 
 
 
 def test_a_file_created_after_the_start_that_matches_a_reload_pattern_restarts(tmp_path: Path) -> None:
-    _write_app(tmp_path, "one")
-    (tmp_path / "settings.toml").write_text("a=1\n")
     port = free_port()
-    argv = ["-b", f"127.0.0.1:{port}", "--reload", "--reload-extra-file", "templates/**/*.html", "hello:app"]
-    with GProcess(gshutdown_argv(*argv), tmp_path / "log", env=ENV, cwd=tmp_path).listening() as proc:
+    with _one_process(tmp_path, port, "templates/**/*.html") as proc:
         assert _serves(port, "one") == proc.pid
         assert re.search(r"WARNING\].*templates/\*\*/\*\.html matches no file yet", proc.log())
         (tmp_path / "templates" / "mail").mkdir(parents=True)  # templates/ did not exist at the start
