@@ -1,9 +1,10 @@
 """Log handlers: configured once per process tree, reopened on SIGUSR1.
 
 The master (or the single process) configures logging before it forks, and
-workers inherit the handlers. A master configures again on SIGHUP: that
-replaces the handlers the first call added, so no line is written twice. The files are opened in append mode, so
-lines from several processes never overwrite each other.
+workers inherit the handlers. A master configures again on SIGHUP, which
+replaces the handlers the first call added, so no line is written twice. The
+files are opened in append mode, so lines from several processes never
+overwrite each other.
 
 ``reopen()`` is logrotate's ``postrotate`` step: after the file was renamed,
 new lines go to a new file at the configured path (no ``copytruncate``).

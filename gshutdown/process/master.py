@@ -25,13 +25,13 @@ SIGTERM/INT    stop: close the master's copies of the listeners, then order
                deadline
 second one     SIGQUIT to every worker: close everything now
 SIGQUIT        SIGQUIT to every worker
-SIGHUP         reload: re-read the config file (as gunicorn does; what
-               only a new master could change is kept, with a warning; a
-               file that cannot be read leaves everything as it was); fork
-               a new generation with those settings; once every new worker reports
-               ready, retire the old generation gracefully. If the new one
-               fails or is not ready in ``--ready-timeout``, it is stopped
-               and the old keeps serving.
+SIGHUP         reload: read the config file again (as gunicorn does;
+               what only a new master could change is kept, with a
+               warning; a file that cannot be used changes nothing), then
+               fork a new generation with those settings; once every new
+               worker reports ready, retire the old generation gracefully.
+               If the new one fails or is not ready in ``--ready-timeout``,
+               it is stopped and the old keeps serving.
 SIGUSR2        upgrade: re-exec this command line as a new master that
                inherits the listening sockets (``GSHUTDOWN_LISTEN_FDS``);
                once it reports ready over a pipe, this master drains and
