@@ -30,6 +30,7 @@ from tests.process_helpers import (
     request_bytes,
     run_cli,
     start_gshutdown,
+    start_master,
 )
 
 
@@ -266,6 +267,21 @@ def test_monkey_patching_is_on_by_default_and_logged(tmp_path: Path) -> None:
         assert "gevent monkey-patching applied before importing the app" in server.log()
         server.send_signal(signal.SIGTERM)
         assert server.wait() == 0
+
+
+def test_the_start_up_objects_are_frozen_out_of_the_collector_in_a_single_process_and_a_worker(
+    tmp_path: Path,
+) -> None:
+    # gc.freeze() once the app is loaded: full collections and the exit then skip them.
+    port = free_port()
+    with start_gshutdown(tmp_path / "log", "--bind", f"127.0.0.1:{port}", PROBE) as server:
+        assert int(get(port, "/gc-frozen")[2]) > 10_000
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    with start_master(tmp_path / "master.log", PROBE, port, workers=1) as master:
+        assert int(get(port, "/gc-frozen")[2]) > 10_000
+        master.send_signal(signal.SIGTERM)
+        assert master.wait() == 0
 
 
 def test_no_monkey_patch_leaves_socket_unpatched_and_says_so(tmp_path: Path) -> None:

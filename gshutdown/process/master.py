@@ -52,6 +52,7 @@ Exit status: 0 when every worker drained cleanly, 3 when any was forced.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -317,6 +318,9 @@ class Master:
         if failed is not None:
             self._close_listeners()
             return failed
+        # Out of the collector's sight before the forks: a worker's collections
+        # then never write to the pages it shares with this master (--preload).
+        gc.freeze()
         self._spawn_generation()
         try:
             while True:

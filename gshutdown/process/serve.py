@@ -9,6 +9,7 @@ moments on the way (``gunicorn_hooks``).
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import socket
@@ -189,6 +190,11 @@ def _serve(
         admin=admin_server,
         on_signal=hooks.signalled,
     )
+    # What the imports and the app's start-up made (some 30,000 objects) lives
+    # as long as the process: kept out of the collector's sight, a full
+    # collection takes 0.2 ms instead of 6 while serving, and the interpreter's
+    # exit 9.5 ms instead of 22 (bench/app.py).
+    gc.freeze()
     if not (settings.reload and link is None):
         return runner.run()
     from gshutdown.process.reload import SingleProcessReload

@@ -2,6 +2,7 @@
 
 ``GET /``               hello (13 bytes)
 ``GET /patched``        whether ``gevent.monkey`` patched ``socket``: ``True``/``False``
+``GET /gc-frozen``      how many objects ``gc.freeze()`` put out of the collector's sight
 ``GET /slow?s=N``       logs "slow request started", sleeps N seconds, answers ``slept N``
 ``GET /pid?rid=ID``     the serving process's pid; with ``$PROBE_SEEN`` set, first appends
                         ``ID`` as a line to that file (so a test can tell which requests
@@ -18,6 +19,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -72,6 +74,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         return _stream(int(_query(environ, "n", "5")), float(_query(environ, "s", "0.2")))
     if path == "/patched":
         body = str(gevent.monkey.is_module_patched("socket")).encode()
+    elif path == "/gc-frozen":
+        body = str(gc.get_freeze_count()).encode()
     elif path == "/slow":
         seconds = float(_query(environ, "s", "1"))
         log.info("slow request started (%g s)", seconds)
