@@ -20,6 +20,7 @@ from typing import Callable, NoReturn, Optional, Sequence
 
 from gshutdown.config import config_file, settings
 from gshutdown.process.exit_status import ExitStatus
+from gshutdown.process.setup import working_directory
 from gshutdown.wsgi import access_format
 
 log = logging.getLogger("gshutdown")
@@ -74,7 +75,7 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool, Opti
     """The settings; whether ``--print-config`` asks for them to be printed; how to read them again.
 
     Reading them again (a master's SIGHUP, as gunicorn's) re-reads the config
-    file, by its absolute path (``--chdir`` may have moved the working
+    file by its absolute path (``--chdir`` may have moved the working
     directory since), over the same command line and environment; it raises
     ``SettingError`` where this exits. None when no config file was read.
     """
@@ -95,7 +96,10 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool, Opti
     if config_path == GUNICORN_DEFAULT_CONFIG:
         notice = f"config file: {config_path} read, as gunicorn reads it without -c (-c FILE names another)"
         resolved = resolved.replace(warnings=(notice, *resolved.warnings))
-    reread = functools.partial(_resolve, given, from_env, os.path.abspath(config_path)) if config_path else None
+    # By the path the working directory was entered through: after a deploy's
+    # symlink switch, a SIGHUP reads the new release's file.
+    absolute = os.path.join(working_directory(), config_path) if config_path else None
+    reread = functools.partial(_resolve, given, from_env, os.path.normpath(absolute)) if absolute else None
     return resolved, given.print_config, reread
 
 

@@ -11,11 +11,12 @@ started, and its ``chdir`` moves the master elsewhere before any SIGHUP.
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 from pathlib import Path
 
 from gshutdown.process.exit_status import ExitStatus
-from tests.process_helpers import MASTER_READY, GProcess, free_port, gshutdown_argv, refused, wait_until
+from tests.process_helpers import MASTER_READY, GProcess, free_port, gone, gshutdown_argv, refused, wait_until
 
 APP = """\
 import os
@@ -125,3 +126,80 @@ def test_a_config_file_that_cannot_be_used_at_sighup_changes_nothing(tmp_path: P
         assert (tmp_path / "on_reload.txt").read_text() == "fixed 1\n"
         master.send_signal(signal.SIGTERM)
         assert master.wait() == ExitStatus.OK
+
+
+RELEASE_APP = """\
+import os
+
+VERSION = {version!r}
+
+
+def app(environ, start_response):
+    body = " ".join([VERSION, os.environ.get("RELEASE", "-"), str(os.getpid())]).encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+
+def _release(directory: Path, version: str) -> Path:
+    release = directory / "releases" / version
+    release.mkdir(parents=True)
+    (release / "hello.py").write_text(RELEASE_APP.format(version=version))
+    (release / "gunicorn.conf.py").write_text(f"workers = 1\nraw_env = ['RELEASE={version}']\n")
+    return release
+
+
+def _switch(current: Path, release: Path) -> None:
+    """Point ``current`` at ``release`` atomically, as deploy tools do."""
+    staged = current.with_name("current.next")
+    staged.symlink_to(release)
+    os.replace(staged, current)
+
+
+def test_after_a_deploy_switches_a_symlink_sighup_and_sigusr2_serve_the_new_release(tmp_path: Path) -> None:
+    # Started in /srv/app/current as a shell would start it ($PWD says so): the
+    # master enters it again on SIGHUP, and a new master starts there, as gunicorn's do.
+    current = tmp_path / "current"
+    current.symlink_to(_release(tmp_path, "1"))
+    _release(tmp_path, "2")
+    _release(tmp_path, "3")
+    port = free_port()
+    argv = gshutdown_argv("-b", f"127.0.0.1:{port}", "--ready-timeout", "10", "hello:app")
+    new_master = None
+    try:
+        with GProcess(argv, tmp_path / "log", cwd=current, env={"PWD": str(current)}) as master:
+            master.wait_for_log(MASTER_READY, timeout=20)
+            assert _answer(port)[:2] == ("1", "1")  # ./gunicorn.conf.py read, as gunicorn reads it
+            _switch(current, tmp_path / "releases" / "2")
+            master.send_signal(signal.SIGHUP)
+            master.wait_for_log(r"reload done")
+            assert _answer(port)[:2] == ("2", "2")  # the new code and the new release's config file
+            _switch(current, tmp_path / "releases" / "3")
+            master.send_signal(signal.SIGUSR2)
+            new_master = int(master.wait_for_log(r"upgrading: new master (\d+) started")[1])
+            assert master.wait() == ExitStatus.OK  # it hands over once the new master is ready
+            assert _answer(port)[:2] == ("3", "3")
+    finally:
+        if new_master is not None:
+            os.kill(new_master, signal.SIGTERM)  # started by the test's own child, on its behalf
+            wait_until(lambda: gone(new_master), timeout=20)
+
+
+def test_a_new_master_reads_the_command_line_where_the_first_one_was_started(tmp_path: Path) -> None:
+    # -c conf.py and the file's relative chdir = "site" mean what they meant at the start,
+    # though the old master works in site/ by the time it starts the new one.
+    port = free_port()
+    _write_config(tmp_path, "first", port, 1, ["GREETING=one"])
+    new_master = None
+    try:
+        with _start(tmp_path) as master:
+            first_pid = _answer(port)[2]
+            master.send_signal(signal.SIGUSR2)
+            new_master = int(master.wait_for_log(r"upgrading: new master (\d+) started")[1])
+            assert master.wait() == ExitStatus.OK
+            greeting, _, pid = _answer(port)
+            assert greeting == "one" and pid != first_pid
+    finally:
+        if new_master is not None:
+            os.kill(new_master, signal.SIGTERM)  # started by the test's own child, on its behalf
+            wait_until(lambda: gone(new_master), timeout=20)

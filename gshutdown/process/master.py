@@ -151,6 +151,7 @@ def main(settings: Settings, reread: Optional[Callable[[], Settings]] = None) ->
     ``reread``, when given, reads the settings again (the config file) for
     SIGHUP; it raises ``SettingError`` when they cannot be used.
     """
+    launch_directory = setup.working_directory()
     failed = setup.prepare_process(settings) or setup.configure_logging(settings)
     hooks = ServerHooks(settings)
     failed = failed or hooks.starting()
@@ -182,7 +183,14 @@ def main(settings: Settings, reread: Optional[Callable[[], Settings]] = None) ->
         # After dropping privileges: the workers must be able to write there.
         with MasterMetrics.started(settings.metrics_path, settings.readiness_path or None) as metrics:
             master = Master(
-                settings, listeners, metrics, admin_listener, hooks, listeners_bound_here=not passed_on, reread=reread
+                settings,
+                listeners,
+                metrics,
+                admin_listener,
+                hooks,
+                listeners_bound_here=not passed_on,
+                reread=reread,
+                launch_directory=launch_directory,
             )
             return master.run()
     except MetricsUnavailable as exc:
@@ -243,10 +251,18 @@ class Master:
         *,
         listeners_bound_here: bool = False,
         reread: Optional[Callable[[], Settings]] = None,
+        launch_directory: Optional[str] = None,
     ) -> None:
         self.settings = settings
         #: Reads the settings again on SIGHUP (None: there is no config file to re-read).
         self.reread = reread
+        #: Where the command was started, by the path it was entered through
+        #: (``setup.working_directory``): a new master (SIGUSR2) starts there.
+        self.launch_directory = launch_directory or os.getcwd()
+        #: The directory the workers start in (``--chdir`` from the launch
+        #: directory), entered again on SIGHUP: through a deploy's switched
+        #: symlink, the new workers import the new release, as gunicorn's.
+        self.work_directory = os.path.normpath(os.path.join(self.launch_directory, settings.chdir or ""))
         #: gunicorn's server hooks (``gunicorn_hooks``).
         self.hooks = hooks or ServerHooks(settings)
         self.listeners = listeners
@@ -690,6 +706,11 @@ class Master:
         if self._reload_deadline is not None:
             log.warning("SIGHUP: a reload is already in progress; ignored")
             return
+        try:
+            os.chdir(self.work_directory)
+        except OSError as exc:
+            log.error("SIGHUP: cannot enter %s (%s), so nothing is reloaded", self.work_directory, exc.strerror)
+            return
         if self.reread is not None and not self._reread_settings(self.reread):
             return
         old = len(self.workers)
@@ -779,10 +800,14 @@ class Master:
             env[admin.ADMIN_FD_ENV] = str(self.admin_listener.fileno())
             fds.append(self.admin_listener.fileno())
         env[READY_FD_ENV] = str(write_fd)
+        # The command line means what it meant where it was started (a relative
+        # --chdir, -c, APP path), and through a switched symlink the new release.
+        env["PWD"] = self.launch_directory
         argv = [sys.executable, "-m", "gshutdown", *sys.argv[1:]]
         pid = _fork()
         if pid == 0:  # pragma: no cover - runs in the child
             try:
+                os.chdir(self.launch_directory)
                 _close(read_fd)
                 for fd in (*fds, write_fd):
                     os.set_inheritable(fd, True)

@@ -113,6 +113,24 @@ def watch_blocking(max_blocking_time: Optional[float]) -> None:
     gevent.get_hub().start_periodic_monitoring_thread()
 
 
+def working_directory() -> str:
+    """The working directory by the path it was entered through, as gunicorn remembers it.
+
+    ``$PWD`` when it names the same directory as the real one: a deploy that
+    switches a symlink (``/srv/app/current``) and then sends SIGHUP or SIGUSR2
+    expects the new release there, not the directory the symlink used to name.
+    """
+    real = os.getcwd()
+    logical = os.environ.get("PWD")
+    if logical and os.path.isabs(logical):
+        try:
+            if os.path.samefile(logical, real):
+                return os.path.normpath(logical)
+        except OSError:
+            pass
+    return real
+
+
 def prepare_process(settings: Settings) -> Optional[ExitStatus]:
     """``--umask``, ``--chdir``, ``--env`` and ``--pythonpath``: before anything is bound or imported.
 
