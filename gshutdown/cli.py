@@ -98,8 +98,11 @@ def _parse(argv: Optional[Sequence[str]]) -> tuple[settings.Settings, bool, Opti
         resolved = resolved.replace(warnings=(notice, *resolved.warnings))
     # By the path the working directory was entered through: after a deploy's
     # symlink switch, a SIGHUP reads the new release's file.
-    absolute = os.path.join(working_directory(), config_path) if config_path else None
-    reread = functools.partial(_resolve, given, from_env, os.path.normpath(absolute)) if absolute else None
+    if config_path and not config_path.startswith("python:"):
+        config_path_again: Optional[str] = os.path.normpath(os.path.join(working_directory(), config_path))
+    else:
+        config_path_again = config_path  # python:MODULE, or none
+    reread = functools.partial(_resolve, given, from_env, config_path_again) if config_path_again else None
     return resolved, given.print_config, reread
 
 

@@ -63,6 +63,13 @@ def test_bad_bind_address_is_one_line_and_exit_2(address: str) -> None:
     assert "--bind" in line
 
 
+@pytest.mark.parametrize("option", ["--error-log", "--access-log"])
+def test_a_log_file_that_cannot_be_opened_is_one_line_and_exit_2(tmp_path: Path, option: str) -> None:
+    path = tmp_path / "no-such-directory" / "server.log"
+    line = assert_one_line_error(run_cli(option, str(path), PROBE), 2)
+    assert f"cannot open the log file {path}: No such file or directory" in line
+
+
 def test_bad_seconds_value_is_one_line_and_exit_2() -> None:
     result = run_cli("--graceful-timeout", "soon", PROBE)
     assert "--graceful-timeout" in assert_one_line_error(result, 2)

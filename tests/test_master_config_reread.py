@@ -13,7 +13,10 @@ from __future__ import annotations
 import http.client
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
+from typing import Optional
 
 from gshutdown.process.exit_status import ExitStatus
 from tests.process_helpers import MASTER_READY, GProcess, free_port, gone, gshutdown_argv, refused, wait_until
@@ -47,11 +50,11 @@ def _write_config(directory: Path, version: str, port: int, workers: int, raw_en
     (directory / "conf.py").write_text(text)
 
 
-def _start(directory: Path) -> GProcess:
+def _start(directory: Path, config: str = "conf.py", env: Optional[dict[str, str]] = None) -> GProcess:
     (directory / "site").mkdir()
     (directory / "site" / "hello.py").write_text(APP)
-    argv = gshutdown_argv("-c", "conf.py", "--ready-timeout", "10", "hello:app")
-    proc = GProcess(argv, directory / "log", cwd=directory)
+    argv = gshutdown_argv("-c", config, "--ready-timeout", "10", "hello:app")
+    proc = GProcess(argv, directory / "log", cwd=directory, env=env)
     try:
         proc.wait_for_log(MASTER_READY, timeout=20)
     except BaseException:
@@ -73,7 +76,7 @@ def _answer(port: int) -> tuple[str, str, int]:
 def test_sighup_gives_the_new_workers_the_config_file_as_it_is_now(tmp_path: Path) -> None:
     port, other_port = free_port(), free_port()
     _write_config(tmp_path, "first", port, 1, ["GREETING=one", "ONLY_FIRST=yes"])
-    with _start(tmp_path) as master:
+    with _start(tmp_path, env={"ONLY_FIRST": "exported"}) as master:
         greeting, only_first, first_pid = _answer(port)
         assert (greeting, only_first) == ("one", "yes")
         error_log = tmp_path / "error.log"
@@ -89,11 +92,11 @@ def test_sighup_gives_the_new_workers_the_config_file_as_it_is_now(tmp_path: Pat
         assert "SIGHUP: 2 worker(s) now" in after
         # The new file's on_reload hook ran, the old one's did not.
         assert (tmp_path / "on_reload.txt").read_text() == "second 2\n"
-        # Two new workers, with the new environment; the name only the old file set is gone.
+        # Two new workers, with the new environment; the name only the old file set has its value from before.
         pids = set()
         for _ in range(200):
             greeting, only_first, pid = _answer(port)
-            assert (greeting, only_first) == ("two", "-")
+            assert (greeting, only_first) == ("two", "exported")
             pids.add(pid)
             if len(pids) == 2:
                 break
@@ -117,6 +120,14 @@ def test_a_config_file_that_cannot_be_used_at_sighup_changes_nothing(tmp_path: P
         _write_config(tmp_path, "bad", port, 1, ["GREETING=bad"], bad_logging)
         master.send_signal(signal.SIGHUP)
         master.wait_for_log(r"SIGHUP: the config file cannot be used, so nothing is reloaded: --log-config: ")
+        # An error log that cannot be opened, and a file that calls sys.exit(): one line each, no exit.
+        unwritable = f"errorlog = {str(tmp_path / 'no-such-directory' / 'error.log')!r}"
+        _write_config(tmp_path, "bad", port, 1, ["GREETING=bad"], unwritable)
+        master.send_signal(signal.SIGHUP)
+        master.wait_for_log(r"nothing is reloaded: cannot open the log file .*error\.log: No such file or directory")
+        (tmp_path / "conf.py").write_text("import sys\nsys.exit(4)\n")
+        master.send_signal(signal.SIGHUP)
+        master.wait_for_log(r"nothing is reloaded: config file .*conf\.py failed: SystemExit: 4")
         assert _answer(port) == ("one", "-", first_pid)  # the same worker, the same settings
         assert "reloading" not in master.log() and not (tmp_path / "on_reload.txt").exists()
         _write_config(tmp_path, "fixed", port, 1, ["GREETING=fixed"])
@@ -174,6 +185,23 @@ def test_after_a_deploy_switches_a_symlink_sighup_and_sigusr2_serve_the_new_rele
             master.send_signal(signal.SIGHUP)
             master.wait_for_log(r"reload done")
             assert _answer(port)[:2] == ("2", "2")  # the new code and the new release's config file
+            # A release whose config file is broken: nothing reloads, and a worker
+            # started meanwhile (SIGTTIN) still starts in release 2.
+            broken = _release(tmp_path, "broken")
+            (broken / "gunicorn.conf.py").write_text("workers = (\n")
+            _switch(current, broken)
+            master.send_signal(signal.SIGHUP)
+            master.wait_for_log(r"SIGHUP: the config file cannot be used")
+            master.send_signal(signal.SIGTTIN)
+            master.wait_for_log(r"SIGTTIN: 2 worker\(s\) now")
+            seen = set()
+            for _ in range(400):
+                version, release, pid = _answer(port)
+                assert (version, release) == ("2", "2")
+                seen.add(pid)
+                if len(seen) == 2:
+                    break
+            assert len(seen) == 2  # the new worker answered too
             _switch(current, tmp_path / "releases" / "3")
             master.send_signal(signal.SIGUSR2)
             new_master = int(master.wait_for_log(r"upgrading: new master (\d+) started")[1])
@@ -203,3 +231,41 @@ def test_a_new_master_reads_the_command_line_where_the_first_one_was_started(tmp
         if new_master is not None:
             os.kill(new_master, signal.SIGTERM)  # started by the test's own child, on its behalf
             wait_until(lambda: gone(new_master), timeout=20)
+
+
+def test_a_python_module_config_is_run_again_on_sighup(tmp_path: Path) -> None:
+    # gunicorn's -c python:MODULE: imported once, so it must be reloaded, not taken from sys.modules.
+    port = free_port()
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "hello.py").write_text(APP)
+    (tmp_path / "deployconf.py").write_text("workers = 1\nraw_env = ['GREETING=one']\n")
+    argv = gshutdown_argv("-c", "python:deployconf", "-b", f"127.0.0.1:{port}", "--chdir", "site", "hello:app")
+    with GProcess(argv, tmp_path / "log", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}) as master:
+        master.wait_for_log(MASTER_READY, timeout=20)
+        assert _answer(port)[0] == "one"
+        (tmp_path / "deployconf.py").write_text("workers = 1\nraw_env = ['GREETING=two']\n")
+        master.send_signal(signal.SIGHUP)
+        master.wait_for_log(r"reload done")
+        assert _answer(port)[0] == "two"
+        master.send_signal(signal.SIGTERM)
+        assert master.wait() == ExitStatus.OK
+
+
+def test_configuring_the_logs_again_replaces_the_handlers_a_dict_config_added(tmp_path: Path) -> None:
+    # In a process of its own: the test process's logging stays as pytest set it.
+    handler = {"class": "logging.FileHandler", "filename": str(tmp_path / "dict.log")}
+    dict_config = {"version": 1, "handlers": {"h": handler}, "root": {"handlers": ["h"], "level": "INFO"}}
+    script = f"""
+import logging
+from gshutdown.process import logs
+dict_config = {dict_config!r}
+logs.configure("info", error_log_path={str(tmp_path / "first.log")!r}, dict_config=dict_config)
+logging.getLogger("gshutdown").info("one")
+logs.configure("info", error_log_path={str(tmp_path / "second.log")!r})
+logging.getLogger("gshutdown").info("two")
+print(len(logging.getLogger().handlers))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True)
+    assert done.stdout.strip() == "1"
+    assert "two" not in (tmp_path / "dict.log").read_text() and "one" in (tmp_path / "dict.log").read_text()
+    assert "two" in (tmp_path / "second.log").read_text()

@@ -12,11 +12,13 @@ import http.client
 import os
 import re
 import signal
+import socket
 from pathlib import Path
 from typing import Optional
 
 import pytest
 
+from gshutdown.process import reload
 from gshutdown.process.exit_status import ExitStatus
 from gshutdown.process.reload import FilePattern
 from tests.process_helpers import MASTER_READY, GProcess, free_port, get, gone, gshutdown_argv, wait_until
@@ -183,6 +185,46 @@ def test_sigterm_during_a_reload_drain_exits_after_it_instead_of_restarting(tmp_
         conn.close()
         assert proc.wait() == ExitStatus.OK
         assert "--reload: restarting" not in proc.log() and "closing every connection now" not in proc.log()
+
+
+def test_sigquit_during_a_reload_drain_closes_now_and_does_not_restart(tmp_path: Path) -> None:
+    (tmp_path / "slow.py").write_text(SLOW_APP)
+    port = free_port()
+    argv = ["-b", f"127.0.0.1:{port}", "--reload", "slow:app"]
+    with GProcess(gshutdown_argv(*argv), tmp_path / "log", env=ENV, cwd=tmp_path).listening() as proc:
+        conn = socket.create_connection(("127.0.0.1", port), timeout=RELOADED_WITHIN)
+        conn.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(lambda: (tmp_path / "slow-started").exists())
+        (tmp_path / "slow.py").write_text(SLOW_APP + "\n# edited\n")
+        proc.wait_for_log(r"shutdown: started")
+        proc.send_signal(signal.SIGQUIT)
+        assert proc.wait() == ExitStatus.FORCED  # the slow request was cut
+        assert conn.recv(1024) == b""
+        conn.close()
+        assert "--reload: restarting" not in proc.log()
+
+
+def test_a_launch_directory_whose_name_looks_like_a_pattern_is_taken_literally(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launch = tmp_path / "proj[1]"
+    (launch / "templates").mkdir(parents=True)
+    monkeypatch.setattr(reload, "_launch_dir", str(launch))
+    watcher = reload.CodeWatcher(str(launch), ["settings.toml", "templates/*.html"], lambda paths: None)
+    assert watcher.extra_files == {str(launch / "settings.toml")}  # a file, not a pattern
+    (pattern,) = watcher.patterns
+    assert pattern.root == str(launch / "templates")
+    assert pattern.matches(str(launch / "templates" / "a.html"))
+    assert not pattern.matches(str(tmp_path / "proj1" / "templates" / "a.html"))
+    (launch / "templates" / "a.html").write_text("")
+    assert pattern.expand() == [str(launch / "templates" / "a.html")]
+
+
+def test_a_missing_directory_is_watched_from_an_existing_one_only_under_the_launch_directory(tmp_path: Path) -> None:
+    assert reload._watchable(str(tmp_path / "templates" / "mail"), str(tmp_path)) == str(tmp_path)
+    assert reload._watchable(str(tmp_path), str(tmp_path / "elsewhere")) == str(tmp_path)  # it exists
+    # A mistyped absolute path: not the whole file system from "/".
+    assert reload._watchable("/no-such-directory/templates", str(tmp_path)) is None
 
 
 def test_a_master_reloads_its_workers_and_keeps_the_old_ones_when_the_new_code_fails(tmp_path: Path) -> None:

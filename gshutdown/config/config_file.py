@@ -140,8 +140,10 @@ def _run(path: str) -> dict[str, Any]:
     if path.startswith("python:"):
         module_name = path[len("python:") :]
         try:
-            return vars(importlib.import_module(module_name))
-        except Exception as exc:
+            loaded = sys.modules.get(module_name)
+            # Run again when read again (a master's SIGHUP), as a file is.
+            return vars(importlib.reload(loaded) if loaded is not None else importlib.import_module(module_name))
+        except (Exception, SystemExit) as exc:
             raise SettingError(f"config module {module_name} failed: {type(exc).__name__}: {exc}") from None
     if not os.path.isfile(path):
         raise SettingError(f"config file not found: {path}")
@@ -156,7 +158,7 @@ def _run(path: str) -> dict[str, Any]:
         loader.exec_module(module)
     except SyntaxError as exc:
         raise SettingError(f"config file {path}, line {exc.lineno}: {exc.msg}") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in the file too: one line, not a silent exit
         raise SettingError(f"config file {path} failed: {type(exc).__name__}: {exc}") from None
     return vars(module)
 
@@ -169,6 +171,8 @@ def _hook(name: str, value: Any, path: str) -> Callable[..., Any]:
             value = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError, ValueError) as exc:
             raise SettingError(f"config file {path}: {name} = {value!r}: {exc}") from None
+        except Exception as exc:  # the module itself failed as it was imported
+            raise SettingError(f"config file {path}: {name} = {value!r}: {type(exc).__name__}: {exc}") from None
     wanted = HOOK_PARAMETERS[name]
     if not callable(value):
         raise SettingError(f"config file {path}: {name} must be a function of ({', '.join(wanted)})")

@@ -56,11 +56,16 @@ def configure(
             what the app (or a C library) prints goes there (gunicorn's
             ``capture_output``); with the error log on stderr, stdout joins it.
 
-    A second call replaces what the first added (a master's SIGHUP).
+    A second call replaces what the first added (a master's SIGHUP),
+    including the handlers ``dict_config`` attached; the files open first,
+    so one that cannot be opened leaves the logging as it was.
 
     Raises:
-        ValueError: ``dict_config`` cannot be read or applied (one line).
+        ValueError: a log file cannot be opened, or ``dict_config`` cannot be
+            read or applied (one line).
     """
+    error_handler = _open(error_log_path, logging.Formatter(_FORMAT))
+    access_handler = _open(access_log_path, logging.Formatter("%(message)s")) if access_log_path else None
     for logger, handler in _added:
         logger.removeHandler(handler)
         handler.close()
@@ -68,13 +73,18 @@ def configure(
     _file_handlers.clear()
     root = logging.getLogger()
     root.setLevel(getattr(logging, level.upper()))
-    root.addHandler(_handler(root, error_log_path, logging.Formatter(_FORMAT)))
+    _attach(root, error_handler)
     access_log.propagate = False
-    if access_log_path:
-        access_log.addHandler(_handler(access_log, access_log_path, logging.Formatter("%(message)s")))
+    if access_handler is not None:
+        _attach(access_log, access_handler)
         access_log.setLevel(logging.INFO)
     if dict_config is not None:
-        _apply_dict_config(dict_config)
+        before = _every_handler()
+        try:
+            _apply_dict_config(dict_config)
+        finally:
+            # Its handlers too are the next call's to replace, even those of a half-applied one.
+            _added.extend(_every_handler() - before)
     if capture_output:
         global _capturing
         _capturing = True
@@ -114,17 +124,31 @@ def _apply_dict_config(config: Union[str, dict[str, Any]]) -> None:
         raise ValueError(f"--log-config: {exc}") from None
 
 
-def _handler(logger: logging.Logger, path: Optional[str], formatter: logging.Formatter) -> logging.Handler:
+def _open(path: Optional[str], formatter: logging.Formatter) -> logging.Handler:
     handler: logging.Handler
     if path in (None, "", "-"):
         handler = logging.StreamHandler(sys.stderr)
     else:
         assert path is not None
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-        _file_handlers.append((logger, handler))
+        try:
+            handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot open the log file {path}: {exc.strerror}") from None
     handler.setFormatter(formatter)
-    _added.append((logger, handler))
     return handler
+
+
+def _attach(logger: logging.Logger, handler: logging.Handler) -> None:
+    logger.addHandler(handler)
+    _added.append((logger, handler))
+    if isinstance(handler, logging.FileHandler):
+        _file_handlers.append((logger, handler))
+
+
+def _every_handler() -> set[tuple[logging.Logger, logging.Handler]]:
+    loggers = [logging.getLogger()]
+    loggers += [logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)]
+    return {(logger, handler) for logger in loggers for handler in logger.handlers}
 
 
 def reopen() -> int:

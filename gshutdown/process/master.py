@@ -60,7 +60,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import gevent
 from gevent import monkey
@@ -152,6 +152,7 @@ def main(settings: Settings, reread: Optional[Callable[[], Settings]] = None) ->
     SIGHUP; it raises ``SettingError`` when they cannot be used.
     """
     launch_directory = setup.working_directory()
+    environ_at_start = dict(os.environ)
     failed = setup.prepare_process(settings) or setup.configure_logging(settings)
     hooks = ServerHooks(settings)
     failed = failed or hooks.starting()
@@ -191,6 +192,7 @@ def main(settings: Settings, reread: Optional[Callable[[], Settings]] = None) ->
                 listeners_bound_here=not passed_on,
                 reread=reread,
                 launch_directory=launch_directory,
+                environ_at_start=environ_at_start,
             )
             return master.run()
     except MetricsUnavailable as exc:
@@ -252,6 +254,7 @@ class Master:
         listeners_bound_here: bool = False,
         reread: Optional[Callable[[], Settings]] = None,
         launch_directory: Optional[str] = None,
+        environ_at_start: Optional[Mapping[str, str]] = None,
     ) -> None:
         self.settings = settings
         #: Reads the settings again on SIGHUP (None: there is no config file to re-read).
@@ -263,6 +266,9 @@ class Master:
         #: directory), entered again on SIGHUP: through a deploy's switched
         #: symlink, the new workers import the new release, as gunicorn's.
         self.work_directory = os.path.normpath(os.path.join(self.launch_directory, settings.chdir or ""))
+        #: The environment before ``--env`` (raw_env): a name the config file
+        #: no longer sets gets its value from here again, as in gunicorn.
+        self.environ_at_start: Mapping[str, str] = dict(os.environ if environ_at_start is None else environ_at_start)
         #: gunicorn's server hooks (``gunicorn_hooks``).
         self.hooks = hooks or ServerHooks(settings)
         self.listeners = listeners
@@ -706,13 +712,21 @@ class Master:
         if self._reload_deadline is not None:
             log.warning("SIGHUP: a reload is already in progress; ignored")
             return
+        # Entered again before the file is read, as gunicorn does (the file may
+        # read files beside it); left again if the reload goes no further, so
+        # that a worker replaced meanwhile starts where the others did.
+        previous = os.open(os.curdir, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.chdir(self.work_directory)
-        except OSError as exc:
-            log.error("SIGHUP: cannot enter %s (%s), so nothing is reloaded", self.work_directory, exc.strerror)
-            return
-        if self.reread is not None and not self._reread_settings(self.reread):
-            return
+            try:
+                os.chdir(self.work_directory)
+            except OSError as exc:
+                log.error("SIGHUP: cannot enter %s (%s), so nothing is reloaded", self.work_directory, exc.strerror)
+                return
+            if self.reread is not None and not self._reread_settings(self.reread):
+                os.fchdir(previous)
+                return
+        finally:
+            _close(previous)
         old = len(self.workers)
         log.info("SIGHUP: reloading: starting %d new worker(s) beside %d", self.count, old)
         self.hooks.reloading()
@@ -731,6 +745,9 @@ class Master:
         except SettingError as exc:
             log.error("SIGHUP: the config file cannot be used, so nothing is reloaded: %s", exc)
             return False
+        except Exception as exc:  # not the file's: the master serves on whatever it was
+            log.exception("SIGHUP: reading the settings again failed, so nothing is reloaded: %s", exc)
+            return False
         kept = {name: getattr(old, name) for name in _FIXED_ON_RELOAD if getattr(new, name) != getattr(old, name)}
         if old.preload and new.app != old.app:
             kept["app"] = old.app
@@ -743,7 +760,10 @@ class Master:
             try:
                 setup.apply_logging(new)
             except ValueError as exc:
-                setup.apply_logging(old)
+                try:
+                    setup.apply_logging(old)
+                except ValueError:
+                    logs.configure(old.log_level)  # the old files are gone too: stderr, rather than nothing
                 log.error("SIGHUP: the config file cannot be used, so nothing is reloaded: %s", exc)
                 return False
         else:
@@ -753,7 +773,7 @@ class Master:
         for name in kept:
             log.warning("SIGHUP: %s changed, but only a new master can change it (an upgrade, SIGUSR2): kept", name)
         setup.warn_if_over_kubernetes_grace(new)
-        setup.set_environment(old.raw_env, new.raw_env)
+        setup.set_environment(old.raw_env, new.raw_env, self.environ_at_start)
         self.settings = new
         self.hooks.reconfigure(new)
         if new.workers != old.workers:
@@ -807,7 +827,11 @@ class Master:
         pid = _fork()
         if pid == 0:  # pragma: no cover - runs in the child
             try:
-                os.chdir(self.launch_directory)
+                try:
+                    os.chdir(self.launch_directory)
+                except OSError as exc:
+                    log.error("SIGUSR2: the new master cannot enter %s: %s", self.launch_directory, exc.strerror)
+                    raise
                 _close(read_fd)
                 for fd in (*fds, write_fd):
                     os.set_inheritable(fd, True)

@@ -25,6 +25,7 @@ import glob
 import importlib.util
 import logging
 import os
+import re
 import sys
 from typing import Any, Callable, Iterable, NoReturn, Optional
 
@@ -95,9 +96,9 @@ class FilePattern:
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
         parts = pattern.split(os.sep)
-        fixed = next(index for index, part in enumerate(parts) if _is_pattern(part))
+        fixed = next(index for index, part in enumerate(parts) if _is_pattern(part) and not _is_escaped(part))
         #: The deepest directory the pattern cannot leave: watched recursively.
-        self.root = os.sep.join(parts[:fixed]) or os.sep
+        self.root = os.sep.join(_unescape(part) for part in parts[:fixed]) or os.sep
         self._parts = parts[fixed:]
 
     def matches(self, path: str) -> bool:
@@ -108,6 +109,15 @@ class FilePattern:
 
     def expand(self) -> list[str]:
         return glob.glob(self.pattern, recursive=True)
+
+
+def _is_escaped(part: str) -> bool:
+    """A component ``glob.escape`` made: every special character inside brackets, as ``[*]``."""
+    return not _GLOB_CHARACTERS.isdisjoint(part) and glob.escape(_unescape(part)) == part
+
+
+def _unescape(part: str) -> str:
+    return re.sub(r"\[([*?\[])\]", r"\1", part)
 
 
 def _match_parts(patterns: list[str], names: list[str]) -> bool:
@@ -126,11 +136,21 @@ def _match_parts(patterns: list[str], names: list[str]) -> bool:
     return fnmatch.fnmatchcase(names[0], head) and _match_parts(rest, names[1:])
 
 
-def _existing_directory(path: str) -> str:
-    """``path``, or its nearest ancestor that exists: watchfiles cannot watch what is not there."""
-    while not os.path.isdir(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
-    return path
+def _watchable(directory: str, within: str) -> Optional[str]:
+    """``directory``, or its nearest ancestor that exists if that is ``within`` or under it; else None.
+
+    watchfiles cannot watch what is not there, and watching far up (``/``
+    for a mistyped path) would walk half the file system.
+    """
+    path = directory
+    while not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+    if path in (directory, within) or path.startswith(within.rstrip(os.sep) + os.sep):
+        return path
+    return None
 
 
 class CodeWatcher:
@@ -147,9 +167,15 @@ class CodeWatcher:
     def __init__(self, directory: str, extra_files: Iterable[str], on_change: Callable[[list[str]], Any]) -> None:
         self.directory = os.path.abspath(directory)
         # Relative to where the command was started, as gunicorn's are (not to --chdir).
-        paths = [os.path.abspath(os.path.join(_launch_dir or "", path)) for path in extra_files]
-        self.extra_files = frozenset(path for path in paths if not _is_pattern(path))
-        self.patterns = [FilePattern(path) for path in paths if _is_pattern(path)]
+        base = _launch_dir or os.getcwd()
+        # A pattern by what the user wrote: the launch directory's own name may hold a "[".
+        files = [path for path in extra_files if not _is_pattern(path)]
+        self.extra_files = frozenset(os.path.abspath(os.path.join(base, path)) for path in files)
+        self.patterns = [
+            FilePattern(os.path.normpath(os.path.join(glob.escape(base), path)))
+            for path in extra_files
+            if _is_pattern(path)
+        ]
         self.on_change = on_change
         self._stopped = False
         self._watching: Any = None  # a lock held until the watches are in place
@@ -218,11 +244,14 @@ class CodeWatcher:
                 )
             return found
 
-        roots = {
-            self.directory,
-            *(_existing_directory(os.path.dirname(path)) for path in extra),
-            *(_existing_directory(pattern.root) for pattern in patterns),
-        }
+        within = _launch_dir or os.getcwd()
+        roots = {self.directory}
+        for wanted_directory in {*(os.path.dirname(path) for path in extra), *(pattern.root for pattern in patterns)}:
+            root = _watchable(wanted_directory, within)
+            if root is None:
+                log.warning("--reload: %s does not exist: what is in it is not watched", wanted_directory)
+            else:
+                roots.add(root)
         try:
             for changes in watchfiles.watch(
                 *sorted(roots),

@@ -431,6 +431,8 @@ class Runner:
                 log.info("%s: exiting after this drain, not as %s meant", describe(request), describe(self.stopped_by))
                 self.stopped_by = request
                 continue
+            if request is not None and not isinstance(request, Trigger):
+                self.stopped_by = request  # forcing it (SIGQUIT): no restart after it either
             return request
 
     def _drain(self) -> ExitStatus:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from gshutdown.config.settings import Settings
 from gshutdown.process import logs
@@ -123,9 +123,10 @@ def working_directory() -> str:
     real = os.getcwd()
     logical = os.environ.get("PWD")
     if logical and os.path.isabs(logical):
+        logical = os.path.normpath(logical)  # what is checked is what is returned
         try:
             if os.path.samefile(logical, real):
-                return os.path.normpath(logical)
+                return logical
         except OSError:
             pass
     return real
@@ -143,7 +144,7 @@ def prepare_process(settings: Settings) -> Optional[ExitStatus]:
             os.chdir(settings.chdir)
         except OSError as exc:
             return fail(f"--chdir {settings.chdir}: {exc.strerror}", ExitStatus.USAGE)
-    set_environment((), settings.raw_env)
+    set_environment((), settings.raw_env, {})
     if settings.pythonpath:
         # First listed, first searched; after --chdir, so relative ones are the app's.
         paths = [os.path.abspath(path) for path in settings.pythonpath.split(",")]
@@ -151,12 +152,19 @@ def prepare_process(settings: Settings) -> Optional[ExitStatus]:
     return None
 
 
-def set_environment(old: Sequence[str], new: Sequence[str]) -> None:
-    """``--env``: set the ``NAME=VALUE`` items of ``new``, and unset the names only ``old`` set."""
+def set_environment(old: Sequence[str], new: Sequence[str], original: Mapping[str, str]) -> None:
+    """``--env``: set the ``NAME=VALUE`` items of ``new``; a name only ``old`` set gets its ``original`` value back.
+
+    (Or is unset, if it had none.)
+    """
     names = {item.partition("=")[0] for item in new}
     for item in old:
         name = item.partition("=")[0]
-        if name not in names:
+        if name in names:
+            continue
+        if name in original:
+            os.environ[name] = original[name]
+        else:
             os.environ.pop(name, None)
     for item in new:
         name, _, value = item.partition("=")
