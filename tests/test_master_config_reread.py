@@ -10,13 +10,14 @@ started, and its ``chdir`` moves the master elsewhere before any SIGHUP.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from gshutdown.process.exit_status import ExitStatus
 from tests.process_helpers import MASTER_READY, GProcess, free_port, gone, gshutdown_argv, refused, wait_until
@@ -61,6 +62,18 @@ def _start(directory: Path, config: str = "conf.py", env: Optional[dict[str, str
         proc.stop()
         raise
     return proc
+
+
+@contextlib.contextmanager
+def _new_masters_stopped() -> Iterator[list[int]]:
+    """A list for the pids of new masters a SIGUSR2 started; each gets SIGTERM at the end."""
+    started: list[int] = []
+    try:
+        yield started
+    finally:
+        for pid in started:
+            os.kill(pid, signal.SIGTERM)  # started by the test's own child, on its behalf
+            wait_until(lambda pid=pid: gone(pid), timeout=20)
 
 
 def _answer(port: int) -> tuple[str, str, int]:
@@ -176,41 +189,38 @@ def test_after_a_deploy_switches_a_symlink_sighup_and_sigusr2_serve_the_new_rele
     _release(tmp_path, "3")
     port = free_port()
     argv = gshutdown_argv("-b", f"127.0.0.1:{port}", "--ready-timeout", "10", "hello:app")
-    new_master = None
-    try:
-        with GProcess(argv, tmp_path / "log", cwd=current, env={"PWD": str(current)}) as master:
-            master.wait_for_log(MASTER_READY, timeout=20)
-            assert _answer(port)[:2] == ("1", "1")  # ./gunicorn.conf.py read, as gunicorn reads it
-            _switch(current, tmp_path / "releases" / "2")
-            master.send_signal(signal.SIGHUP)
-            master.wait_for_log(r"reload done")
-            assert _answer(port)[:2] == ("2", "2")  # the new code and the new release's config file
-            # A release whose config file is broken: nothing reloads, and a worker
-            # started meanwhile (SIGTTIN) still starts in release 2.
-            broken = _release(tmp_path, "broken")
-            (broken / "gunicorn.conf.py").write_text("workers = (\n")
-            _switch(current, broken)
-            master.send_signal(signal.SIGHUP)
-            master.wait_for_log(r"SIGHUP: the config file cannot be used")
-            master.send_signal(signal.SIGTTIN)
-            master.wait_for_log(r"SIGTTIN: 2 worker\(s\) now")
-            seen = set()
-            for _ in range(400):
-                version, release, pid = _answer(port)
-                assert (version, release) == ("2", "2")
-                seen.add(pid)
-                if len(seen) == 2:
-                    break
-            assert len(seen) == 2  # the new worker answered too
-            _switch(current, tmp_path / "releases" / "3")
-            master.send_signal(signal.SIGUSR2)
-            new_master = int(master.wait_for_log(r"upgrading: new master (\d+) started")[1])
-            assert master.wait() == ExitStatus.OK  # it hands over once the new master is ready
-            assert _answer(port)[:2] == ("3", "3")
-    finally:
-        if new_master is not None:
-            os.kill(new_master, signal.SIGTERM)  # started by the test's own child, on its behalf
-            wait_until(lambda: gone(new_master), timeout=20)
+    with (
+        _new_masters_stopped() as new_masters,
+        GProcess(argv, tmp_path / "log", cwd=current, env={"PWD": str(current)}) as master,
+    ):
+        master.wait_for_log(MASTER_READY, timeout=20)
+        assert _answer(port)[:2] == ("1", "1")  # ./gunicorn.conf.py read, as gunicorn reads it
+        _switch(current, tmp_path / "releases" / "2")
+        master.send_signal(signal.SIGHUP)
+        master.wait_for_log(r"reload done")
+        assert _answer(port)[:2] == ("2", "2")  # the new code and the new release's config file
+        # A release whose config file is broken: nothing reloads, and a worker
+        # started meanwhile (SIGTTIN) still starts in release 2.
+        broken = _release(tmp_path, "broken")
+        (broken / "gunicorn.conf.py").write_text("workers = (\n")
+        _switch(current, broken)
+        master.send_signal(signal.SIGHUP)
+        master.wait_for_log(r"SIGHUP: the config file cannot be used")
+        master.send_signal(signal.SIGTTIN)
+        master.wait_for_log(r"SIGTTIN: 2 worker\(s\) now")
+        seen = set()
+        for _ in range(400):
+            version, release, pid = _answer(port)
+            assert (version, release) == ("2", "2")
+            seen.add(pid)
+            if len(seen) == 2:
+                break
+        assert len(seen) == 2  # the new worker answered too
+        _switch(current, tmp_path / "releases" / "3")
+        master.send_signal(signal.SIGUSR2)
+        new_masters.append(int(master.wait_for_log(r"upgrading: new master (\d+) started")[1]))
+        assert master.wait() == ExitStatus.OK  # it hands over once the new master is ready
+        assert _answer(port)[:2] == ("3", "3")
 
 
 def test_a_new_master_reads_the_command_line_where_the_first_one_was_started(tmp_path: Path) -> None:
@@ -218,19 +228,13 @@ def test_a_new_master_reads_the_command_line_where_the_first_one_was_started(tmp
     # though the old master works in site/ by the time it starts the new one.
     port = free_port()
     _write_config(tmp_path, "first", port, 1, ["GREETING=one"])
-    new_master = None
-    try:
-        with _start(tmp_path) as master:
-            first_pid = _answer(port)[2]
-            master.send_signal(signal.SIGUSR2)
-            new_master = int(master.wait_for_log(r"upgrading: new master (\d+) started")[1])
-            assert master.wait() == ExitStatus.OK
-            greeting, _, pid = _answer(port)
-            assert greeting == "one" and pid != first_pid
-    finally:
-        if new_master is not None:
-            os.kill(new_master, signal.SIGTERM)  # started by the test's own child, on its behalf
-            wait_until(lambda: gone(new_master), timeout=20)
+    with _new_masters_stopped() as new_masters, _start(tmp_path) as master:
+        first_pid = _answer(port)[2]
+        master.send_signal(signal.SIGUSR2)
+        new_masters.append(int(master.wait_for_log(r"upgrading: new master (\d+) started")[1]))
+        assert master.wait() == ExitStatus.OK
+        greeting, _, pid = _answer(port)
+        assert greeting == "one" and pid != first_pid
 
 
 def test_a_python_module_config_is_run_again_on_sighup(tmp_path: Path) -> None:
