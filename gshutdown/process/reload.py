@@ -169,13 +169,13 @@ class CodeWatcher:
         # Relative to where the command was started, as gunicorn's are (not to --chdir).
         base = _launch_dir or os.getcwd()
         # A pattern by what the user wrote: the launch directory's own name may hold a "[".
-        files = [path for path in extra_files if not _is_pattern(path)]
-        self.extra_files = frozenset(os.path.abspath(os.path.join(base, path)) for path in files)
-        self.patterns = [
-            FilePattern(os.path.normpath(os.path.join(glob.escape(base), path)))
-            for path in extra_files
-            if _is_pattern(path)
-        ]
+        entries = list(extra_files)
+        self.extra_files = frozenset(
+            os.path.abspath(os.path.join(base, path)) for path in entries if not _is_pattern(path)
+        )
+        escaped = glob.escape(base)
+        patterns = [os.path.normpath(os.path.join(escaped, path)) for path in entries if _is_pattern(path)]
+        self.patterns = [FilePattern(pattern) for pattern in patterns]
         self.on_change = on_change
         self._stopped = False
         self._watching: Any = None  # a lock held until the watches are in place
