@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -196,6 +197,7 @@ def test_after_a_deploy_switches_a_symlink_sighup_and_sigusr2_serve_the_new_rele
         master.wait_for_log(MASTER_READY, timeout=20)
         assert _answer(port)[:2] == ("1", "1")  # ./gunicorn.conf.py read, as gunicorn reads it
         _switch(current, tmp_path / "releases" / "2")
+        shutil.rmtree(tmp_path / "releases" / "1")  # a deploy's clean-up: the master's directory is gone
         master.send_signal(signal.SIGHUP)
         master.wait_for_log(r"reload done")
         assert _answer(port)[:2] == ("2", "2")  # the new code and the new release's config file

@@ -715,7 +715,10 @@ class Master:
         # Entered again before the file is read, as gunicorn does (the file may
         # read files beside it); left again if the reload goes no further, so
         # that a worker replaced meanwhile starts where the others did.
-        previous = os.open(os.curdir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            previous = os.open(os.curdir, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            previous = None  # nothing to go back to; the work directory it is
         try:
             try:
                 os.chdir(self.work_directory)
@@ -723,10 +726,12 @@ class Master:
                 log.error("SIGHUP: cannot enter %s (%s), so nothing is reloaded", self.work_directory, exc.strerror)
                 return
             if self.reread is not None and not self._reread_settings(self.reread):
-                os.fchdir(previous)
+                if previous is not None:
+                    os.fchdir(previous)
                 return
         finally:
-            _close(previous)
+            if previous is not None:
+                _close(previous)
         old = len(self.workers)
         log.info("SIGHUP: reloading: starting %d new worker(s) beside %d", self.count, old)
         self.hooks.reloading()
