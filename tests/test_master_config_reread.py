@@ -87,6 +87,18 @@ def _answer(port: int) -> tuple[str, str, int]:
     return greeting, only_first, int(pid)
 
 
+def _two_workers_answer(port: int, expected: tuple[str, str]) -> set[int]:
+    """The pids of two workers, once both answered (bounded); every answer is ``expected``."""
+    pids = set()
+    for _ in range(400):
+        *answer, pid = _answer(port)
+        assert tuple(answer) == expected
+        pids.add(pid)
+        if len(pids) == 2:
+            return pids
+    raise AssertionError(f"one worker answered 400 requests: {pids}")
+
+
 def test_sighup_gives_the_new_workers_the_config_file_as_it_is_now(tmp_path: Path) -> None:
     port, other_port = free_port(), free_port()
     _write_config(tmp_path, "first", port, 1, ["GREETING=one", "ONLY_FIRST=yes"])
@@ -107,14 +119,7 @@ def test_sighup_gives_the_new_workers_the_config_file_as_it_is_now(tmp_path: Pat
         # The new file's on_reload hook ran, the old one's did not.
         assert (tmp_path / "on_reload.txt").read_text() == "second 2\n"
         # Two new workers, with the new environment; the name only the old file set has its value from before.
-        pids = set()
-        for _ in range(200):
-            greeting, only_first, pid = _answer(port)
-            assert (greeting, only_first) == ("two", "exported")
-            pids.add(pid)
-            if len(pids) == 2:
-                break
-        assert len(pids) == 2 and first_pid not in pids
+        assert first_pid not in _two_workers_answer(port, ("two", "exported"))
         assert refused(other_port)  # the address is kept
         master.send_signal(signal.SIGTERM)
         assert master.wait() == ExitStatus.OK
@@ -210,14 +215,7 @@ def test_after_a_deploy_switches_a_symlink_sighup_and_sigusr2_serve_the_new_rele
         master.wait_for_log(r"SIGHUP: the config file cannot be used")
         master.send_signal(signal.SIGTTIN)
         master.wait_for_log(r"SIGTTIN: 2 worker\(s\) now")
-        seen = set()
-        for _ in range(400):
-            version, release, pid = _answer(port)
-            assert (version, release) == ("2", "2")
-            seen.add(pid)
-            if len(seen) == 2:
-                break
-        assert len(seen) == 2  # the new worker answered too
+        _two_workers_answer(port, ("2", "2"))  # the new worker too
         _switch(current, tmp_path / "releases" / "3")
         master.send_signal(signal.SIGUSR2)
         new_masters.append(int(master.wait_for_log(r"upgrading: new master (\d+) started")[1]))
