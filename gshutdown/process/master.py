@@ -773,11 +773,9 @@ class Master:
                 return False
         else:
             log.info("SIGHUP: config file read again")
-        for warning in new.warnings:
-            log.warning("%s", warning)
+        setup.log_warnings(new)
         for name in kept:
             log.warning("SIGHUP: %s changed, but only a new master can change it (an upgrade, SIGUSR2): kept", name)
-        setup.warn_if_over_kubernetes_grace(new)
         setup.set_environment(old.raw_env, new.raw_env, self.environ_at_start)
         self.settings = new
         self.hooks.reconfigure(new)

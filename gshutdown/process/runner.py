@@ -422,18 +422,13 @@ class Runner:
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             request = self._next_request(draining=True, timeout=left)
-            if (
-                isinstance(self.stopped_by, Trigger)
-                and request is not None
-                and not isinstance(request, Trigger)
-                and action_for(self.role, request, draining=False) is SignalAction.GRACEFUL
-            ):
-                log.info("%s: exiting after this drain, not as %s meant", describe(request), describe(self.stopped_by))
-                self.stopped_by = request
-                continue
-            if request is not None and not isinstance(request, Trigger):
-                self.stopped_by = request  # forcing it (SIGQUIT): no restart after it either
-            return request
+            if request is None or isinstance(request, Trigger) or not isinstance(self.stopped_by, Trigger):
+                return request
+            # A signal after the trigger: no restart follows, whether it forces (SIGQUIT) or not.
+            trigger, self.stopped_by = self.stopped_by, request
+            if action_for(self.role, request, draining=False) is not SignalAction.GRACEFUL:
+                return request
+            log.info("%s: exiting after this drain, not as %s meant", describe(request), describe(trigger))
 
     def _drain(self) -> ExitStatus:
         if self.link is not None:

@@ -206,10 +206,15 @@ def configure_logging(settings: Settings) -> Optional[ExitStatus]:
         apply_logging(settings)
     except ValueError as exc:
         return fail(str(exc), ExitStatus.USAGE)
+    log_warnings(settings)
+    return None
+
+
+def log_warnings(settings: Settings) -> None:
+    """The config file's warnings, and the one about Kubernetes' grace period."""
     for warning in settings.warnings:
         log.warning("%s", warning)
     warn_if_over_kubernetes_grace(settings)
-    return None
 
 
 #: The settings ``apply_logging`` reads.
